@@ -1,0 +1,386 @@
+"""The typed ModelServer spec: parse the custom resource body once, at the edge.
+
+``parse_spec(body)`` turns a ModelServer body into a frozen ``ModelServerSpec`` with the same
+defaults as the CRD (``crds/modelserver.yaml``), and raises ``InvalidSpec`` naming the field and
+the fix for anything the CRD cannot catch, or did not catch because it was bypassed (an old CRD, a
+direct write to etcd). Attribute names are snake_case; the YAML names are camelCase aliases.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
+    "prefetch-weights",
+    "background-import",
+    "fast-load",
+    "slim-imports",
+    "hf-offline",
+    "prefetch-page-cache",
+)
+"""Startup flags the operator and the worker implement; any other name is a custom flag."""
+
+SCHEMES: tuple[str, ...] = ("hf", "s3", "https", "http", "pvc", "file")
+"""URI schemes ``spec.model.source`` may use."""
+
+_QUANTITY = re.compile(
+    r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCHEME = re.compile(r"^([a-z0-9]+)://")
+
+
+class InvalidSpec(ValueError):
+    """A ModelServer spec that cannot be valid; ``field`` is its path, e.g. ``spec.cache.size``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _int_to_str(value: Any) -> Any:
+    """Quantities are int-or-string in the CRD (``cpu: 8``); keep them as strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _secret_names(value: Any) -> Any:
+    """``pullSecrets: [{name: a}]`` -> ``["a"]``; anything else is left for the type check."""
+    if isinstance(value, list):
+        return [
+            item["name"] if isinstance(item, dict) and "name" in item else item for item in value
+        ]
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(_int_to_str)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        strict=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+
+class SecretRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+
+
+class ModelSource(_Model):
+    source: str = Field(min_length=1, max_length=2048)
+    revision: str | None = Field(default=None, min_length=1, max_length=256)
+    credentials_secret_ref: SecretRef | None = None
+    task: Literal["generate", "embed"] = "generate"
+    include: list[str] = Field(default_factory=list, max_length=64)
+
+    @property
+    def scheme(self) -> str:
+        """The URI scheme of the source: hf, s3, https, http, pvc or file."""
+        return self.source.split("://", 1)[0]
+
+    @property
+    def location(self) -> str:
+        """The source without its scheme: what follows ``://``."""
+        return self.source.split("://", 1)[1] if "://" in self.source else ""
+
+    @property
+    def hf_repo(self) -> str | None:
+        """For hf:// sources, the repository as ORG/NAME (without any @REVISION)."""
+        return self.location.split("@", 1)[0] if self.scheme == "hf" else None
+
+    @property
+    def pvc_claim(self) -> str | None:
+        """For pvc:// sources, the name of the PersistentVolumeClaim holding the weights."""
+        return self.location.split("/", 1)[0] if self.scheme == "pvc" else None
+
+    @property
+    def pvc_path(self) -> str | None:
+        """For pvc:// sources, the directory inside the claim ('' for its root), as a subPath."""
+        if self.scheme != "pvc":
+            return None
+        parts = self.location.split("/", 1)
+        return parts[1].strip("/") if len(parts) == 2 else ""
+
+
+class Resources(_Model):
+    gpus: int = Field(default=1, ge=0, le=16)
+    memory: Quantity | None = None
+    cpu: Quantity | None = None
+
+
+class Placement(_Model):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    runtime_class_name: str | None = None
+    priority_class_name: str | None = None
+
+
+class Cache(_Model):
+    kind: Literal["EmptyDir", "PersistentVolumeClaim", "HostPath"] = "EmptyDir"
+    size: Quantity | None = None
+    storage_class_name: str | None = None
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = "ReadWriteMany"
+    existing_claim: str | None = None
+    host_path: str | None = None
+    retain_on_delete: bool = False
+
+
+class Optimization(_Model):
+    name: str = Field(min_length=1, max_length=63)
+    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = Field(default_factory=list)
+
+    @property
+    def builtin(self) -> bool:
+        """True for the flags glowplug implements; False for custom env/args toggles."""
+        return self.name in BUILTIN_OPTIMIZATIONS
+
+
+class Startup(_Model):
+    budget_seconds: int | None = Field(default=None, ge=30, le=86400)
+    optimizations: list[Optimization] = Field(default_factory=list, max_length=32)
+    rollback: Literal["Automatic", "Off"] = "Automatic"
+
+
+class Serving(_Model):
+    port: int = Field(default=8000, ge=1024, le=65535)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    max_concurrency: int = Field(default=8, ge=1, le=1024)
+    max_queue: int = Field(default=64, ge=0, le=100000)
+    max_model_len: int | None = Field(default=None, ge=1, le=10_000_000)
+    request_timeout_seconds: int = Field(default=120, ge=1, le=3600)
+
+
+class Image(_Model):
+    worker: str | None = Field(default=None, min_length=1, max_length=512)
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    pull_secrets: Annotated[list[str], BeforeValidator(_secret_names)] = Field(
+        default_factory=list, max_length=16
+    )
+
+
+class ModelServerSpec(_Model):
+    """The whole spec. Build it with ``parse_spec``, which also runs the cross-field checks."""
+
+    model: ModelSource
+    replicas: int = Field(default=1, ge=0, le=100)
+    resources: Resources = Field(default_factory=Resources)
+    placement: Placement = Field(default_factory=Placement)
+    cache: Cache = Field(default_factory=Cache)
+    startup: Startup = Field(default_factory=Startup)
+    serving: Serving = Field(default_factory=Serving)
+    image: Image = Field(default_factory=Image)
+
+
+def parse_spec(body: Mapping[str, Any]) -> ModelServerSpec:
+    """Parse a ModelServer body (the whole object; uses ``body["spec"]``) into a typed spec.
+
+    Raises ``InvalidSpec`` with the field path and the fix when the spec cannot be valid.
+    """
+    raw = body.get("spec")
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec("spec", "a ModelServer needs a spec with at least spec.model.source")
+    _check_name(body)
+    try:
+        spec = ModelServerSpec.model_validate(dict(raw))
+    except ValidationError as error:
+        raise _from_validation_error(error) from None
+    _check_model(spec.model)
+    for field, value, positive in (
+        ("spec.resources.memory", spec.resources.memory, False),
+        ("spec.resources.cpu", spec.resources.cpu, False),
+        ("spec.cache.size", spec.cache.size, True),
+    ):
+        _check_quantity(field, value, positive=positive)
+    _check_cache(spec.cache)
+    _check_optimizations(spec.startup.optimizations)
+    _check_image(spec.image)
+    return _with_source_revision(spec)
+
+
+def _from_validation_error(error: ValidationError) -> InvalidSpec:
+    first = error.errors()[0]
+    field = "spec" + "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+    )
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "this field is required"
+    else:
+        shown = repr(first.get("input"))
+        message += f" (got {shown[:80]}{'...' if len(shown) > 80 else ''})"
+    more = len(error.errors()) - 1
+    if more:
+        message += f"; and {more} more problem{'s' if more > 1 else ''}"
+    return InvalidSpec(field, message)
+
+
+def _check_name(body: Mapping[str, Any]) -> None:
+    metadata = body.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    if isinstance(name, str) and (len(name) > 63 or not _DNS_1035_LABEL.match(name)):
+        raise InvalidSpec(
+            "metadata.name",
+            f"{name!r} must be a DNS label of at most 63 characters that starts with a letter "
+            "(lowercase letters, digits and '-'): it becomes the name of the Service",
+        )
+
+
+def _check_model(model: ModelSource) -> None:
+    field = "spec.model.source"
+    match = _SCHEME.match(model.source)
+    if match is None or match.group(1) not in SCHEMES:
+        raise InvalidSpec(
+            field,
+            f"{model.source!r} has an unsupported scheme; source must start with one of "
+            + ", ".join(f"{s}://" for s in SCHEMES),
+        )
+    rest = model.location
+    if model.scheme == "hf":
+        repo, _, revision = rest.partition("@")
+        parts = repo.split("/")
+        if len(parts) != 2 or not all(parts) or ("@" in rest and not revision):
+            raise InvalidSpec(
+                field, "an hf:// source needs the repository as hf://ORG/NAME[@REVISION]"
+            )
+    elif model.scheme == "s3" and not rest.split("/", 1)[0]:
+        raise InvalidSpec(field, "an s3:// source needs a bucket, as s3://BUCKET/PREFIX")
+    elif model.scheme == "pvc" and not model.pvc_claim:
+        raise InvalidSpec(field, "a pvc:// source needs a claim name, as pvc://CLAIM/PATH")
+    elif model.scheme == "pvc" and not _DNS_SUBDOMAIN.match(model.pvc_claim or ""):
+        raise InvalidSpec(field, f"{model.pvc_claim!r} is not a valid PersistentVolumeClaim name")
+    elif model.scheme == "file" and not rest.startswith("/"):
+        raise InvalidSpec(field, "a file:// source needs an absolute path, as file:///PATH")
+    elif model.scheme in ("http", "https") and not rest.split("/", 1)[0]:
+        raise InvalidSpec(field, f"a {model.scheme}:// source needs a host, as https://HOST/PATH")
+    if model.revision is not None:
+        if model.scheme != "hf":
+            raise InvalidSpec("spec.model.revision", "revision only applies to hf:// sources")
+        if "@" in model.source:
+            raise InvalidSpec(
+                "spec.model.revision",
+                "the revision is given twice: drop spec.model.revision or the '@REVISION' "
+                "suffix of spec.model.source",
+            )
+
+
+def _check_quantity(field: str, value: str | None, *, positive: bool) -> None:
+    if value is None:
+        return
+    if not _QUANTITY.match(value):
+        raise InvalidSpec(
+            field, f"{value!r} is not a Kubernetes quantity; write it like 48Gi, 512Mi, 8 or 500m"
+        )
+    if positive and float(re.sub(r"[^0-9.].*$", "", value) or "0") == 0:
+        raise InvalidSpec(field, f"{value!r} must be greater than zero, such as 40Gi")
+
+
+def _check_cache(cache: Cache) -> None:
+    if (
+        cache.kind == "PersistentVolumeClaim"
+        and cache.size is None
+        and cache.existing_claim is None
+    ):
+        raise InvalidSpec(
+            "spec.cache.size",
+            "cache.kind PersistentVolumeClaim needs spec.cache.size (to create a claim) or "
+            "spec.cache.existingClaim (to use one)",
+        )
+    if cache.kind == "HostPath" and cache.host_path is None:
+        raise InvalidSpec(
+            "spec.cache.hostPath",
+            "cache.kind HostPath needs spec.cache.hostPath, an absolute directory on the node",
+        )
+    if cache.host_path is not None:
+        if cache.kind != "HostPath":
+            raise InvalidSpec(
+                "spec.cache.hostPath", "hostPath is only allowed with spec.cache.kind HostPath"
+            )
+        if not cache.host_path.startswith("/"):
+            raise InvalidSpec(
+                "spec.cache.hostPath",
+                f"{cache.host_path!r} must be an absolute path, starting with /",
+            )
+    if cache.existing_claim is not None:
+        if cache.kind != "PersistentVolumeClaim":
+            raise InvalidSpec(
+                "spec.cache.existingClaim",
+                "existingClaim is only allowed with spec.cache.kind PersistentVolumeClaim",
+            )
+        if cache.size is not None:
+            raise InvalidSpec(
+                "spec.cache.size",
+                "spec.cache.size and spec.cache.existingClaim exclude each other: an existing "
+                "claim keeps its own size; drop size",
+            )
+        if not _DNS_SUBDOMAIN.match(cache.existing_claim):
+            raise InvalidSpec(
+                "spec.cache.existingClaim",
+                f"{cache.existing_claim!r} is not a valid PersistentVolumeClaim name",
+            )
+
+
+def _check_optimizations(optimizations: list[Optimization]) -> None:
+    seen: set[str] = set()
+    for index, flag in enumerate(optimizations):
+        field = f"spec.startup.optimizations[{index}]"
+        if not _DNS_LABEL.match(flag.name):
+            raise InvalidSpec(
+                f"{field}.name",
+                f"{flag.name!r} must be lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit",
+            )
+        if flag.name in seen:
+            raise InvalidSpec(
+                f"{field}.name",
+                f"optimization {flag.name!r} is listed twice; startup.optimizations names "
+                "must be unique",
+            )
+        seen.add(flag.name)
+        if not flag.builtin and not flag.env and not flag.args:
+            raise InvalidSpec(
+                field,
+                f"optimization {flag.name!r} is not a built-in flag "
+                f"({', '.join(BUILTIN_OPTIMIZATIONS)}): a custom flag needs env or args",
+            )
+        for key in flag.env:
+            if len(key) > 256 or not _ENV_NAME.match(key):
+                raise InvalidSpec(
+                    f"{field}.env",
+                    f"{key!r} is not a valid environment variable name: use letters, digits "
+                    "and '_', not starting with a digit",
+                )
+
+
+def _check_image(image: Image) -> None:
+    if image.worker is not None and any(c.isspace() for c in image.worker):
+        raise InvalidSpec("spec.image.worker", f"{image.worker!r} must not contain whitespace")
+    for index, name in enumerate(image.pull_secrets):
+        if not name:
+            raise InvalidSpec(f"spec.image.pullSecrets[{index}].name", "needs a Secret name")
+
+
+def _with_source_revision(spec: ModelServerSpec) -> ModelServerSpec:
+    """For hf://ORG/NAME@REVISION sources, expose REVISION as ``spec.model.revision`` too."""
+    model = spec.model
+    if model.scheme != "hf" or model.revision is not None or "@" not in model.source:
+        return spec
+    revision = model.source.split("@", 1)[1]
+    return spec.model_copy(update={"model": model.model_copy(update={"revision": revision})})
