@@ -93,8 +93,4 @@ go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 build_kubernetes
 
-# One directory with every binary, for PATH.
-mkdir -p "$cache/bin/current"
-ln -sf "$cache/bin/kubernetes-$KUBERNETES_VERSION"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl} "$cache/bin/current/"
-ln -sf "$cache/bin/etcd-$ETCD_VERSION/etcd" "$cache/bin/kwok-$KWOK_VERSION/kwok" "$cache/bin/helm-$HELM_VERSION/helm" "$cache/bin/current/"
-log "binaries in $cache/bin/current"
+log "binaries in $cache/bin"

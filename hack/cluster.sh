@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
+# (fake GPU nodes), all on 127.0.0.1, state under .cluster/.
+#   cluster.sh up      start it, or reuse a healthy one
+#   cluster.sh down    stop every process it started and remove its state
+#   cluster.sh status  exit 0 when it is up and healthy
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=versions.env
+source "$root/hack/versions.env"
+cache=${GLOWPLUG_CACHE:-$HOME/.cache/glowplug}
+dir=$root/.cluster
+kubeconfig=$dir/kubeconfig
+k8s_bin=$cache/bin/kubernetes-$KUBERNETES_VERSION
+etcd_bin=$cache/bin/etcd-$ETCD_VERSION/etcd
+kwok_bin=$cache/bin/kwok-$KWOK_VERSION/kwok
+kubectl="$k8s_bin/kubectl --kubeconfig=$kubeconfig"
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start NAME CMD...: run detached in its own session, log to .cluster/logs/NAME.log.
+start() {
+  local name=$1
+  shift
+  setsid "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$dir/pids/$name"
+}
+
+alive() {  # every recorded process still runs
+  local f
+  for f in "$dir"/pids/*; do
+    [[ -e $f ]] || return 1
+    kill -0 "$(cat "$f")" 2>/dev/null || return 1
+  done
+}
+
+healthy() {
+  [[ -f $kubeconfig ]] && alive && $kubectl get --raw /readyz >/dev/null 2>&1 \
+    && [[ $($kubectl get nodes -l type=kwok --no-headers 2>/dev/null | grep -c ' Ready ') -ge 2 ]]
+}
+
+untainted() {  # the node lifecycle controller has lifted the not-ready taint
+  [[ -z $($kubectl get nodes -l type=kwok -o jsonpath='{.items[*].spec.taints}') ]]
+}
+
+wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "timed out waiting for $what; logs in $dir/logs"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+make_pki() {
+  local pki=$dir/pki
+  mkdir -p "$pki"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=glowplug-local-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  # cert NAME SUBJECT [SAN]
+  cert() {
+    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
+    local ext=$pki/$1.ext
+    if [[ -n ${3:-} ]]; then
+      printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$3" >"$ext"
+    else
+      printf 'extendedKeyUsage=clientAuth\n' >"$ext"
+    fi
+    openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$ext" -out "$pki/$1.crt" 2>/dev/null
+  }
+  cert apiserver "/CN=kube-apiserver" \
+    "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  cert admin "/O=system:masters/CN=glowplug-admin"
+  cert controller-manager "/CN=system:kube-controller-manager"
+  cert scheduler "/CN=system:kube-scheduler"
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+}
+
+write_kubeconfig() {  # write_kubeconfig FILE CERT_NAME
+  local pki=$dir/pki
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: glowplug-local
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $pki/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $pki/$2.crt
+    client-key: $pki/$2.key
+contexts:
+- name: glowplug-local
+  context: {cluster: glowplug-local, user: $2}
+current-context: glowplug-local
+EOF
+}
+
+up() {
+  if healthy; then
+    log "reusing the healthy cluster in $dir"
+    print_env
+    return
+  fi
+  [[ -d $dir/pids ]] && down
+  for b in "$k8s_bin/kube-apiserver" "$etcd_bin" "$kwok_bin"; do
+    [[ -x $b ]] || { log "missing $b: run 'make binaries' (hack/build-control-plane.sh) first"; exit 1; }
+  done
+  mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
+  make_pki
+  local etcd_port etcd_peer kcm_port sched_port kwok_port
+  etcd_port=$(free_port) etcd_peer=$(free_port) APISERVER_PORT=$(free_port)
+  kcm_port=$(free_port) sched_port=$(free_port) kwok_port=$(free_port)
+  echo "APISERVER_PORT=$APISERVER_PORT" >"$dir/ports"
+  local pki=$dir/pki
+
+  start etcd "$etcd_bin" --name local --data-dir "$dir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "local=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296
+  wait_for 30 etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+  start kube-apiserver "$k8s_bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NamespaceLifecycle,ServiceAccount,PodSecurity,LimitRanger,ResourceQuota,DefaultStorageClass \
+    --allow-privileged=true \
+    --max-requests-inflight 0 --max-mutating-requests-inflight 0 --enable-priority-and-fairness=false \
+    --watch-cache=true --event-ttl 2h
+  wait_for 60 kube-apiserver curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz"
+
+  write_kubeconfig "$kubeconfig" admin
+  write_kubeconfig "$dir/controller-manager.kubeconfig" controller-manager
+  write_kubeconfig "$dir/scheduler.kubeconfig" scheduler
+
+  start kube-controller-manager "$k8s_bin/kube-controller-manager" \
+    --kubeconfig "$dir/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --use-service-account-credentials=true \
+    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach' \
+    --kube-api-qps 5000 --kube-api-burst 10000 \
+    --concurrent-deployment-syncs 20 --concurrent-replicaset-syncs 20 --concurrent-gc-syncs 40
+  cat >"$dir/scheduler.yaml" <<EOF
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $dir/scheduler.kubeconfig
+  qps: 5000
+  burst: 10000
+leaderElection:
+  leaderElect: false
+EOF
+  start kube-scheduler "$k8s_bin/kube-scheduler" --config "$dir/scheduler.yaml" \
+    --bind-address 127.0.0.1 --secure-port "$sched_port" \
+    --authentication-kubeconfig "$dir/scheduler.kubeconfig" --authorization-kubeconfig "$dir/scheduler.kubeconfig"
+
+  $kubectl apply -f "$root/hack/kwok/crd-stages.yaml" >/dev/null
+  wait_for 30 "the kwok Stage CRD" $kubectl get stages.kwok.x-k8s.io
+  $kubectl apply -f "$root/hack/kwok/stages/" >/dev/null
+  start kwok "$kwok_bin" --kubeconfig "$kubeconfig" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --enable-crds Stage --server-address "127.0.0.1:$kwok_port" \
+    --node-lease-duration-seconds 40 --cidr 10.244.0.0/16 --node-ip 127.0.0.1
+  $kubectl apply -f "$root/hack/kwok/nodes.yaml" >/dev/null
+  wait_for 60 "two Ready kwok nodes" healthy
+  wait_for 60 "schedulable kwok nodes" untainted
+  # ServiceAccount admission needs each namespace's "default" ServiceAccount.
+  wait_for 30 "the default ServiceAccount" $kubectl -n default get serviceaccount default
+  log "up: $($kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') on https://127.0.0.1:$APISERVER_PORT"
+  print_env
+}
+
+print_env() {
+  printf 'export KUBECONFIG=%s\n' "$kubeconfig"
+}
+
+down() {
+  local f pid
+  for f in "$dir"/pids/*; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  for f in "$dir"/pids/*; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f")
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  done
+  # Keep the logs for a post-mortem; drop the state.
+  find "$dir" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+  log "down"
+}
+
+case ${1:-} in
+  up) up ;;
+  down) down ;;
+  status) healthy ;;
+  env) print_env ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac
