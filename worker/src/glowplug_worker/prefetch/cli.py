@@ -1,0 +1,197 @@
+"""`glowplug-worker prefetch`: parse the command line, run, print one-line errors, write the
+termination report on success and on failure, and a Prometheus-style summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+from glowplug_worker import report
+from glowplug_worker.prefetch.errors import PrefetchError, UsageError
+from glowplug_worker.prefetch.options import (
+    DEFAULT_PVC_ROOT,
+    Options,
+    parse_optimizations,
+    parse_source,
+)
+
+MIB = 1024 * 1024
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see glowplug-worker prefetch --help)")
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="glowplug-worker prefetch",
+        description="Fetch model weights into DEST, verify them and publish them atomically.",
+    )
+    p.add_argument(
+        "--source",
+        required=True,
+        help="hf://org/name[@rev], https://, s3://, pvc://claim/path or file:///path",
+    )
+    p.add_argument("--dest", required=True, help="directory to publish the files in")
+    p.add_argument("--revision", help="revision (hf: branch/tag/commit; others: a label)")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only files matching GLOB (repeatable)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(env.get("GLOWPLUG_PREFETCH_CONCURRENCY", "16")),
+        help="parallel connections (default 16)",
+    )
+    p.add_argument("--chunk-mib", type=int, default=32, help="byte-range size in MiB")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=float(env.get("GLOWPLUG_PREFETCH_TIMEOUT", str(6 * 3600))),
+        help="overall deadline in seconds, waiting and retries included",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="seconds without a byte before a connection is retried",
+    )
+    p.add_argument("--retries", type=int, default=8, help="attempts per byte range")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        help="seconds between progress lines (0: none)",
+    )
+    p.add_argument(
+        "--local-mode",
+        choices=("copy", "in-place"),
+        default="copy",
+        help="pvc:// and file://: copy into DEST, or verify and link in place",
+    )
+    p.add_argument(
+        "--pvc-root",
+        default=env.get("GLOWPLUG_PVC_ROOT", DEFAULT_PVC_ROOT),
+        help="where pvc:// claims are mounted",
+    )
+    p.add_argument("--metrics-file", help="also write the Prometheus-style summary here")
+    return p
+
+
+def parse_options(argv: list[str], env: Mapping[str, str]) -> tuple[Options, str | None]:
+    try:
+        args = build_parser(env).parse_args(argv)
+    except ValueError as exc:  # a bad env default
+        raise UsageError(f"bad GLOWPLUG_PREFETCH_* value: {exc}") from exc
+    if args.concurrency < 1 or args.concurrency > 256:
+        raise UsageError("--concurrency must be between 1 and 256")
+    if args.chunk_mib < 1:
+        raise UsageError("--chunk-mib must be at least 1")
+    if args.timeout <= 0 or args.stall_timeout <= 0 or args.retries < 1:
+        raise UsageError("--timeout and --stall-timeout must be positive, --retries at least 1")
+    opts = Options(
+        source=parse_source(args.source),
+        dest=args.dest,
+        revision=args.revision,
+        includes=tuple(args.include),
+        concurrency=args.concurrency,
+        chunk_bytes=args.chunk_mib * MIB,
+        timeout_s=args.timeout,
+        stall_timeout_s=args.stall_timeout,
+        max_attempts=args.retries,
+        progress_interval_s=args.progress_interval,
+        local_mode=args.local_mode,
+        pvc_root=args.pvc_root,
+        optimizations=parse_optimizations(env.get("GLOWPLUG_OPTIMIZATIONS")),
+    )
+    return opts, args.metrics_file
+
+
+def metrics_text(values: dict[str, float]) -> str:
+    lines = []
+    for name, value in values.items():
+        lines.append(f"# TYPE glowplug_prefetch_{name} gauge")
+        lines.append(f"glowplug_prefetch_{name} {value:g}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    env = os.environ
+    started = time.monotonic()
+    optimizations = list(parse_optimizations(env.get("GLOWPLUG_OPTIMIZATIONS")))
+    metrics_file: str | None = None
+    try:
+        opts, metrics_file = parse_options(argv, env)
+        from glowplug_worker.prefetch.run import prefetch
+
+        outcome = prefetch(opts, env)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (PrefetchError, OSError, KeyboardInterrupt) as exc:
+        seconds = time.monotonic() - started
+        message = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
+        print(f"glowplug-worker prefetch: error: {message}", file=sys.stderr)
+        report.write(
+            report.TerminationReport(
+                command="prefetch",
+                outcome="failed",
+                phase="download",
+                optimizations=optimizations,
+                error=report.ErrorInfo.from_exception(exc),
+                phases={},
+                download=report.DownloadSummary(0, 0, round(seconds, 3), 0.0, False),
+            )
+        )
+        _emit({"success": 0, "seconds": seconds}, metrics_file)
+        code = exc.exit_code if isinstance(exc, PrefetchError) else 1
+        return 130 if isinstance(exc, KeyboardInterrupt) else code
+    summary = report.DownloadSummary(
+        bytes=outcome.fetched_bytes,
+        files=outcome.files,
+        seconds=round(outcome.seconds, 3),
+        throughput_bytes_per_second=round(outcome.throughput, 1),
+        reused=outcome.reused,
+    )
+    report.write(
+        report.TerminationReport(
+            command="prefetch",
+            outcome="succeeded",
+            optimizations=optimizations,
+            phases={"download": outcome.seconds},
+            download=summary,
+        )
+    )
+    _emit(
+        {
+            "success": 1,
+            "reused": int(outcome.reused),
+            "fetched_bytes": outcome.fetched_bytes,
+            "resumed_bytes": outcome.resumed_bytes,
+            "published_bytes": outcome.total_bytes,
+            "files": outcome.files,
+            "seconds": outcome.seconds,
+            "throughput_bytes_per_second": outcome.throughput,
+        },
+        metrics_file,
+    )
+    return 0
+
+
+def _emit(values: dict[str, float], path: str | None) -> None:
+    text = metrics_text(values)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(f"glowplug-worker prefetch: cannot write --metrics-file: {exc}", file=sys.stderr)

@@ -1,0 +1,359 @@
+"""The download engine: files in parallel, large files in concurrent byte ranges, bounded memory
+(one buffer per worker), resumable partial files, retries with backoff under one deadline, and
+sha256 computed as the contiguous prefix of each file grows (overlapping the download)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from glowplug_worker.prefetch.errors import (
+    DeadlineError,
+    IntegrityError,
+    NoSpaceError,
+    TransientError,
+)
+from glowplug_worker.prefetch.plan import RemoteFile, Source
+from glowplug_worker.prefetch.progress import Progress, log
+from glowplug_worker.prefetch.retry import sleep_before_retry
+from glowplug_worker.prefetch.safepath import join_inside
+
+BUFFER_BYTES = 1024 * 1024
+SAVE_EVERY = 16 * 1024 * 1024
+PARTS_DIR = ".glowplug-parts"
+
+
+@dataclass
+class FetchSettings:
+    concurrency: int
+    chunk_bytes: int
+    deadline: float  # time.monotonic() value
+    max_attempts: int
+
+
+@dataclass
+class FetchResult:
+    digests: dict[str, str]
+    resumed_bytes: int
+    fetched_bytes: int
+
+
+class _Aborted(Exception):
+    pass
+
+
+class PartFile:
+    """A file being assembled in staging plus its resume state (bytes done per chunk)."""
+
+    def __init__(self, staging: str, f: RemoteFile, chunk: int) -> None:
+        self.f = f
+        self.chunk = chunk
+        self.path = join_inside(_mkparents(staging, f.path), f.path)
+        self.state_path = os.path.join(
+            staging, PARTS_DIR, hashlib.sha1(f.path.encode()).hexdigest() + ".json"
+        )
+        self.lock = threading.Lock()
+        self._save_lock = threading.Lock()
+        self.identity = {"size": f.size, "version": f.version, "sha256": f.sha256, "chunk": chunk}
+        self.done: dict[int, int] = {}
+        self.digest: str | None = None
+        # hash follower
+        self._hash = hashlib.sha256()
+        self._complete: set[int] = set()
+        self._next = 0
+        self._hashing = False
+        self.fd = -1
+
+    @property
+    def nchunks(self) -> int:
+        if self.f.size is None or not self.f.ranges:
+            return 1
+        return max(1, -(-self.f.size // self.chunk))
+
+    def bounds(self, i: int) -> tuple[int, int | None]:
+        if self.f.size is None:
+            return 0, None
+        if not self.f.ranges:
+            return 0, self.f.size
+        return i * self.chunk, min(self.f.size, (i + 1) * self.chunk)
+
+    def open(self) -> int:
+        """Open (resuming when the saved state matches) and return bytes already present."""
+        state = _load_json(self.state_path)
+        resumable = (
+            state is not None
+            and state.get("identity") == self.identity
+            and self.f.size is not None
+            and self.f.ranges
+            and os.path.exists(self.path)
+            and os.path.getsize(self.path) == self.f.size
+        )
+        if resumable and state is not None:
+            self.digest = state.get("digest")
+            self.done = {int(k): int(v) for k, v in state.get("done", {}).items()}
+            self.fd = os.open(self.path, os.O_RDWR)
+        else:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            if self.f.size:
+                _reserve(self.fd, self.f.size, self.f.path)
+            self.save()
+        return sum(self.done.values())
+
+    def save(self) -> None:
+        with self.lock:
+            body = {"identity": self.identity, "done": dict(self.done), "digest": self.digest}
+        tmp = self.state_path + ".tmp"
+        with self._save_lock:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(body, fh)
+            os.replace(tmp, self.state_path)
+
+    def record(self, i: int, done: int, durable: bool) -> None:
+        if durable:
+            os.fdatasync(self.fd)  # data before the state that vouches for it
+        with self.lock:
+            self.done[i] = done
+        self.save()
+
+    def chunk_complete(self, i: int) -> None:
+        """Mark chunk i done and hash every newly contiguous chunk (one hashing thread a file)."""
+        with self.lock:
+            self._complete.add(i)
+            if self._hashing:
+                return
+            self._hashing = True
+        while True:
+            with self.lock:
+                if self._next not in self._complete:
+                    self._hashing = False
+                    return
+                c = self._next
+                self._next += 1
+            start, end = self.bounds(c)
+            pos, stop = start, end if end is not None else os.fstat(self.fd).st_size
+            while pos < stop:
+                data = os.pread(self.fd, min(4 * BUFFER_BYTES, stop - pos), pos)
+                if not data:
+                    break
+                self._hash.update(data)
+                pos += len(data)
+
+    def finish(self) -> str:
+        """All chunks done: check size and digest; returns the sha256."""
+        if self.digest is None:
+            self.digest = self._hash.hexdigest()
+        size = os.fstat(self.fd).st_size
+        if self.f.size is not None and size != self.f.size:
+            self.discard()
+            raise IntegrityError(f"{self.f.path}: {size} bytes received, expected {self.f.size}")
+        if self.f.sha256 and self.digest != self.f.sha256:
+            got = self.digest
+            self.discard()
+            raise IntegrityError(
+                f"{self.f.path}: sha256 {got} does not match the source's {self.f.sha256}; "
+                "the partial file was discarded (the source or the network corrupted it)"
+            )
+        self.save()
+        return self.digest
+
+    def discard(self) -> None:
+        for p in (self.path, self.state_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        self.digest = None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def fetch_files(
+    source: Source,
+    files: list[RemoteFile],
+    staging: str,
+    settings: FetchSettings,
+    progress: Progress,
+) -> FetchResult:
+    """Fetch `files` into `staging`; raises a PrefetchError. Partial files stay for a rerun."""
+    os.makedirs(os.path.join(staging, PARTS_DIR), exist_ok=True)
+    parts = [PartFile(staging, f, settings.chunk_bytes) for f in files]
+    resumed = 0
+    abort = threading.Event()
+    tasks: list[tuple[PartFile, int]] = []
+    try:
+        for p in parts:
+            got = p.open()
+            resumed += got
+            progress.add_resumed(got)
+            if p.digest is not None:  # finished and verified before a restart
+                progress.file_finished()
+                continue
+            for i in range(p.nchunks):
+                start, end = p.bounds(i)
+                if end is not None and start + p.done.get(i, 0) >= end:
+                    p.chunk_complete(i)
+                else:
+                    tasks.append((p, i))
+        if resumed:
+            log(f"resuming: {resumed} bytes already in staging are reused")
+        remaining = {p: sum(1 for q, _ in tasks if q is p) for p in parts}
+        lock = threading.Lock()
+
+        def run(p: PartFile, i: int) -> None:
+            _fetch_chunk(source, p, i, settings, progress, abort)
+            p.chunk_complete(i)
+            with lock:
+                remaining[p] -= 1
+                last = remaining[p] == 0
+            if last:
+                p.finish()
+                progress.file_finished()
+
+        for p in parts:
+            if p.digest is None and remaining[p] == 0:
+                p.finish()
+                progress.file_finished()
+        workers = max(1, min(settings.concurrency, len(tasks)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
+            futures = [pool.submit(run, p, i) for p, i in tasks]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [f.exception() for f in done if f.exception() is not None]
+            if errors:
+                abort.set()
+                for fut in futures:
+                    fut.cancel()
+        if errors:
+            real = [e for e in errors if not isinstance(e, _Aborted)]
+            raise (real or errors)[0]  # type: ignore[misc]
+        return FetchResult(
+            digests={p.f.path: p.digest or "" for p in parts},
+            resumed_bytes=resumed,
+            fetched_bytes=progress.fetched,
+        )
+    finally:
+        for p in parts:
+            p.close()
+
+
+def _fetch_chunk(
+    source: Source,
+    p: PartFile,
+    i: int,
+    s: FetchSettings,
+    progress: Progress,
+    abort: threading.Event,
+) -> None:
+    start, end = p.bounds(i)
+    done = p.done.get(i, 0) if p.f.ranges and p.f.size is not None else 0
+    buf = bytearray(BUFFER_BYTES)
+    view = memoryview(buf)
+    failures = 0
+    while True:
+        pos = start + done
+        if end is not None and pos >= end:
+            break
+        if abort.is_set():
+            raise _Aborted()
+        if time.monotonic() > s.deadline:
+            raise DeadlineError(f"{p.f.path}: the overall deadline passed while downloading")
+        saved = done
+        try:
+            stream = source.open_range(p.f, pos, end)
+            try:
+                while end is None or pos < end:
+                    if abort.is_set():
+                        raise _Aborted()
+                    if time.monotonic() > s.deadline:
+                        raise DeadlineError(
+                            f"{p.f.path}: the overall deadline passed while downloading"
+                        )
+                    want = BUFFER_BYTES if end is None else min(BUFFER_BYTES, end - pos)
+                    n = _fill(stream, view[:want])
+                    if n == 0:
+                        if end is None:
+                            break
+                        raise TransientError(
+                            f"{p.f.path}: the body ended at byte {pos}, expected {end}"
+                        )
+                    _pwrite(p.fd, view[:n], pos, p.f.path)
+                    pos += n
+                    done += n
+                    progress.add(n)
+                    if done - saved >= SAVE_EVERY:
+                        p.record(i, done, durable=True)
+                        saved = done
+                if end is None:
+                    break
+            finally:
+                stream.close()
+                if done != saved and p.f.size is not None and p.f.ranges:
+                    p.record(i, done, durable=False)
+        except TransientError as exc:
+            failures = 1 if done > saved else failures + 1
+            if failures >= s.max_attempts:
+                raise TransientError(f"{exc} (gave up after {failures} attempts)") from exc
+            if end is None:  # no ranges: start over
+                progress.add(-done)
+                done = 0
+            if sleep_before_retry(
+                failures, s.deadline, f"{p.f.path} from byte {start + done}", exc, abort
+            ):
+                raise _Aborted() from exc
+
+
+def _fill(stream: object, view: memoryview) -> int:
+    """Read until `view` is full or the body ends."""
+    got = 0
+    readinto = stream.readinto  # type: ignore[attr-defined]
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _pwrite(fd: int, data: memoryview, pos: int, name: str) -> None:
+    while data:
+        try:
+            n = os.pwrite(fd, data, pos)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"{name}: no space left on the destination volume") from exc
+            raise
+        data = data[n:]
+        pos += n
+
+
+def _reserve(fd: int, size: int, name: str) -> None:
+    os.ftruncate(fd, size)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(
+                f"{name}: cannot reserve {size} bytes, no space left on the destination volume"
+            ) from exc
+        # EOPNOTSUPP/EINVAL: filesystems without fallocate; the free-space check still ran.
+
+
+def _load_json(path: str) -> dict[str, object] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            body = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _mkparents(root: str, rel: str) -> str:
+    os.makedirs(os.path.dirname(os.path.join(root, *rel.split("/"))), exist_ok=True)
+    return root
