@@ -157,6 +157,15 @@ def test_builtin_flags_in_the_cel_rule_match_spec_py() -> None:
     assert tuple(names) == BUILTIN_OPTIMIZATIONS
 
 
+def test_descriptions_of_defaulted_fields_name_the_default() -> None:
+    """kubectl explain does not show defaults; the description must."""
+    for path, node in walk(root_schema(), "modelserver"):
+        if "default" in node and node["default"] != {}:
+            default = str(node["default"]).lower()
+            pattern = rf"defaults to {re.escape(default)}\b"
+            assert re.search(pattern, node["description"].lower()), path
+
+
 def crd_defaults() -> list[tuple[str, Any]]:
     return [
         (path, node["default"])
@@ -218,8 +227,13 @@ def test_there_are_enough_invalid_specs_each_with_an_expectation() -> None:
 SCHEMA_LEVEL = [
     p
     for p in INVALID
-    if re.search(r"(Required|Unsupported|Invalid) value", header(p, "expect") or "")
+    if re.search(r"Required value|Unsupported value|in body should", header(p, "expect") or "")
 ]
+
+
+def test_both_kinds_of_refusal_are_covered() -> None:
+    assert len(SCHEMA_LEVEL) >= 8, "OpenAPI-level refusals (enum, bounds, required)"
+    assert len(INVALID) - len(SCHEMA_LEVEL) >= 12, "CEL-level refusals (cross-field rules)"
 
 
 @pytest.mark.parametrize("path", SCHEMA_LEVEL, ids=[p.name for p in SCHEMA_LEVEL])
