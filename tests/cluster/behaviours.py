@@ -57,7 +57,9 @@ def name_hash_not_mod(modulus: int, remainder: int) -> Expr:
 
 
 _NOT_DELETED: Expr = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
-_INITIALIZED: Expr = jq_true('.status.conditions | any(.type == "Initialized" and .status == "True")')
+_INITIALIZED: Expr = jq_true(
+    '.status.conditions | any(.type == "Initialized" and .status == "True")'
+)
 _NOT_RUNNING_YET: Expr = {
     "key": ".status.containerStatuses.[].state.running.startedAt",
     "operator": "DoesNotExist",
@@ -112,7 +114,10 @@ def _crash_template(exit_code: int, reason: str, message: str) -> str:
 conditions:
 - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
 - {type: Ready, status: "False", reason: ContainersNotReady, lastTransitionTime: {{ $now | Quote }}}
-- {type: ContainersReady, status: "False", reason: ContainersNotReady, lastTransitionTime: {{ $now | Quote }}}
+- type: ContainersReady
+  status: "False"
+  reason: ContainersNotReady
+  lastTransitionTime: {{ $now | Quote }}
 containerStatuses:
 {{ range $index, $item := .spec.containers }}
 - image: {{ $item.image | Quote }}
@@ -156,7 +161,10 @@ def crash_loop(
         "values": ["ContainerCreating", "CrashLoopBackOff", "PodInitializing"],
     }
     return _stage(
-        name, [_INITIALIZED, *selector, crashing], delay_ms, _crash_template(exit_code, reason, message)
+        name,
+        [_INITIALIZED, *selector, crashing],
+        delay_ms,
+        _crash_template(exit_code, reason, message),
     )
 
 
@@ -165,7 +173,10 @@ _RUNNING_NOT_READY_TEMPLATE = """\
 conditions:
 - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
 - {type: Ready, status: "False", reason: ContainersNotReady, lastTransitionTime: {{ $now | Quote }}}
-- {type: ContainersReady, status: "False", reason: ContainersNotReady, lastTransitionTime: {{ $now | Quote }}}
+- type: ContainersReady
+  status: "False"
+  reason: ContainersNotReady
+  lastTransitionTime: {{ $now | Quote }}
 containerStatuses:
 {{ range $index, $item := .spec.containers }}
 - image: {{ $item.image | Quote }}
@@ -182,4 +193,6 @@ phase: Running
 
 def never_ready(name: str, selector: list[Expr], delay_ms: int = 300) -> dict[str, Any]:
     """Pods run but never pass their startup/readiness probe (a hang, not a crash)."""
-    return _stage(name, [_INITIALIZED, *selector, _NOT_RUNNING_YET], delay_ms, _RUNNING_NOT_READY_TEMPLATE)
+    return _stage(
+        name, [_INITIALIZED, *selector, _NOT_RUNNING_YET], delay_ms, _RUNNING_NOT_READY_TEMPLATE
+    )

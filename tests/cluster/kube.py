@@ -34,7 +34,9 @@ class Kubectl:
     def in_namespace(self, namespace: str) -> Kubectl:
         return Kubectl(self.kubeconfig, namespace, self.binary)
 
-    def run(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> str:
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> str:
         cmd = [self.binary, f"--kubeconfig={self.kubeconfig}"]
         if self.namespace:
             cmd.append(f"--namespace={self.namespace}")
@@ -43,7 +45,7 @@ class Kubectl:
         )
         if check and proc.returncode != 0:
             raise KubectlError(args, proc.returncode, proc.stderr)
-        return proc.stdout if proc.returncode == 0 else proc.stderr
+        return proc.stdout if proc.returncode == 0 else proc.stdout + proc.stderr
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json"))

@@ -1,0 +1,108 @@
+"""Fixtures for end-to-end tests: the cluster (the local control plane, or any KUBECONFIG), a
+namespace per test, and kwok behaviour Stages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import behaviours
+from tests.cluster.kube import LOCAL_KUBECONFIG, Kubectl, kubeconfig_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> Kubectl:
+    path = kubeconfig_path()
+    if not Path(path).exists():
+        pytest.fail(f"no kubeconfig at {path}: run `make cluster-up` or set KUBECONFIG")
+    binary = shutil.which("kubectl")
+    if binary is None:
+        pytest.fail("kubectl is not on PATH: run the tests through `make test-e2e`")
+    return Kubectl(kubeconfig=path, binary=binary)
+
+
+@pytest.fixture(scope="session")
+def has_kwok(kubectl: Kubectl) -> bool:
+    """True on the local control plane (kwok nodes and Stage resources)."""
+    if os.environ.get("KUBECONFIG") and Path(os.environ["KUBECONFIG"]) != LOCAL_KUBECONFIG:
+        nodes = kubectl.get("nodes", selector="type=kwok")["items"]
+        return bool(nodes) and kubectl.exists("crd", "stages.kwok.x-k8s.io")
+    return True
+
+
+@pytest.fixture
+def needs_kwok(has_kwok: bool) -> None:
+    if not has_kwok:
+        pytest.skip("needs kwok-simulated nodes and Stages (the local control plane)")
+
+
+def _make_namespace(kubectl: Kubectl, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "glowplug.dev/test": "true",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+        }
+    )
+    return name
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    """A fresh namespace, labelled with the PodSecurity `restricted` profile, deleted after."""
+    name = _make_namespace(kubectl, "t")
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def sim_namespace(kubectl: Kubectl, needs_kwok: None) -> Iterator[str]:
+    """A namespace whose pods get their outcome from the test's own kwok Stages (`stages`)."""
+    name = _make_namespace(kubectl, "sim")
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+class Stages:
+    """Creates kwok Stages for one test and deletes them afterwards."""
+
+    def __init__(self, kubectl: Kubectl, namespace: str) -> None:
+        self.kubectl = kubectl
+        self.namespace = namespace
+        self.names: list[str] = []
+
+    def add(self, stage: dict) -> None:
+        stage["metadata"]["name"] = f"{self.namespace}-{stage['metadata']['name']}"
+        stage["spec"]["selector"]["matchExpressions"].insert(
+            0, behaviours.in_namespace(self.namespace)
+        )
+        self.kubectl.apply(stage)
+        self.names.append(stage["metadata"]["name"])
+
+    def cleanup(self) -> None:
+        if self.names:
+            self.kubectl.run(
+                "delete", "stages.kwok.x-k8s.io", *self.names, "--wait=false", check=False
+            )
+
+
+@pytest.fixture
+def stages(kubectl: Kubectl, sim_namespace: str) -> Iterator[Stages]:
+    s = Stages(kubectl, sim_namespace)
+    yield s
+    s.cleanup()
