@@ -1,0 +1,1 @@
+"""Developer tools: small helpers for tests, benchmarks and `make demo` (not used in a pod)."""

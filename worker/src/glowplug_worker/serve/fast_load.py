@@ -1,0 +1,239 @@
+"""`fast-load`: a streaming safetensors loader.
+
+The model is built with its parameters on the meta device (no memory, no random init); buffers
+stay real. Tensor bytes are read with parallel `pread`s:
+
+* CPU: straight into each tensor's own memory (no intermediate copy, no pinned memory).
+* CUDA: into a small ring of pinned host buffers, allocated once and reused (pinning one big
+  buffer per shard is slower than plain loading), each chunk copied to its GPU tensor
+  asynchronously on a side stream while the readers fill the next buffers.
+
+Then the tensors are cast to the serving dtype on the device and assigned to the model.
+Only safetensors checkpoints are supported; anything this loader cannot map raises a
+`FlagFailure` blaming `fast-load`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from glowplug_worker.serve.flags import FAST_LOAD
+from glowplug_worker.serve.safetensors_io import (
+    TORCH_DTYPES,
+    CheckpointError,
+    TensorEntry,
+    checkpoint_files,
+    pread_into,
+    read_header,
+)
+from glowplug_worker.serve.state import FlagFailure
+
+log = logging.getLogger("glowplug.serve")
+
+READ_THREADS = 8
+CHUNK_BYTES = 64 << 20  # one pinned ring slot
+RING_SLOTS = 6
+# Checkpoint keys that old checkpoints carry for buffers the model recomputes itself.
+IGNORABLE_SUFFIXES = ("position_ids", "rotary_emb.inv_freq", "attn.masked_bias", "attn.bias")
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Create every parameter on the meta device (buffers stay real): the model costs no memory
+    and its random init does nothing."""
+    import torch
+
+    original = torch.nn.Module.register_parameter
+
+    def register(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            cls = type(param)
+            module._parameters[name] = cls(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def read_entries(model_dir: Path) -> list[TensorEntry]:
+    files = checkpoint_files(model_dir)
+    if not files:
+        if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
+            raise FlagFailure(
+                FAST_LOAD,
+                f"{model_dir} has only pickle (.bin/.pt) weights; "
+                "fast-load reads safetensors only (turn the flag off)",
+            )
+        raise CheckpointError(f"{model_dir}: no weight files (*.safetensors) found")
+    entries: list[TensorEntry] = []
+    for path in files:
+        entries.extend(read_header(path))
+    return entries
+
+
+def map_keys(entries: list[TensorEntry], model: Any) -> dict[str, TensorEntry]:
+    """Checkpoint name -> model state-dict name, allowing the base-model prefix to differ."""
+    wanted = set(model.state_dict().keys())
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    mapped: dict[str, TensorEntry] = {}
+    unknown = []
+    for entry in entries:
+        name = entry.name
+        candidates = [name]
+        if prefix:
+            candidates += [f"{prefix}.{name}"]
+            if name.startswith(prefix + "."):
+                candidates.append(name[len(prefix) + 1 :])
+        target = next((c for c in candidates if c in wanted), None)
+        if target is not None:
+            mapped[target] = entry
+        elif not name.endswith(IGNORABLE_SUFFIXES):
+            unknown.append(name)
+    if unknown:
+        raise FlagFailure(
+            FAST_LOAD,
+            f"checkpoint tensors with no place in {type(model).__name__}: {', '.join(unknown[:8])}",
+        )
+    return mapped
+
+
+def _read_cpu(jobs: list[tuple[TensorEntry, Any]]) -> None:
+    """Read each entry into its uint8 tensor, in parallel."""
+
+    def one(job: tuple[TensorEntry, Any, int, int]) -> None:
+        entry, buf, start, length = job
+        fd = os.open(entry.path, os.O_RDONLY)
+        try:
+            pread_into(fd, memoryview(buf.numpy())[start : start + length], entry.offset + start)
+        finally:
+            os.close(fd)
+
+    parts = [
+        (e, b, s, min(CHUNK_BYTES, e.nbytes - s))
+        for e, b in jobs
+        for s in range(0, e.nbytes, CHUNK_BYTES)
+    ]
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="fast-load") as pool:
+        list(pool.map(one, parts))
+
+
+def _read_cuda(jobs: list[tuple[TensorEntry, Any]], device: Any) -> None:
+    """Stream each entry through a ring of pinned buffers into its GPU uint8 tensor."""
+    import torch
+
+    slot_bytes = min(CHUNK_BYTES, max(e.nbytes for e, _ in jobs))
+    slots = [
+        (torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True), torch.cuda.Event())
+        for _ in range(RING_SLOTS)
+    ]
+    free: queue.Queue[int] = queue.Queue()
+    for i in range(RING_SLOTS):
+        free.put(i)
+    filled: queue.Queue[tuple[int, Any, int, int] | BaseException] = queue.Queue()
+    parts = [
+        (e, dst, s, min(slot_bytes, e.nbytes - s))
+        for e, dst in jobs
+        for s in range(0, e.nbytes, slot_bytes)
+    ]
+    work: queue.Queue[tuple[TensorEntry, Any, int, int]] = queue.Queue()
+    for p in parts:
+        work.put(p)
+    stream = torch.cuda.Stream(device=device)
+
+    def reader() -> None:
+        while True:
+            try:
+                entry, dst, start, length = work.get_nowait()
+            except queue.Empty:
+                return
+            slot = free.get()
+            try:
+                slots[slot][1].synchronize()  # the previous copy out of this slot is done
+                fd = os.open(entry.path, os.O_RDONLY)
+                try:
+                    pread_into(
+                        fd, memoryview(slots[slot][0].numpy())[:length], entry.offset + start
+                    )
+                finally:
+                    os.close(fd)
+            except BaseException as exc:
+                filled.put(exc)
+                return
+            filled.put((slot, dst, start, length))
+
+    threads = [
+        threading.Thread(target=reader, name=f"fast-load-{i}", daemon=True)
+        for i in range(min(READ_THREADS, len(parts)))
+    ]
+    for t in threads:
+        t.start()
+    with torch.cuda.stream(stream):
+        for _ in range(len(parts)):
+            item = filled.get()
+            if isinstance(item, BaseException):
+                raise item
+            slot, dst, start, length = item
+            dst[start : start + length].copy_(slots[slot][0][:length], non_blocking=True)
+            slots[slot][1].record(stream)
+            free.put(slot)
+    stream.synchronize()
+    for t in threads:
+        t.join()
+
+
+def load_weights(model: Any, model_dir: Path, device: Any, dtype: Any) -> dict[str, Any]:
+    """Read the checkpoint into `model` (built with `parameters_on_meta`); returns stats."""
+    import torch
+
+    begin = time.perf_counter()
+    entries = read_entries(model_dir)
+    mapped = map_keys(entries, model)
+    device = torch.device(device)
+    raw = []
+    for _name, entry in mapped.items():
+        raw.append((entry, torch.empty(entry.nbytes, dtype=torch.uint8, device=device)))
+    if raw:
+        if device.type == "cuda":
+            _read_cuda([r for r in raw if r[0].nbytes], device)
+        else:
+            _read_cpu([r for r in raw if r[0].nbytes])
+    state: dict[str, Any] = {}
+    for (name, entry), (_, buf) in zip(mapped.items(), raw, strict=True):
+        tensor = buf.view(getattr(torch, TORCH_DTYPES[entry.dtype])).reshape(entry.shape)
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        state[name] = tensor
+    result = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if still_meta:
+        raise CheckpointError(
+            f"{model_dir}: the checkpoint lacks weights for {', '.join(still_meta[:8])}"
+        )
+    for module in model.modules():
+        for key, buf in module._buffers.items():
+            if buf is not None and buf.device != device:
+                module._buffers[key] = buf.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - begin
+    total = sum(e.nbytes for e in mapped.values())
+    log.debug("fast-load: unexpected keys ignored: %s", result.unexpected_keys)
+    return {
+        "loader": "fast-load",
+        "bytes": total,
+        "seconds": round(seconds, 4),
+        "gb_per_second": round(total / seconds / 1e9, 3) if seconds > 0 else None,
+    }

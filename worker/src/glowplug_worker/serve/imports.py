@@ -1,0 +1,158 @@
+"""The `import` phase: torch and transformers, optionally with `background-import` (torch in a
+thread, joined and checked before transformers) and `slim-imports` (optional heavy modules kept
+out of the import graph).
+
+Why the join comes first: vLLM #40331 imported transformers in a background thread while the
+main thread went on and imported it too; the main thread could see a half-initialised module and
+startup broke intermittently. Here only `import torch` runs in the background, nothing else
+imports torch or transformers until `BackgroundImport.join()` returns, and `join()` fails closed
+(a `FlagFailure` blaming `background-import`) if the thread did not finish or left any module
+half-initialised.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from glowplug_worker.serve.flags import BACKGROUND_IMPORT, SLIM_IMPORTS
+from glowplug_worker.serve.state import FlagFailure
+
+log = logging.getLogger("glowplug.serve")
+
+# Optional packages that transformers probes with `importlib.util.find_spec` and uses only for
+# features a served model does not need (assisted-generation heuristics, training metrics).
+# Blocking a package: `sys.modules[name] = None`, so `find_spec` answers "not installed" and an
+# import raises ModuleNotFoundError; transformers then treats the feature as unavailable. Only
+# names that transformers guards with an availability check belong here (see docs/worker.md).
+SLIM_BLOCKLIST: tuple[str, ...] = ("sklearn",)
+# Attributes that must exist on a fully initialised torch.
+TORCH_ATTRIBUTES = ("Tensor", "nn", "float32", "empty", "inference_mode", "cuda", "__version__")
+JOIN_TIMEOUT_SECONDS = 300.0
+
+
+def apply_slim_imports(blocklist: tuple[str, ...] = SLIM_BLOCKLIST) -> list[str]:
+    """Block the optional modules not imported yet; returns the names blocked."""
+    blocked = []
+    for name in blocklist:
+        if name in sys.modules:
+            log.info("%s: %s is already imported, leaving it", SLIM_IMPORTS, name)
+            continue
+        sys.modules[name] = None  # type: ignore[assignment]
+        blocked.append(name)
+    return blocked
+
+
+def half_initialised(prefixes: tuple[str, ...]) -> list[str]:
+    """Modules under `prefixes` whose import has started but not finished (Python marks them
+    with `__spec__._initializing` until their body has run)."""
+    bad = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(prefixes):
+            continue
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and getattr(spec, "_initializing", False):
+            bad.append(name)
+    return sorted(bad)
+
+
+def check_initialised(root: str, attributes: tuple[str, ...]) -> ModuleType:
+    """Fail closed unless `root` is fully imported: in `sys.modules`, no module under it still
+    initialising, and the expected attributes present."""
+    module = sys.modules.get(root)
+    if module is None:
+        raise FlagFailure(BACKGROUND_IMPORT, f"{root} is not in sys.modules after the join")
+    busy = half_initialised((root, root + "."))
+    if busy:
+        raise FlagFailure(
+            BACKGROUND_IMPORT, f"modules still initialising after the join: {', '.join(busy[:10])}"
+        )
+    missing = [a for a in attributes if not hasattr(module, a)]
+    if missing:
+        raise FlagFailure(
+            BACKGROUND_IMPORT,
+            f"{root} is missing {', '.join(missing)} after the join (partially initialised)",
+        )
+    return module
+
+
+class BackgroundImport:
+    """`import torch` in a daemon thread, started as early as possible."""
+
+    def __init__(self, module: str = "torch") -> None:
+        self.module = module
+        self.error: BaseException | None = None
+        self.seconds: float | None = None
+        self._thread = threading.Thread(target=self._run, name="background-import", daemon=True)
+
+    def start(self) -> BackgroundImport:
+        if "transformers" in sys.modules:
+            raise FlagFailure(
+                BACKGROUND_IMPORT, "transformers was imported before the background import started"
+            )
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        begin = time.perf_counter()
+        try:
+            importlib.import_module(self.module)
+        except BaseException as exc:  # reported by join() in the main thread
+            self.error = exc
+        self.seconds = time.perf_counter() - begin
+
+    def join(self, timeout: float = JOIN_TIMEOUT_SECONDS) -> ModuleType:
+        """Wait for the thread, then check that the import is complete. Must be called before
+        anything imports transformers."""
+        if "transformers" in sys.modules:
+            raise FlagFailure(
+                BACKGROUND_IMPORT,
+                "transformers was imported before the background torch import was "
+                "joined (the unsafe form of vLLM #40331)",
+            )
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise FlagFailure(
+                BACKGROUND_IMPORT,
+                f"background import of {self.module} still running after {timeout:.0f} s",
+            )
+        if self.error is not None:
+            # The import itself is broken (it would be without the flag too): re-raise as is.
+            raise self.error
+        return check_initialised(self.module, TORCH_ATTRIBUTES)
+
+
+def architectures(model_dir: Path) -> list[str]:
+    """`architectures` from config.json, or [] when it cannot be read (the config phase reports
+    that properly)."""
+    try:
+        names = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str) and n.isidentifier()]
+
+
+def import_stack(task: str, model_dir: Path) -> dict[str, Any]:
+    """Import torch, the transformers pieces `task` needs and the model's own class module (so
+    that the load phase times weights, not imports); returns them by name."""
+    import torch
+    import transformers
+
+    names = [
+        "AutoConfig",
+        "AutoTokenizer",
+        "AutoModelForCausalLM" if task == "generate" else "AutoModel",
+    ]
+    found = {name: getattr(transformers, name) for name in names}
+    for arch in architectures(model_dir)[:1]:
+        found["model_class"] = getattr(transformers, arch, None)
+    found["torch"] = torch
+    found["transformers"] = transformers
+    return found

@@ -1,0 +1,222 @@
+"""OpenAI-style request validation and error bodies. Pure Python: a request body (parsed JSON)
+in, a typed request or an `ApiError` naming the field out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+COMMON = {
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stop",
+    "seed",
+    "user",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+}
+COMPLETION_FIELDS = COMMON | {"prompt"}
+CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens"}
+EMBEDDING_FIELDS = {"model", "input", "encoding_format", "user", "dimensions"}
+MAX_STOP = 4
+MAX_EMBED_INPUTS = 256
+ROLES = {"system", "user", "assistant", "developer"}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.type = type_
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+@dataclass
+class GenerationRequest:
+    model: str | None
+    prompt: str | None = None  # completions
+    messages: list[dict[str, str]] | None = None  # chat
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stream: bool = False
+    include_usage: bool = False
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class EmbeddingRequest:
+    model: str | None
+    inputs: list[str]
+    encoding_format: str = "float"
+
+
+def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise bad(
+            f"unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(allowed))}",
+            param=unknown[0],
+        )
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad("'model' must be a string", param="model")
+    return body
+
+
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise bad(f"'{name}' must be a number between {low} and {high}", param=name)
+    return float(value)
+
+
+def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str) -> None:
+    value = body.get(max_tokens_field, body.get("max_tokens"))
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"'{max_tokens_field}' must be a positive integer", param=max_tokens_field)
+        req.max_tokens = value
+    req.temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    req.top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if req.top_p == 0.0:
+        raise bad("'top_p' must be greater than 0", param="top_p")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
+            raise bad(f"'{name}' is not supported by this server; leave it out or 0", param=name)
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise bad("only 'n': 1 is supported", param="n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad("'stream' must be true or false", param="stream")
+    req.stream = stream
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise bad("'stream_options' may only hold 'include_usage'", param="stream_options")
+        req.include_usage = bool(options.get("include_usage", False))
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        if (
+            not isinstance(stop, list)
+            or len(stop) > MAX_STOP
+            or not all(isinstance(s, str) and s for s in stop)
+        ):
+            raise bad(
+                f"'stop' must be a string or a list of at most {MAX_STOP} non-empty strings",
+                param="stop",
+            )
+        req.stop = stop
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise bad("'seed' must be an integer", param="seed")
+    req.seed = seed
+
+
+def parse_completion(body: Any) -> GenerationRequest:
+    obj = _object(body, COMPLETION_FIELDS)
+    prompt = obj.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise bad("'prompt' must be a non-empty string", param="prompt")
+    req = GenerationRequest(model=obj.get("model"), prompt=prompt, max_tokens=16)
+    _common(obj, req, "max_tokens")
+    return req
+
+
+def parse_chat(body: Any) -> GenerationRequest:
+    obj = _object(body, CHAT_FIELDS)
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("'messages' must be a non-empty list", param="messages")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) - {"role", "content", "name"}:
+            raise bad(
+                f"messages[{i}] must be an object with 'role' and 'content'", param=f"messages[{i}]"
+            )
+        if m.get("role") not in ROLES:
+            raise bad(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
+                param=f"messages[{i}].role",
+            )
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                for p in content
+            ):
+                raise bad(
+                    f"messages[{i}].content: only text parts are supported",
+                    param=f"messages[{i}].content",
+                )
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise bad(f"messages[{i}].content must be a string", param=f"messages[{i}].content")
+        clean.append({"role": m["role"], "content": content})
+    req = GenerationRequest(model=obj.get("model"), messages=clean)
+    _common(obj, req, "max_completion_tokens")
+    return req
+
+
+def parse_embedding(body: Any) -> EmbeddingRequest:
+    obj = _object(body, EMBEDDING_FIELDS)
+    inputs = obj.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(s, str) and s for s in inputs)
+    ):
+        raise bad(
+            "'input' must be a non-empty string or a list of non-empty strings", param="input"
+        )
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise bad(
+            f"'input' holds {len(inputs)} texts; at most {MAX_EMBED_INPUTS} per request",
+            param="input",
+        )
+    fmt = obj.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise bad("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    if obj.get("dimensions") is not None:
+        raise bad("'dimensions' is not supported by this model", param="dimensions")
+    return EmbeddingRequest(model=obj.get("model"), inputs=inputs, encoding_format=fmt)

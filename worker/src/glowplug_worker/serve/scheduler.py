@@ -1,0 +1,78 @@
+"""Admission control: at most `max_running` requests run on the model at once and at most
+`max_queued` wait; anything beyond is refused at once (429) instead of piling up in memory.
+Also counts in-flight requests for the drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class Overloaded(Exception):
+    """Every slot and every queue place is taken."""
+
+
+class Scheduler:
+    def __init__(self, max_running: int, max_queued: int) -> None:
+        if max_running < 1:
+            raise ValueError("--max-concurrency must be at least 1")
+        if max_queued < 0:
+            raise ValueError("--max-queue must be 0 or more")
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self.running = 0
+        self.queued = 0
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: asyncio.Event | None = None
+
+    def _ensure(self) -> asyncio.Semaphore:
+        # Created lazily, inside the event loop that uses them.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_running)
+            self._idle = asyncio.Event()
+            self._idle.set()
+        return self._slots
+
+    @property
+    def in_flight(self) -> int:
+        return self.running + self.queued
+
+    @asynccontextmanager
+    async def slot(self, timeout: float | None) -> AsyncIterator[None]:
+        """Hold one running slot for the body; raises `Overloaded` when full and
+        `TimeoutError` when no slot frees up within `timeout` seconds."""
+        slots = self._ensure()
+        assert self._idle is not None
+        if self.in_flight >= self.max_running + self.max_queued:
+            raise Overloaded()
+        self.queued += 1
+        self._idle.clear()
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout)
+        except BaseException:
+            self.queued -= 1
+            self._settle()
+            raise
+        self.queued -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            slots.release()
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; False if `timeout` passed first."""
+        self._ensure()
+        assert self._idle is not None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
