@@ -1,0 +1,285 @@
+"""What a Pod (or the Deployment) says about a start, as frozen observations.
+
+Pure: a raw object as the API returns it (a plain dict) plus `now` in, an observation out. The
+rollback decision (`glowplug_operator.rollback`) reads only these observations.
+
+The pod template carries its effective flag set in the annotation `glowplug.dev/optimizations`
+(comma-separated names, "" for none) and a hash of it in the label
+`glowplug.dev/optimizations-hash` (render it with `flag_set_hash`). The init container is named
+`prefetch`, the worker container `worker`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from glowplug_operator.reports import Report, parse_report
+
+FLAGS_ANNOTATION = "glowplug.dev/optimizations"
+FLAGS_HASH_LABEL = "glowplug.dev/optimizations-hash"
+TRIAL_ANNOTATION = "glowplug.dev/trial"
+INIT_CONTAINER = "prefetch"
+WORKER_CONTAINER = "worker"
+
+# Waiting reasons that mean the container cannot even be created: not a flag problem.
+IMAGE_PULL_REASONS = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+)
+CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
+def flag_set_hash(flags: Sequence[str], fingerprints: Mapping[str, str] | None = None) -> str:
+    """The label value for a flag set: order-insensitive, 16 hex characters.
+
+    `fingerprints` (flag name -> hash of its definition, see `flag_fingerprint`) makes a changed
+    env/args of a flag a different flag set.
+    """
+    prints = fingerprints or {}
+    canonical = ",".join(f"{name}={prints.get(name, '')}" for name in sorted(set(flags)))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def flag_fingerprint(definition: Mapping[str, Any]) -> str:
+    """A short hash of one spec.startup.optimizations[] entry (name, env, args...)."""
+    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ContainerObservation:
+    name: str
+    restarts: int
+    running: bool
+    started_at: datetime | None  # of the current run, if running
+    waiting_reason: str | None
+    terminated_reason: str | None  # current state, else last state
+    exit_code: int | None  # current state, else last state
+    terminated_now: bool  # the current state is terminated (not only the last state)
+    report: Report | None  # the most recent failure report of this container
+
+    @property
+    def failed_now(self) -> bool:
+        """The current state is a failed run (terminated non-zero, or crash-looping)."""
+        if self.waiting_reason == "CrashLoopBackOff":
+            return True
+        return self.terminated_now and (self.exit_code or 0) != 0
+
+    def terminations(self, *, counts_success: bool) -> int:
+        """How many runs of this container have ended, as far as the status shows.
+
+        restartCount counts the runs that ended and were restarted; a run that ended and is not
+        restarted yet shows as a terminated state or as CrashLoopBackOff.
+        """
+        ended_now = self.waiting_reason == "CrashLoopBackOff" or (
+            self.terminated_now and (counts_success or (self.exit_code or 0) != 0)
+        )
+        return self.restarts + (1 if ended_now else 0)
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    name: str
+    uid: str
+    flags: tuple[str, ...]
+    flags_hash: str
+    trial: str | None  # the glowplug.dev/trial annotation (a forced restart of a trial)
+    created: datetime | None
+    scheduled: datetime | None
+    ready: bool
+    ready_since: datetime | None
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    deleting: bool
+    observed_at: datetime
+    worker: ContainerObservation | None
+    init: ContainerObservation | None
+
+    @property
+    def worker_restarts(self) -> int:
+        return self.worker.restarts if self.worker else 0
+
+    @property
+    def init_restarts(self) -> int:
+        return self.init.restarts if self.init else 0
+
+    @property
+    def waiting_reason(self) -> str | None:
+        """The init container's waiting reason while it blocks the pod, else the worker's."""
+        if self.init and self.init.waiting_reason and not self._init_done:
+            return self.init.waiting_reason
+        return self.worker.waiting_reason if self.worker else None
+
+    @property
+    def _init_done(self) -> bool:
+        return bool(self.init and self.init.terminated_now and self.init.exit_code == 0)
+
+    @property
+    def failed_starts(self) -> int:
+        """Failed starts this pod's status shows: init failures plus ended worker runs.
+
+        A pod being deleted is being stopped on purpose: its current termination is not a failure.
+        """
+        init = self.init.terminations(counts_success=False) if self.init else 0
+        worker = self.worker.terminations(counts_success=True) if self.worker else 0
+        if self.deleting:
+            init = self.init_restarts
+            worker = self.worker_restarts
+        return init + worker
+
+    @property
+    def attempt_started(self) -> datetime | None:
+        """When the current start began: scheduling for the first, the container start after."""
+        if self.failed_starts == 0 or self.worker is None:
+            return self.scheduled
+        return self.worker.started_at if self.worker.running else None
+
+    @property
+    def failure(self) -> ContainerObservation | None:
+        """The container whose failure is the most recent one, for evidence."""
+        for container in (self.worker, self.init):
+            if container and (container.report or container.failed_now):
+                return container
+        return None
+
+    @property
+    def report(self) -> Report | None:
+        failure = self.failure
+        return failure.report if failure else None
+
+    @property
+    def oom_killed(self) -> bool:
+        failure = self.failure
+        return bool(failure and failure.terminated_reason == "OOMKilled")
+
+    @property
+    def blocked_reason(self) -> str | None:
+        """A waiting reason that means no container can start: image pull or config errors."""
+        reason = self.waiting_reason
+        if reason in IMAGE_PULL_REASONS or reason in CONFIG_REASONS:
+            return reason
+        return None
+
+
+@dataclass(frozen=True)
+class DeploymentProgress:
+    stuck: bool  # Progressing=False with reason ProgressDeadlineExceeded
+    reason: str | None
+    message: str | None
+    last_update: datetime | None
+
+
+def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
+    meta = _dict(pod.get("metadata"))
+    status = _dict(pod.get("status"))
+    annotations = _dict(meta.get("annotations"))
+    labels = _dict(meta.get("labels"))
+    raw_flags = annotations.get(FLAGS_ANNOTATION)
+    flags = (
+        tuple(f.strip() for f in raw_flags.split(",") if f.strip())
+        if isinstance(raw_flags, str)
+        else ()
+    )
+    label_hash = labels.get(FLAGS_HASH_LABEL)
+    flags_hash = label_hash if isinstance(label_hash, str) and label_hash else flag_set_hash(flags)
+    conditions = {c.get("type"): c for c in _list(status.get("conditions")) if isinstance(c, dict)}
+    scheduled = conditions.get("PodScheduled", {})
+    ready = conditions.get("Ready", {})
+    is_ready = ready.get("status") == "True"
+    trial = annotations.get(TRIAL_ANNOTATION)
+    return PodObservation(
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        flags=flags,
+        flags_hash=flags_hash,
+        trial=trial if isinstance(trial, str) else None,
+        created=_time(meta.get("creationTimestamp")),
+        scheduled=(
+            _time(scheduled.get("lastTransitionTime"))
+            if scheduled.get("status") == "True"
+            else None
+        ),
+        ready=is_ready,
+        ready_since=_time(ready.get("lastTransitionTime")) if is_ready else None,
+        phase=str(status.get("phase") or "Unknown"),
+        deleting=meta.get("deletionTimestamp") is not None,
+        observed_at=now,
+        worker=_container(status.get("containerStatuses"), WORKER_CONTAINER),
+        init=_container(status.get("initContainerStatuses"), INIT_CONTAINER),
+    )
+
+
+def observe_deployment_progress(deployment: Mapping[str, Any]) -> DeploymentProgress | None:
+    """The Deployment's Progressing condition; None when it has none yet."""
+    status = _dict(deployment.get("status"))
+    for condition in _list(status.get("conditions")):
+        if isinstance(condition, dict) and condition.get("type") == "Progressing":
+            reason = condition.get("reason")
+            message = condition.get("message")
+            return DeploymentProgress(
+                stuck=condition.get("status") == "False" and reason == "ProgressDeadlineExceeded",
+                reason=reason if isinstance(reason, str) else None,
+                message=message if isinstance(message, str) else None,
+                last_update=_time(condition.get("lastUpdateTime")),
+            )
+    return None
+
+
+def _container(statuses: Any, name: str) -> ContainerObservation | None:
+    for raw in _list(statuses):
+        if isinstance(raw, dict) and raw.get("name") == name:
+            return _observe_container(raw)
+    return None
+
+
+def _observe_container(raw: Mapping[str, Any]) -> ContainerObservation:
+    state = _dict(raw.get("state"))
+    last = _dict(raw.get("lastState"))
+    running = _dict(state.get("running"))
+    waiting = _dict(state.get("waiting"))
+    terminated_now = _dict(state.get("terminated"))
+    terminated_last = _dict(last.get("terminated"))
+    terminated = terminated_now or terminated_last
+    exit_code = terminated.get("exitCode")
+    report = None
+    for candidate in (terminated_now, terminated_last):
+        parsed = parse_report(candidate.get("message")) if candidate else None
+        if parsed is not None and parsed.failed:
+            report = parsed
+            break
+    restarts = raw.get("restartCount")
+    reason = waiting.get("reason")
+    term_reason = terminated.get("reason")
+    return ContainerObservation(
+        name=str(raw.get("name", "")),
+        restarts=restarts if isinstance(restarts, int) and restarts >= 0 else 0,
+        running=bool(state.get("running") is not None),
+        started_at=_time(running.get("startedAt")),
+        waiting_reason=reason if isinstance(reason, str) else None,
+        terminated_reason=term_reason if isinstance(term_reason, str) else None,
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+        terminated_now=bool(terminated_now),
+        report=report,
+    )
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
