@@ -228,9 +228,16 @@ class FaultProxy:
         except OSError:
             pass
         finally:
-            for s in (client, up):
+            # shutdown() wakes the thread blocked in recv() so that close() takes effect now:
+            # a FIN (truncate), or a RST when SO_LINGER is 0 (cut).
+            for sock, how in (
+                (client, socket.SHUT_RD if mode == "cut" else socket.SHUT_RDWR),
+                (up, socket.SHUT_RDWR),
+            ):
                 with contextlib.suppress(OSError):
-                    s.close()
+                    sock.shutdown(how)
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     def _add(self, n: int) -> None:
         with self._count:

@@ -133,9 +133,12 @@ class HttpClient:
 
 def _short_body(resp: http.client.HTTPResponse) -> str:
     try:
-        return resp.read(512).decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+        text = resp.read(512).decode("utf-8", "replace")
     except (OSError, http.client.HTTPException):
         return ""
+    if "<html" in text.lower():
+        return ""  # an error page says no more than the status
+    return " ".join(text.split())[:200]
 
 
 def status_error(status: int, url: str, body: str = "") -> PrefetchError:

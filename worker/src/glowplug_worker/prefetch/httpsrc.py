@@ -78,7 +78,15 @@ class HttpSource:
         headers = {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
         if f.version:
             headers["If-Range"] = f.version
-        stream = self.client.get(f.locator, headers)
+        try:
+            stream = self.client.get(f.locator, headers)
+        except SourceError as exc:
+            if "HTTP 416" in str(exc):
+                raise SourceError(
+                    f"{f.path}: the server's file is shorter than the {f.size} bytes the source "
+                    f"lists (HTTP 416 for byte {start}); fix the manifest or the file"
+                ) from exc
+            raise
         if stream.resp.status != 206 and start > 0:
             stream.close()
             # The ETag changed under If-Range, or the server stopped honouring ranges.

@@ -29,7 +29,9 @@ def safe_relpath(name: str, what: str = "remote file name") -> str:
     if not parts or ".." in parts:
         raise UnsafePathError(f"{what} {name!r}: '..' would escape the destination; refused")
     if parts[0].startswith(RESERVED_PREFIX):
-        raise UnsafePathError(f"{what} {name!r}: names starting with .glowplug are reserved")
+        raise UnsafePathError(
+            f"{what} {name!r}: names starting with .glowplug are reserved; refused"
+        )
     return posixpath.join(*parts)
 
 
