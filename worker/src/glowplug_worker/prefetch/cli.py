@@ -74,7 +74,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--local-mode",
         choices=("copy", "in-place"),
-        default="copy",
+        default=env.get("GLOWPLUG_PREFETCH_LOCAL_MODE", "copy"),
         help="pvc:// and file://: copy into DEST, or verify and link in place",
     )
     p.add_argument(
@@ -93,6 +93,8 @@ def parse_options(argv: list[str], env: Mapping[str, str]) -> tuple[Options, str
         raise UsageError(f"bad GLOWPLUG_PREFETCH_* value: {exc}") from exc
     if args.concurrency < 1 or args.concurrency > 256:
         raise UsageError("--concurrency must be between 1 and 256")
+    if args.local_mode not in ("copy", "in-place"):
+        raise UsageError("GLOWPLUG_PREFETCH_LOCAL_MODE must be 'copy' or 'in-place'")
     if args.chunk_mib < 1:
         raise UsageError("--chunk-mib must be at least 1")
     if args.timeout <= 0 or args.stall_timeout <= 0 or args.retries < 1:

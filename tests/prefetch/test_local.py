@@ -1,0 +1,83 @@
+"""pvc:// and file:// sources: weights already on a mounted volume, copied or used in place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.prefetch.conftest import Model, assert_nothing_published, assert_published, run_prefetch
+
+MB = 1024 * 1024
+
+
+def _volume(root: Path) -> Model:
+    files = {"model.safetensors": os.urandom(2 * MB + 5), "tok/tokenizer.json": b'{"v": 1}'}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return Model(root, "", files)
+
+
+def test_file_source_is_copied_and_recorded(tmp_path: Path) -> None:
+    model = _volume(tmp_path / "src")
+    dest = tmp_path / "d"
+    res = run_prefetch(["--source", f"file://{model.dir}", "--dest", str(dest)], tmp_path)
+    assert res.rc == 0, res.stderr
+    assert_published(dest, model)
+    assert not (dest / "model.safetensors").is_symlink()
+
+
+def test_pvc_source_in_place_links_verified_files(tmp_path: Path) -> None:
+    claims = tmp_path / "pvc"
+    model = _volume(claims / "weights" / "llama")
+    first = tmp_path / "first"
+    # A volume filled by an earlier prefetch carries digests in its completion record.
+    res = run_prefetch(["--source", f"file://{model.dir}", "--dest", str(first)], tmp_path)
+    assert res.rc == 0, res.stderr
+    dest = tmp_path / "d"
+    args = ["--source", "pvc://weights/first", "--dest", str(dest), "--local-mode", "in-place"]
+    os.rename(first, claims / "weights" / "first")
+    res = run_prefetch([*args, "--pvc-root", str(claims)], tmp_path)
+    assert res.rc == 0, res.stderr
+    assert (dest / "model.safetensors").is_symlink()
+    assert_published(dest, model)
+    assert res.report is not None and res.report["download"]["bytes"] == 0  # type: ignore[index]
+
+
+def test_in_place_source_with_a_corrupt_file_is_refused(tmp_path: Path) -> None:
+    model = _volume(tmp_path / "src")
+    vol = tmp_path / "vol"
+    assert run_prefetch(["--source", f"file://{model.dir}", "--dest", str(vol)], tmp_path).rc == 0
+    with open(vol / "model.safetensors", "r+b") as fh:
+        fh.seek(MB)
+        fh.write(b"\xff")
+    for mode in ("in-place", "copy"):
+        dest = tmp_path / f"d-{mode}"
+        args = ["--source", f"file://{vol}", "--dest", str(dest), "--local-mode", mode]
+        res = run_prefetch(args, tmp_path)
+        assert res.rc == 6, res.stderr
+        assert "model.safetensors: sha256" in res.stderr
+        assert_nothing_published(dest)
+
+
+def test_link_escaping_the_source_is_refused(tmp_path: Path) -> None:
+    model = _volume(tmp_path / "src")
+    (model.dir / "secret").symlink_to("/etc/hostname")
+    res = run_prefetch(["--source", f"file://{model.dir}", "--dest", str(tmp_path / "d")], tmp_path)
+    assert res.rc == 7 and "outside the source" in res.stderr
+
+
+def test_missing_volume_path_is_not_found(tmp_path: Path) -> None:
+    args = ["--source", "pvc://nope/x", "--dest", str(tmp_path / "d"), "--pvc-root", str(tmp_path)]
+    res = run_prefetch(args, tmp_path)
+    assert res.rc == 4 and "the volume is mounted" in res.stderr
+
+
+def test_dest_holding_foreign_files_is_not_overwritten(tmp_path: Path) -> None:
+    model = _volume(tmp_path / "src")
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    res = run_prefetch(["--source", f"file://{model.dir}", "--dest", str(dest)], tmp_path)
+    assert res.rc == 2 and "did not write" in res.stderr
+    assert (dest / "notes.txt").read_text() == "mine"
