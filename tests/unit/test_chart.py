@@ -236,9 +236,9 @@ def test_default_settings_reach_the_operator_environment() -> None:
     assert env["GLOWPLUG_METRICS_PORT"] == "9090"
     assert env["GLOWPLUG_LOG_LEVEL"] == "INFO"
     assert env["GLOWPLUG_DEFAULT_BUDGET_SECONDS"] == "900"
-    assert env["GLOWPLUG_WORKER_IMAGE"] == "ghcr.io/glowplug/glowplug-worker:0.1.0"
+    assert env["GLOWPLUG_WORKER_IMAGE"] == "ghcr.io/glowplug/worker:0.1.0"
     container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "ghcr.io/glowplug/glowplug-operator:0.1.0"
+    assert container["image"] == "ghcr.io/glowplug/operator:0.1.0"
 
 
 @needs_helm

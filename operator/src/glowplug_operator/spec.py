@@ -29,7 +29,7 @@ SCHEMES: tuple[str, ...] = ("hf", "s3", "https", "http", "pvc", "file")
 """URI schemes ``spec.model.source`` may use."""
 
 _QUANTITY = re.compile(
-    r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"^\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
     r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
 )
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
