@@ -1,0 +1,107 @@
+"""Bisection of suspect flags: pure steps over a `Bisection` record.
+
+Known: the flag set `origin` failed. The culprit is believed to be among `suspects`; `base`, the
+other flags, is believed innocent. Each trial runs `base` plus the suspects not in `off` (the
+first half of the suspects, rounded up, is switched off):
+
+- the trial fails -> the culprit is among the suspects left on;
+- the trial passes -> the culprit is among the suspects switched off, and the ones left on join
+  the base (which is now proven: it reached Ready).
+
+One suspect left: blamed if a set without it passed (or it failed on top of a proven base);
+otherwise one more trial runs the base alone. If a trial with every suspect off still fails, the
+base becomes the suspects once (the old suspects, innocent, become the base); if that happens
+again, it is not a flag problem. n suspects cost at most ceil(log2(n)) + 1 trials.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from glowplug_operator.rollback_state import Bisection, Mode, Outcome, iso
+
+# Starts a trial must pass (Ready, no failure in between) before it counts as passed.
+FAILING_TRIAL_STARTS = 1
+INTERMITTENT_TRIAL_STARTS = 3
+
+
+class Verdict(enum.Enum):
+    PENDING = "Pending"
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class Step:
+    bisection: Bisection | None  # the next trial; None when the search is over
+    blame: str | None  # the flag found to blame, when the search is over with a culprit
+
+
+def half(suspects: Sequence[str]) -> tuple[str, ...]:
+    """The suspects switched off in a trial: the first half, rounded up."""
+    return tuple(suspects[: (len(suspects) + 1) // 2])
+
+
+def new_bisection(
+    mode: Mode, origin: tuple[str, ...], suspects: tuple[str, ...], now: datetime
+) -> Bisection:
+    return Bisection(
+        mode=mode,
+        origin=origin,
+        suspects=suspects,
+        base=tuple(f for f in origin if f not in suspects),
+        off=half(suspects),
+        started_at=iso(now),
+    )
+
+
+def starts_needed(bisection: Bisection) -> int:
+    return INTERMITTENT_TRIAL_STARTS if bisection.mode == "Intermittent" else FAILING_TRIAL_STARTS
+
+
+def judge_trial(bisection: Bisection, trial: Sequence[Outcome]) -> Verdict:
+    """A trial fails at its first failed start, passes after enough Ready starts."""
+    if any(not o.ok and o.kind != "oom" for o in trial):
+        return Verdict.FAILED
+    if sum(1 for o in trial if o.ok) >= starts_needed(bisection):
+        return Verdict.PASSED
+    return Verdict.PENDING
+
+
+def next_step(bisection: Bisection, verdict: Verdict, now: datetime) -> Step:
+    on = tuple(s for s in bisection.suspects if s not in bisection.off)
+    step = bisection.step + 1
+    if verdict is Verdict.FAILED:
+        if not on:
+            if bisection.base and not bisection.expanded:
+                swapped = replace(
+                    bisection,
+                    suspects=bisection.base,
+                    base=bisection.suspects,
+                    off=half(bisection.base),
+                    step=step,
+                    base_proven=False,
+                    expanded=True,
+                )
+                return Step(swapped, None)
+            return Step(None, None)
+        if len(on) == 1 and bisection.base_proven:
+            return Step(None, on[0])
+        return Step(replace(bisection, suspects=on, off=half(on), step=step), None)
+    if verdict is Verdict.PASSED:
+        if len(bisection.off) == 1:
+            return Step(None, bisection.off[0])
+        base = tuple(f for f in bisection.origin if f in set(bisection.base) | set(on))
+        narrowed = replace(
+            bisection,
+            suspects=bisection.off,
+            base=base,
+            off=half(bisection.off),
+            step=step,
+            base_proven=True,
+        )
+        return Step(narrowed, None)
+    return Step(bisection, None)

@@ -1,0 +1,562 @@
+"""The per-flag rollback decision: observations and stored state in, a decision out.
+
+Pure and idempotent: no API calls, no clock (`now` is an argument), no globals. Deciding twice on
+the same input gives the same decision, and deciding on the state a decision returned, with the
+same pods, changes nothing and emits no event. The algorithm, every threshold and what the user
+sees are documented in docs/rollback.md.
+
+The lead renders `Decision.effective_flags` into the pod template annotation
+`glowplug.dev/optimizations`, `Decision.flags_hash` into the label
+`glowplug.dev/optimizations-hash`, `Decision.restart_nonce` (when not None) into the annotation
+`glowplug.dev/trial`, and writes `flag_states` / `rollout` to status.optimizations / status.rollout
+in ONE patch (they must stay consistent with each other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from glowplug_operator.bisection import (
+    Verdict,
+    judge_trial,
+    new_bisection,
+    next_step,
+)
+from glowplug_operator.observations import DeploymentProgress, PodObservation, flag_set_hash
+from glowplug_operator.reports import phase_of_flag
+from glowplug_operator.rollback_state import (
+    Bisection,
+    FlagState,
+    Outcome,
+    Rollout,
+    SetRecord,
+    State,
+    absorb,
+    iso,
+    parse_iso,
+    truncate,
+)
+
+Policy = Literal["Automatic", "Off"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+EventType = Literal["Normal", "Warning"]
+
+CHURN_BUDGET_CHANGES = 8  # template changes allowed ...
+CHURN_WINDOW = timedelta(minutes=30)  # ... within this window
+INTERMITTENT_FAILURES = 2  # failed starts of a set that reached Ready ...
+INTERMITTENT_WINDOW = timedelta(minutes=60)  # ... within this window (and the last 10 starts)
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Degraded:
+    reason: str
+    message: str
+
+
+NOT_A_FLAG_PROBLEM = Degraded(
+    "StartupFailedWithoutFlags",
+    "starts failed even with every suspect flag off: not a flag problem; the flags stay on "
+    "and no flag is blamed until a pod becomes Ready, the spec changes or a retry is asked",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rollback:
+    flag: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    effective_flags: tuple[str, ...]
+    flags_hash: str
+    restart_nonce: str | None
+    flag_states: tuple[FlagState, ...]
+    rollout: Rollout
+    condition: Condition
+    degraded: Degraded | None
+    events: tuple[Event, ...]
+    rollbacks: tuple[Rollback, ...]
+    template_changed: bool
+
+
+@dataclass
+class _Work:
+    """The decision being built (private, mutable while deciding)."""
+
+    states: dict[str, FlagState]
+    rollout: Rollout
+    events: list[Event]
+    rollbacks: list[Rollback]
+    degraded: Degraded | None = None
+    note: str = ""  # what is going on, for the condition message
+
+
+def decide(
+    *,
+    spec_flags: Sequence[str],
+    policy: Policy,
+    flag_states: Sequence[FlagState],
+    rollout: Rollout,
+    pods: Sequence[PodObservation],
+    progress: DeploymentProgress | None,
+    budget_seconds: int,
+    retry_token: str | None,
+    now: datetime,
+    fingerprints: Mapping[str, str] | None = None,
+) -> Decision:
+    """Decide which flags the pod template runs now, and what status says about them.
+
+    `spec_flags`: the flag names in spec order. `fingerprints` (optional): flag name -> hash of
+    its definition (`observations.flag_fingerprint`); a changed fingerprint brings a rolled-back
+    flag back to Trial. `retry_token`: the glowplug.dev/retry-optimizations annotation.
+    """
+    order = list(dict.fromkeys(spec_flags))
+    prints = {name: (fingerprints or {}).get(name, "") for name in order}
+    work = _Work(states={}, rollout=rollout, events=[], rollbacks=[])
+    _follow_spec(work, order, prints, flag_states, now)
+    _honour_retry(work, order, retry_token, now)
+    before = _effective(work, order)
+    absorbed, failed_sets, ready_sets = absorb(
+        work.rollout, pods, budget_seconds=budget_seconds, now=now
+    )
+    work.rollout = absorbed
+    _count_per_flag(work, failed_sets, ready_sets)
+    digest = flag_set_hash(before, prints)
+    current = [p for p in pods if p.flags_hash == digest and not p.deleting]
+    record = absorbed.record(digest)
+    trial = [o for o in (record.recent if record else ()) if o.seq > absorbed.trial_seq]
+    if ready_sets:
+        work.rollout = replace(work.rollout, not_flag_problem=False)
+    snapshot = (dict(work.states), work.rollout, len(work.events), len(work.rollbacks))
+
+    blocked = _blocked(current, progress)
+    if blocked is not None:
+        work.degraded = blocked
+    elif policy == "Off":
+        _report_only(work, before, trial, now)
+    else:
+        _automatic(work, order, before, trial, record, now)
+
+    effective = _effective(work, order)
+    nonce = _nonce(work, trial)
+    previous = work.rollout.rendered if work.rollout.rendered is not None else tuple(before)
+    changed = tuple(effective) != previous or nonce != work.rollout.nonce
+    recent_changes = tuple(
+        c
+        for c in work.rollout.changes
+        if (t := parse_iso(c)) is not None and now - t < CHURN_WINDOW
+    )
+    if changed and len(recent_changes) >= CHURN_BUDGET_CHANGES:
+        states, kept_rollout, n_events, n_rollbacks = snapshot
+        work.states, work.rollout = states, kept_rollout
+        del work.events[n_events:]
+        del work.rollbacks[n_rollbacks:]
+        work.degraded = Degraded(
+            "RollbackBudgetExhausted",
+            f"{len(recent_changes)} pod template changes in the last "
+            f"{int(CHURN_WINDOW.total_seconds() // 60)} minutes; holding the flags as they are "
+            "until the window has room",
+        )
+        effective, nonce, changed = _effective(work, order), work.rollout.nonce, False
+    if changed:
+        recent_changes = (*recent_changes, iso(now))
+    if tuple(effective) != previous:
+        work.rollout = replace(work.rollout, trial_seq=work.rollout.seq)
+    work.rollout = replace(
+        work.rollout, changes=recent_changes, rendered=tuple(effective), nonce=nonce
+    )
+    _promote(work, effective, pods, flag_set_hash(effective, prints), now)
+    if work.degraded is None and work.rollout.not_flag_problem and policy == "Automatic":
+        work.degraded = NOT_A_FLAG_PROBLEM
+    _degraded_event(work)
+    final = tuple(work.states[name] for name in order)
+    return Decision(
+        effective_flags=tuple(effective),
+        flags_hash=flag_set_hash(effective, prints),
+        restart_nonce=nonce,
+        flag_states=final,
+        rollout=work.rollout,
+        condition=_condition(work, final, policy),
+        degraded=work.degraded,
+        events=tuple(work.events),
+        rollbacks=tuple(work.rollbacks),
+        template_changed=changed,
+    )
+
+
+def _effective(work: _Work, order: Sequence[str]) -> list[str]:
+    return [name for name in order if work.states[name].on]
+
+
+def _follow_spec(
+    work: _Work,
+    order: Sequence[str],
+    prints: Mapping[str, str],
+    flag_states: Sequence[FlagState],
+    now: datetime,
+) -> None:
+    """New spec flags enter as Trial; removed ones disappear; a changed definition retries."""
+    old = {s.name: s for s in flag_states}
+    known = work.rollout.fingerprints
+    reset: list[str] = []
+    added: list[str] = []
+    for name in order:
+        state = old.get(name)
+        if state is None:
+            added.append(name)
+            work.states[name] = FlagState(name, "Trial", "Added", "new in the spec", 0, 0, iso(now))
+        elif name in known and known[name] != prints[name]:
+            work.states[name] = FlagState(
+                name, "Trial", "SpecChanged", "its definition changed in the spec", 0, 0, iso(now)
+            )
+            reset.append(name)
+        else:
+            work.states[name] = state
+    gone = set(old) - set(order)
+    bisection = work.rollout.bisection
+    if bisection and (added or (set(reset) | gone) & set(bisection.origin)):
+        _end_bisection(work, now)
+    _forget(work, reset + added)
+    work.rollout = replace(work.rollout, fingerprints=dict(prints))
+
+
+def _forget(work: _Work, flags: Sequence[str]) -> None:
+    """Drop the history of flag sets that contain any of `flags` (a fresh trial for them)."""
+    if flags:
+        drop = set(flags)
+        sets = tuple(s for s in work.rollout.sets if not drop & set(s.flags))
+        work.rollout = replace(work.rollout, sets=sets, not_flag_problem=False)
+
+
+def _honour_retry(work: _Work, order: Sequence[str], token: str | None, now: datetime) -> None:
+    """glowplug.dev/retry-optimizations: "all" or names; each distinct value is honoured once."""
+    token = (token or "").strip()
+    if not token or token == work.rollout.retry_honoured:
+        return
+    names = set(order) if token == "all" else {n.strip() for n in token.split(",")}
+    retried = [
+        n for n in order if n in names and work.states[n].state in ("RolledBack", "Disabled")
+    ]
+    if work.rollout.bisection and retried:
+        _end_bisection(work, now)
+    for name in retried:
+        work.states[name] = replace(
+            work.states[name].moved("Trial", "RetryRequested", "a retry was requested", now),
+            failures=0,
+            successes=0,
+        )
+        work.events.append(Event("Normal", "RetryingOptimization", f"retrying flag {name}"))
+    _forget(work, retried)
+    work.rollout = replace(work.rollout, retry_honoured=token, changes=())
+
+
+def _count_per_flag(
+    work: _Work,
+    failed_sets: Sequence[Sequence[str]],
+    ready_sets: Sequence[Sequence[str]],
+) -> None:
+    for flags in failed_sets:
+        for name in flags:
+            if name in work.states:
+                s = work.states[name]
+                work.states[name] = replace(s, failures=s.failures + 1)
+    for flags in ready_sets:
+        for name in flags:
+            if name in work.states:
+                s = work.states[name]
+                work.states[name] = replace(s, successes=s.successes + 1)
+
+
+def _blocked(
+    current: Sequence[PodObservation], progress: DeploymentProgress | None
+) -> Degraded | None:
+    """Problems no flag can cause: no template change, no blame."""
+    for pod in current:
+        reason = pod.blocked_reason
+        if reason in ("CreateContainerConfigError", "CreateContainerError"):
+            return Degraded("ContainerConfigError", f"pod {pod.name}: {reason}")
+        if reason is not None:
+            return Degraded("ImagePullFailed", f"pod {pod.name}: {reason}")
+    if progress and progress.stuck and not any(p.scheduled for p in current):
+        return Degraded("RolloutStuck", truncate(progress.message or "progress deadline exceeded"))
+    return None
+
+
+def _report_only(
+    work: _Work, flags: Sequence[str], trial: Sequence[Outcome], now: datetime
+) -> None:
+    """policy Off: end any bisection (its flags come back), blame in words only."""
+    if work.rollout.bisection:
+        _end_bisection(work, now)
+    failures = [o for o in trial if not o.ok and o.kind != "oom"]
+    if not failures or trial[-1].ok:
+        return
+    suspects = _evidence(flags, failures[-1])
+    if len(suspects) == 1:
+        name = suspects[0]
+        if work.states[name].reason != "WouldRollBack":
+            work.states[name] = work.states[name].moved(
+                work.states[name].state, "WouldRollBack", _blame_message(failures[-1]), now
+            )
+            work.events.append(
+                Event(
+                    "Warning",
+                    "OptimizationFailing",
+                    f"flag {name} failed a start ({_blame_message(failures[-1])}); "
+                    "rollback is Off, the flag stays on",
+                )
+            )
+    work.note = f"starts are failing; rollback is Off ({len(failures)} failed starts)"
+
+
+def _automatic(
+    work: _Work,
+    order: Sequence[str],
+    flags: Sequence[str],
+    trial: Sequence[Outcome],
+    record: SetRecord | None,
+    now: datetime,
+) -> None:
+    failures = [o for o in trial if not o.ok]
+    flag_failures = [o for o in failures if o.kind != "oom"]
+    latest = failures[-1] if failures else None
+    if latest is not None and latest.kind == "oom":
+        if latest.flag and latest.flag in flags:
+            _roll_back(work, latest.flag, "StartupFailed", _blame_message(latest), now)
+        else:
+            work.degraded = Degraded(
+                "OutOfMemory",
+                f"the worker was OOMKilled with flags {_names(flags)}; no flag is to blame",
+            )
+        return
+    if latest is not None:
+        suspects = _evidence(flags, latest)
+        if len(suspects) == 1:
+            _roll_back(work, suspects[0], _evidence_reason(latest), _blame_message(latest), now)
+            return
+    bisection = work.rollout.bisection
+    if bisection is not None:
+        _continue_bisection(work, order, bisection, trial, now)
+        return
+    if not flag_failures:
+        return
+    if record is not None and record.reached_ready:
+        window = [
+            o
+            for o in flag_failures
+            if (t := parse_iso(o.at)) is not None and now - t <= INTERMITTENT_WINDOW
+        ]
+        if len(window) < INTERMITTENT_FAILURES:
+            return
+        mode: Literal["Failing", "Intermittent"] = "Intermittent"
+    else:
+        mode = "Failing"
+    if work.rollout.not_flag_problem:
+        return
+    if not flags:
+        work.degraded = Degraded(
+            "StartupFailedWithoutFlags",
+            f"starts fail with flags {_names(flags)} ({_blame_message(flag_failures[-1])}); "
+            "this is not a flag problem",
+        )
+        return
+    phase_suspects = _evidence(flags, flag_failures[-1])
+    suspects = phase_suspects or _unproven(work, flags, mode)
+    bisection = new_bisection(mode, tuple(flags), tuple(suspects), now)
+    work.rollout = replace(work.rollout, bisection=bisection)
+    _apply_trial(work, bisection, now)
+    work.events.append(
+        Event(
+            "Warning",
+            "BisectingOptimizations",
+            f"starts fail without evidence ({_blame_message(flag_failures[-1])}); bisecting "
+            f"{_names(bisection.suspects)}: trying without {_names(bisection.off)}",
+        )
+    )
+
+
+def _continue_bisection(
+    work: _Work,
+    order: Sequence[str],
+    bisection: Bisection,
+    trial: Sequence[Outcome],
+    now: datetime,
+) -> None:
+    verdict = judge_trial(bisection, trial)
+    if verdict is Verdict.PENDING:
+        work.note = _trial_note(bisection)
+        return
+    outcome = next_step(bisection, verdict, now)
+    if outcome.blame is not None:
+        last_failure = next((o for o in reversed(trial) if not o.ok), None)
+        _end_bisection(work, now)
+        _roll_back(
+            work,
+            outcome.blame,
+            "Bisected" if bisection.mode == "Failing" else "IntermittentFailures",
+            f"starts fail with it on and succeed without it (bisection, {bisection.step} trials)"
+            + (f"; last error {last_failure.error}" if last_failure and last_failure.error else ""),
+            now,
+        )
+        return
+    if outcome.bisection is None:
+        _end_bisection(work, now)
+        work.rollout = replace(work.rollout, not_flag_problem=True)
+        work.degraded = NOT_A_FLAG_PROBLEM
+        return
+    work.rollout = replace(work.rollout, bisection=outcome.bisection)
+    _apply_trial(work, outcome.bisection, now)
+    work.note = _trial_note(outcome.bisection)
+
+
+def _apply_trial(work: _Work, bisection: Bisection, now: datetime) -> None:
+    """Suspects switched off for the trial are Disabled/Bisecting; suspects on are Trial."""
+    message = _trial_note(bisection)
+    for name in bisection.suspects:
+        state: State = "Disabled" if name in bisection.off else "Trial"
+        work.states[name] = work.states[name].moved(state, "Bisecting", message, now)
+    for name in set(bisection.origin) - set(bisection.suspects):
+        s = work.states.get(name)
+        if s is not None and s.state == "Disabled":
+            work.states[name] = s.moved("Trial", "Bisecting", message, now)
+
+
+def _end_bisection(work: _Work, now: datetime) -> None:
+    """Flags switched off only for a trial come back as Trial."""
+    for name, s in list(work.states.items()):
+        if s.state == "Disabled" or s.reason == "Bisecting":
+            work.states[name] = s.moved("Trial", "BisectionEnded", "back on after bisection", now)
+    work.rollout = replace(work.rollout, bisection=None)
+
+
+def _roll_back(work: _Work, name: str, reason: str, message: str, now: datetime) -> None:
+    if work.rollout.bisection is not None:
+        _end_bisection(work, now)
+    work.states[name] = work.states[name].moved("RolledBack", reason, message, now)
+    work.rollbacks.append(Rollback(name, reason))
+    work.events.append(
+        Event("Warning", "OptimizationRolledBack", truncate(f"rolled back flag {name}: {message}"))
+    )
+
+
+def _evidence(flags: Sequence[str], failure: Outcome) -> list[str]:
+    """Flags a failure report points at: its own `flag`, else the flags of its failed phase."""
+    if failure.flag and failure.flag in flags:
+        return [failure.flag]
+    if failure.phase:
+        return [f for f in flags if phase_of_flag(f) == failure.phase]
+    return []
+
+
+def _evidence_reason(failure: Outcome) -> str:
+    return "StartupFailed" if failure.flag else "FailedInPhase"
+
+
+def _unproven(work: _Work, flags: Sequence[str], mode: str) -> list[str]:
+    """Flags not yet seen in a flag set that reached Ready (all of them if every one was)."""
+    if mode == "Intermittent":
+        return list(flags)
+    proven = {f for s in work.rollout.sets if s.reached_ready for f in s.flags}
+    unproven = [f for f in flags if f not in proven]
+    return unproven or list(flags)
+
+
+def _nonce(work: _Work, trial: Sequence[Outcome]) -> str | None:
+    """An intermittent trial needs several starts: a new nonce after each Ready start."""
+    bisection = work.rollout.bisection
+    if bisection is None or bisection.mode != "Intermittent":
+        return None
+    if work.rollout.rendered is not None and set(work.rollout.rendered) != bisection.trial:
+        return f"{bisection.step}-0"  # a new trial starts with fresh pods anyway
+    successes = sum(1 for o in trial if o.ok)
+    return f"{bisection.step}-{successes}"
+
+
+def _promote(
+    work: _Work,
+    effective: Sequence[str],
+    pods: Sequence[PodObservation],
+    digest: str,
+    now: datetime,
+) -> None:
+    """Pods of the effective set are Ready: its Trial flags become Active (not mid-bisection)."""
+    if work.rollout.bisection is not None:
+        return
+    if not any(p.ready and not p.deleting and p.flags_hash == digest for p in pods):
+        return
+    for name in effective:
+        s = work.states[name]
+        if s.state == "Trial":
+            work.states[name] = s.moved("Active", "StartupSucceeded", "pods became Ready", now)
+            work.events.append(
+                Event("Normal", "OptimizationActive", f"flag {name} is active: pods became Ready")
+            )
+
+
+def _degraded_event(work: _Work) -> None:
+    reason = work.degraded.reason if work.degraded else None
+    if reason != work.rollout.degraded:
+        if work.degraded is not None:
+            work.events.append(Event("Warning", work.degraded.reason, work.degraded.message))
+        work.rollout = replace(work.rollout, degraded=reason)
+
+
+def _condition(work: _Work, states: Sequence[FlagState], policy: Policy) -> Condition:
+    kind = "OptimizationsHealthy"
+    if work.degraded is not None:
+        return Condition(kind, "False", work.degraded.reason, work.degraded.message)
+    bisection = work.rollout.bisection
+    if bisection is not None:
+        return Condition(kind, "False", "Bisecting", _trial_note(bisection))
+    if work.note:
+        return Condition(kind, "False", "StartsFailing", work.note)
+    rolled = [s.name for s in states if s.state == "RolledBack"]
+    if rolled:
+        return Condition(
+            kind,
+            "False",
+            "FlagsRolledBack",
+            truncate(f"rolled back: {_names(rolled)}; the other flags run"),
+        )
+    trial = [s.name for s in states if s.state == "Trial"]
+    if trial:
+        return Condition(
+            kind, "Unknown", "Evaluating", f"waiting for Ready pods with {_names(trial)}"
+        )
+    suffix = " (rollback Off)" if policy == "Off" else ""
+    return Condition(kind, "True", "AllActive", f"{len(states)} flags active{suffix}")
+
+
+def _trial_note(bisection: Bisection) -> str:
+    return truncate(
+        f"bisecting {_names(bisection.suspects)} (step {bisection.step}, {bisection.mode}): "
+        f"trying without {_names(bisection.off)}"
+    )
+
+
+def _blame_message(failure: Outcome) -> str:
+    where = f"in phase {failure.phase}" if failure.phase else failure.kind
+    return truncate(f"{where}: {failure.error}" if failure.error else where)
+
+
+def _names(flags: Sequence[str]) -> str:
+    return ", ".join(flags) if flags else "none"

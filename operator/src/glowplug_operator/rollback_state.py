@@ -1,0 +1,469 @@
+"""The state the rollback decision keeps between reconciles, and how pods are counted into it.
+
+Two parts, both plain JSON once serialised:
+
+- `FlagState`: one entry of `status.optimizations[]` (what the user reads).
+- `Rollout`: the bookkeeping in `status.rollout` (free-form in the CRD): per flag-set hash what
+  was seen, per pod what was already counted (so restarts are never counted twice), the ongoing
+  bisection, the times of template changes (churn budget), the retry annotation value already
+  honoured. Everything needed to continue after an operator restart is in here.
+
+`absorb` counts pod observations into a `Rollout`; it is idempotent: absorbing the same pods
+again changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from glowplug_operator.observations import PodObservation
+
+State = Literal["Active", "Trial", "RolledBack", "Disabled"]
+STATES: tuple[State, ...] = ("Active", "Trial", "RolledBack", "Disabled")
+OutcomeKind = Literal["ready", "failed", "timeout", "oom"]
+Mode = Literal["Failing", "Intermittent"]
+
+MESSAGE_CHARS = 256
+RECENT_OUTCOMES = 10  # per flag set: the window of starts for intermittent failures
+KEPT_POD_RECORDS = 32  # records of pods no longer observed, kept against double counting
+KEPT_SET_RECORDS = 32
+
+
+def truncate(text: str, limit: int = MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class FlagState:
+    """One entry of status.optimizations[]."""
+
+    name: str
+    state: State
+    reason: str = ""
+    message: str = ""
+    failures: int = 0
+    successes: int = 0
+    last_transition_time: str = ""
+
+    @property
+    def on(self) -> bool:
+        return self.state in ("Active", "Trial")
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "reason": self.reason,
+            "message": self.message,
+            "failures": self.failures,
+            "successes": self.successes,
+            "lastTransitionTime": self.last_transition_time,
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> FlagState | None:
+        name = raw.get("name")
+        state = raw.get("state")
+        if not isinstance(name, str) or state not in STATES:
+            return None
+        return cls(
+            name=name,
+            state=state,
+            reason=_str(raw.get("reason")),
+            message=_str(raw.get("message")),
+            failures=_int(raw.get("failures")),
+            successes=_int(raw.get("successes")),
+            last_transition_time=_str(raw.get("lastTransitionTime")),
+        )
+
+    def moved(self, state: State, reason: str, message: str, now: datetime) -> FlagState:
+        """This flag in a new state; the transition time changes only when the state does."""
+        when = self.last_transition_time if state == self.state else iso(now)
+        return replace(
+            self, state=state, reason=reason, message=truncate(message), last_transition_time=when
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One start of a flag set: it became Ready, or it failed (and how)."""
+
+    seq: int
+    at: str
+    kind: OutcomeKind
+    flag: str | None = None  # the report's own blame
+    phase: str | None = None  # the report's failed phase
+    error: str = ""  # "Type: message" from the report, or the termination reason
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ready"
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "kind": self.kind,
+            "flag": self.flag,
+            "phase": self.phase,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> Outcome | None:
+        kind = raw.get("kind")
+        if kind not in ("ready", "failed", "timeout", "oom"):
+            return None
+        return cls(
+            seq=_int(raw.get("seq")),
+            at=_str(raw.get("at")),
+            kind=kind,
+            flag=_str(raw.get("flag")) or None,
+            phase=_str(raw.get("phase")) or None,
+            error=_str(raw.get("error")),
+        )
+
+
+@dataclass(frozen=True)
+class SetRecord:
+    """What was seen of one flag set (one hash)."""
+
+    hash: str
+    flags: tuple[str, ...]
+    starts: int = 0
+    failures: int = 0
+    successes: int = 0
+    reached_ready: bool = False
+    last_seq: int = 0
+    recent: tuple[Outcome, ...] = ()
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash,
+            "flags": list(self.flags),
+            "starts": self.starts,
+            "failures": self.failures,
+            "successes": self.successes,
+            "reachedReady": self.reached_ready,
+            "lastSeq": self.last_seq,
+            "recent": [o.to_status() for o in self.recent],
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> SetRecord | None:
+        digest = raw.get("hash")
+        if not isinstance(digest, str):
+            return None
+        return cls(
+            hash=digest,
+            flags=_strs(raw.get("flags")),
+            starts=_int(raw.get("starts")),
+            failures=_int(raw.get("failures")),
+            successes=_int(raw.get("successes")),
+            reached_ready=raw.get("reachedReady") is True,
+            last_seq=_int(raw.get("lastSeq")),
+            recent=tuple(
+                o
+                for o in (Outcome.from_status(r) for r in _dicts(raw.get("recent")))
+                if o is not None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    """What was already counted of one pod: failed starts, and the start last seen Ready."""
+
+    uid: str
+    hash: str
+    failed: int = 0
+    ready_attempt: int = -1
+    last_seq: int = 0
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "hash": self.hash,
+            "failed": self.failed,
+            "readyAttempt": self.ready_attempt,
+            "lastSeq": self.last_seq,
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> PodRecord | None:
+        uid = raw.get("uid")
+        if not isinstance(uid, str):
+            return None
+        ready = raw.get("readyAttempt")
+        return cls(
+            uid=uid,
+            hash=_str(raw.get("hash")),
+            failed=_int(raw.get("failed")),
+            ready_attempt=ready if isinstance(ready, int) else -1,
+            last_seq=_int(raw.get("lastSeq")),
+        )
+
+
+@dataclass(frozen=True)
+class Bisection:
+    """An ongoing search for the flag to blame among `suspects`.
+
+    Known: `origin` failed. The culprit is believed to be in `suspects`; `base` (the other flags
+    left on) is believed innocent. The current trial runs `base` plus the suspects not in `off`.
+    """
+
+    mode: Mode
+    origin: tuple[str, ...]
+    suspects: tuple[str, ...]
+    base: tuple[str, ...]
+    off: tuple[str, ...]
+    step: int = 1
+    base_proven: bool = False  # base (with something) reached Ready in a trial
+    expanded: bool = False  # suspects were widened to the base once already
+    started_at: str = ""
+
+    @property
+    def trial(self) -> frozenset[str]:
+        return frozenset(self.base) | (frozenset(self.suspects) - frozenset(self.off))
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "origin": list(self.origin),
+            "suspects": list(self.suspects),
+            "base": list(self.base),
+            "off": list(self.off),
+            "step": self.step,
+            "baseProven": self.base_proven,
+            "expanded": self.expanded,
+            "startedAt": self.started_at,
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> Bisection | None:
+        mode = raw.get("mode")
+        suspects = _strs(raw.get("suspects"))
+        if mode not in ("Failing", "Intermittent") or not suspects:
+            return None
+        return cls(
+            mode=mode,
+            origin=_strs(raw.get("origin")),
+            suspects=suspects,
+            base=_strs(raw.get("base")),
+            off=_strs(raw.get("off")),
+            step=max(1, _int(raw.get("step"))),
+            base_proven=raw.get("baseProven") is True,
+            expanded=raw.get("expanded") is True,
+            started_at=_str(raw.get("startedAt")),
+        )
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """status.rollout: the bookkeeping of the rollback decision."""
+
+    seq: int = 0  # counter of absorbed outcomes, orders them
+    trial_seq: int = 0  # outcomes after this belong to the current effective flag set
+    sets: tuple[SetRecord, ...] = ()
+    pods: tuple[PodRecord, ...] = ()
+    bisection: Bisection | None = None
+    changes: tuple[str, ...] = ()  # times of template changes, for the churn budget
+    rendered: tuple[str, ...] | None = None  # effective flags last decided
+    nonce: str | None = None  # restart nonce last decided
+    retry_honoured: str | None = None
+    fingerprints: Mapping[str, str] = field(default_factory=dict)
+    degraded: str | None = None  # the Degraded reason last reported
+    not_flag_problem: bool = False  # the empty flag set failed; no bisection until a Ready
+
+    def record(self, digest: str) -> SetRecord | None:
+        return next((s for s in self.sets if s.hash == digest), None)
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "trialSeq": self.trial_seq,
+            "sets": [s.to_status() for s in self.sets],
+            "pods": [p.to_status() for p in self.pods],
+            "bisection": self.bisection.to_status() if self.bisection else None,
+            "changes": list(self.changes),
+            "rendered": list(self.rendered) if self.rendered is not None else None,
+            "nonce": self.nonce,
+            "retryHonoured": self.retry_honoured,
+            "fingerprints": dict(sorted(self.fingerprints.items())),
+            "degraded": self.degraded,
+            "notFlagProblem": self.not_flag_problem,
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any] | None) -> Rollout:
+        """Tolerant: a missing or mangled status.rollout gives an empty bookkeeping."""
+        if not isinstance(raw, Mapping):
+            return cls()
+        bisection = raw.get("bisection")
+        rendered = raw.get("rendered")
+        prints = raw.get("fingerprints")
+        return cls(
+            seq=_int(raw.get("seq")),
+            trial_seq=_int(raw.get("trialSeq")),
+            sets=tuple(s for s in (SetRecord.from_status(r) for r in _dicts(raw.get("sets"))) if s),
+            pods=tuple(p for p in (PodRecord.from_status(r) for r in _dicts(raw.get("pods"))) if p),
+            bisection=Bisection.from_status(bisection) if isinstance(bisection, dict) else None,
+            changes=_strs(raw.get("changes")),
+            rendered=_strs(rendered) if isinstance(rendered, list) else None,
+            nonce=_str(raw.get("nonce")) or None,
+            retry_honoured=_str(raw.get("retryHonoured")) or None,
+            fingerprints=(
+                {k: v for k, v in prints.items() if isinstance(k, str) and isinstance(v, str)}
+                if isinstance(prints, dict)
+                else {}
+            ),
+            degraded=_str(raw.get("degraded")) or None,
+            not_flag_problem=raw.get("notFlagProblem") is True,
+        )
+
+
+def absorb(
+    rollout: Rollout,
+    pods: Sequence[PodObservation],
+    *,
+    budget_seconds: int,
+    now: datetime,
+) -> tuple[Rollout, tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
+    """Count what is new in `pods` into `rollout`.
+
+    Returns the new bookkeeping and, for the per-flag counters, the flag sets of each newly
+    counted flag-caused failure and of each newly counted success.
+    """
+    seq = rollout.seq
+    sets = {s.hash: s for s in rollout.sets}
+    records = {p.uid: p for p in rollout.pods}
+    failed_sets: list[tuple[str, ...]] = []
+    ready_sets: list[tuple[str, ...]] = []
+    ordered = sorted(pods, key=lambda p: (p.created or now, p.name, p.uid))
+    for pod in ordered:
+        if not pod.uid:
+            continue
+        record = records.get(pod.uid) or PodRecord(uid=pod.uid, hash=pod.flags_hash)
+        failed, timed_out = _failed_starts(pod, budget_seconds, now)
+        new_failures = max(0, failed - record.failed)
+        outcomes: list[Outcome] = []
+        for _ in range(new_failures):
+            seq += 1
+            outcomes.append(_failure(pod, seq, now, timed_out))
+        ready_attempt = record.ready_attempt
+        if pod.ready and not pod.deleting and pod.failed_starts > ready_attempt:
+            seq += 1
+            ready_attempt = pod.failed_starts
+            outcomes.append(Outcome(seq=seq, at=iso(now), kind="ready"))
+        if not outcomes and pod.uid in records:
+            continue
+        records[pod.uid] = replace(
+            record, failed=max(failed, record.failed), ready_attempt=ready_attempt, last_seq=seq
+        )
+        if outcomes:
+            current = sets.get(pod.flags_hash) or SetRecord(hash=pod.flags_hash, flags=pod.flags)
+            sets[pod.flags_hash] = _count(current, outcomes)
+            for outcome in outcomes:
+                if outcome.ok:
+                    ready_sets.append(current.flags)
+                elif outcome.kind != "oom":
+                    failed_sets.append(current.flags)
+    observed = {p.uid for p in pods}
+    kept_pods = sorted(records.values(), key=lambda r: (r.uid not in observed, -r.last_seq))
+    gone = [r for r in kept_pods if r.uid not in observed][:KEPT_POD_RECORDS]
+    pod_records = tuple(
+        sorted([r for r in kept_pods if r.uid in observed] + gone, key=lambda r: r.uid)
+    )
+    set_records = tuple(
+        sorted(
+            sorted(sets.values(), key=lambda s: -s.last_seq)[:KEPT_SET_RECORDS],
+            key=lambda s: s.hash,
+        )
+    )
+    new = replace(rollout, seq=seq, sets=set_records, pods=pod_records)
+    return new, tuple(failed_sets), tuple(ready_sets)
+
+
+def _failed_starts(pod: PodObservation, budget_seconds: int, now: datetime) -> tuple[int, bool]:
+    """Failed starts so far, counting the current one if it is past the budget."""
+    failed = pod.failed_starts
+    started = pod.attempt_started
+    if (
+        not pod.ready
+        and not pod.deleting
+        and pod.blocked_reason is None
+        and started is not None
+        and now - started > timedelta(seconds=budget_seconds)
+    ):
+        return failed + 1, True
+    return failed, False
+
+
+def _failure(pod: PodObservation, seq: int, now: datetime, timed_out: bool) -> Outcome:
+    report = pod.report
+    failure = pod.failure
+    if pod.oom_killed:
+        kind: OutcomeKind = "oom"
+    elif timed_out and failure is None:
+        kind = "timeout"
+    else:
+        kind = "failed"
+    error = ""
+    if report and report.error:
+        error = f"{report.error.type}: {report.error.message}"
+    elif failure and failure.terminated_reason:
+        error = f"{failure.terminated_reason} (exit code {failure.exit_code})"
+    elif kind == "timeout":
+        error = "not Ready within the startup budget"
+    return Outcome(
+        seq=seq,
+        at=iso(now),
+        kind=kind,
+        flag=report.flag if report else None,
+        phase=report.phase if report else None,
+        error=truncate(error),
+    )
+
+
+def _count(record: SetRecord, outcomes: Sequence[Outcome]) -> SetRecord:
+    failures = sum(1 for o in outcomes if not o.ok)
+    successes = len(outcomes) - failures
+    return replace(
+        record,
+        starts=record.starts + len(outcomes),
+        failures=record.failures + failures,
+        successes=record.successes + successes,
+        reached_ready=record.reached_ready or successes > 0,
+        last_seq=outcomes[-1].seq,
+        recent=(record.recent + tuple(outcomes))[-RECENT_OUTCOMES:],
+    )
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _strs(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _dicts(value: Any) -> list[Mapping[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
