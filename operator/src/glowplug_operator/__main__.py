@@ -1,0 +1,33 @@
+"""`glowplug-operator`: run the controller (kopf) with the namespaces from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import kopf
+
+from glowplug_operator.settings import Settings, SettingsError
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"glowplug-operator: {error}", file=sys.stderr)
+        return 2
+    import glowplug_operator.handlers  # noqa: F401 - registers the handlers
+
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint="http://0.0.0.0:8080/healthz" if settings.metrics_port else None,
+            standalone=True,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

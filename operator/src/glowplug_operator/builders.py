@@ -1,0 +1,407 @@
+"""Pure builders: typed spec + settings + effective flags in, plain Kubernetes manifests out.
+
+No API calls, no globals, no clock: the same inputs always give the same manifests, so the
+reconciler can compare them with what is live and write only when they differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from glowplug_operator.settings import Settings
+from glowplug_operator.spec import ModelServerSpec, Optimization
+
+API_VERSION = "glowplug.dev/v1alpha1"
+KIND = "ModelServer"
+FLAGS_ANNOTATION = "glowplug.dev/optimizations"
+FLAGS_HASH_LABEL = "glowplug.dev/optimizations-hash"
+TRIAL_ANNOTATION = "glowplug.dev/trial"
+MODELSERVER_LABEL = "glowplug.dev/modelserver"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "glowplug"}
+TERMINATION_PATH = "/dev/termination-log"
+INIT_CONTAINER = "prefetch"
+WORKER_CONTAINER = "worker"
+PVC_MOUNT_ROOT = "/mnt/pvc"
+UID = 1000
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelServer the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> Manifest:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    return {MODELSERVER_LABEL: owner.name, **MANAGED_BY}
+
+
+def common_labels(owner: Owner) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "modelserver",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "glowplug",
+        **selector_labels(owner),
+    }
+
+
+def label_selector(owner: Owner) -> str:
+    """The pods' selector as a string, for status.selector (the scale subresource, HPAs)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner).items()))
+
+
+def _metadata(owner: Owner, name: str, *, owned: bool = True) -> Manifest:
+    meta: Manifest = {"name": name, "namespace": owner.namespace, "labels": common_labels(owner)}
+    if owned:
+        meta["ownerReferences"] = [owner.reference()]
+    return meta
+
+
+def model_dir(spec: ModelServerSpec, settings: Settings) -> str:
+    """Where the weights live in the cache volume: keyed by source and revision, so ModelServers
+    sharing a volume and a model share one download."""
+    key = f"{spec.model.source}@{spec.model.revision or ''}"
+    return f"{settings.cache_mount_path}/{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def budget_seconds(spec: ModelServerSpec, settings: Settings) -> int:
+    return spec.startup.budget_seconds or settings.default_budget_seconds
+
+
+def startup_probe_timing(budget: int) -> tuple[int, int]:
+    """(periodSeconds, failureThreshold) so that the startup probe gives up after about `budget`."""
+    period = 2 if budget < 60 else 5
+    return period, max(1, math.ceil(budget / period))
+
+
+def cache_claim_name(owner: Owner, spec: ModelServerSpec) -> str | None:
+    if spec.cache.kind != "PersistentVolumeClaim":
+        return None
+    return spec.cache.existing_claim or f"{owner.name}-cache"
+
+
+def _cache_volume(owner: Owner, spec: ModelServerSpec) -> Manifest:
+    cache = spec.cache
+    if cache.kind == "PersistentVolumeClaim":
+        return {
+            "name": "cache",
+            "persistentVolumeClaim": {"claimName": cache_claim_name(owner, spec)},
+        }
+    if cache.kind == "HostPath":
+        return {"name": "cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+    empty: Manifest = {"sizeLimit": cache.size} if cache.size else {}
+    return {"name": "cache", "emptyDir": empty}
+
+
+def _container_security() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _credentials(spec: ModelServerSpec) -> list[Manifest]:
+    """The Secret's keys become env vars (HF_TOKEN, AWS_*): referenced, never copied."""
+    ref = spec.model.credentials_secret_ref
+    return [{"secretRef": {"name": ref.name}}] if ref else []
+
+
+def _builtin_env(flags: Sequence[Optimization], settings: Settings) -> list[Manifest]:
+    names = ",".join(f.name for f in flags)
+    env = [
+        {"name": "GLOWPLUG_OPTIMIZATIONS", "value": names},
+        {"name": "GLOWPLUG_TERMINATION_PATH", "value": TERMINATION_PATH},
+        {"name": "HF_HOME", "value": f"{settings.cache_mount_path}/.hf"},
+        {"name": "GLOWPLUG_PVC_ROOT", "value": PVC_MOUNT_ROOT},
+    ]
+    if any(f.name == "hf-offline" for f in flags):
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    return env
+
+
+def _custom_env(flags: Sequence[Optimization]) -> list[Manifest]:
+    merged: dict[str, str] = {}
+    for flag in flags:
+        merged.update(flag.env)
+    return [{"name": k, "value": v} for k, v in sorted(merged.items())]
+
+
+def _mounts(spec: ModelServerSpec, settings: Settings) -> list[Manifest]:
+    mounts: list[Manifest] = [
+        {"name": "cache", "mountPath": settings.cache_mount_path},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if spec.model.scheme == "pvc":
+        mounts.append(
+            {
+                "name": "source",
+                "mountPath": f"{PVC_MOUNT_ROOT}/{spec.model.pvc_claim}",
+                "readOnly": True,
+            }
+        )
+    return mounts
+
+
+def _prefetch_container(
+    spec: ModelServerSpec, settings: Settings, image: str, flags: Sequence[Optimization]
+) -> Manifest:
+    args = ["prefetch", "--source", spec.model.source, "--dest", model_dir(spec, settings)]
+    if spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    for pattern in spec.model.include:
+        args += ["--include", pattern]
+    container: Manifest = {
+        "name": INIT_CONTAINER,
+        "image": image,
+        "command": ["glowplug-worker"],
+        "args": args,
+        "env": _builtin_env(flags, settings),
+        "volumeMounts": _mounts(spec, settings),
+        "securityContext": _container_security(),
+        "terminationMessagePath": TERMINATION_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": _resources(spec, gpus=False),
+    }
+    if spec.model.credentials_secret_ref:
+        container["envFrom"] = _credentials(spec)
+    if spec.image.pull_policy:
+        container["imagePullPolicy"] = spec.image.pull_policy
+    return container
+
+
+def _resources(spec: ModelServerSpec, *, gpus: bool) -> Manifest:
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    if spec.resources.memory:
+        limits["memory"] = requests["memory"] = spec.resources.memory
+    if spec.resources.cpu:
+        requests["cpu"] = spec.resources.cpu
+    if gpus and spec.resources.gpus:
+        limits["nvidia.com/gpu"] = spec.resources.gpus
+    out: Manifest = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _http_probe(path: str, port: int, period: int, failures: int, timeout: int = 2) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def _worker_container(
+    spec: ModelServerSpec, settings: Settings, image: str, flags: Sequence[Optimization]
+) -> Manifest:
+    serving = spec.serving
+    args = [
+        "serve",
+        "--model", model_dir(spec, settings),
+        "--task", spec.model.task,
+        "--port", str(serving.port),
+        "--dtype", serving.dtype,
+        "--max-concurrency", str(serving.max_concurrency),
+        "--max-queue", str(serving.max_queue),
+        "--request-timeout", str(serving.request_timeout_seconds),
+    ]  # fmt: skip
+    if serving.max_model_len:
+        args += ["--max-model-len", str(serving.max_model_len)]
+    for flag in flags:
+        args += flag.args
+    period, failures = startup_probe_timing(budget_seconds(spec, settings))
+    container: Manifest = {
+        "name": WORKER_CONTAINER,
+        "image": image,
+        "command": ["glowplug-worker"],
+        "args": args,
+        "env": _builtin_env(flags, settings) + _custom_env(flags),
+        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "volumeMounts": [*_mounts(spec, settings), {"name": "dshm", "mountPath": "/dev/shm"}],
+        "resources": _resources(spec, gpus=True),
+        "startupProbe": _http_probe("/ready", serving.port, period, failures),
+        "readinessProbe": _http_probe("/ready", serving.port, 5, 3),
+        "livenessProbe": _http_probe("/health", serving.port, 10, 3, timeout=5),
+        "securityContext": _container_security(),
+        "terminationMessagePath": TERMINATION_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.model.credentials_secret_ref:
+        container["envFrom"] = _credentials(spec)
+    if spec.image.pull_policy:
+        container["imagePullPolicy"] = spec.image.pull_policy
+    return container
+
+
+def _pod_spec(
+    owner: Owner, spec: ModelServerSpec, settings: Settings, flags: Sequence[Optimization]
+) -> Manifest:
+    image = spec.image.worker or settings.worker_image
+    volumes = [
+        _cache_volume(owner, spec),
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+    ]
+    if spec.model.scheme == "pvc":
+        volumes.append(
+            {
+                "name": "source",
+                "persistentVolumeClaim": {"claimName": spec.model.pvc_claim, "readOnly": True},
+            }
+        )
+    pod: Manifest = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 60,
+        "initContainers": [_prefetch_container(spec, settings, image, flags)],
+        "containers": [_worker_container(spec, settings, image, flags)],
+        "volumes": volumes,
+    }
+    placement = spec.placement
+    tolerations = list(placement.tolerations)
+    if spec.resources.gpus and not any(t.get("key") == "nvidia.com/gpu" for t in tolerations):
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if placement.node_selector:
+        pod["nodeSelector"] = dict(placement.node_selector)
+    if placement.affinity:
+        pod["affinity"] = placement.affinity
+    if placement.runtime_class_name:
+        pod["runtimeClassName"] = placement.runtime_class_name
+    if placement.priority_class_name:
+        pod["priorityClassName"] = placement.priority_class_name
+    if spec.image.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.image.pull_secrets]
+    return pod
+
+
+def active_flags(spec: ModelServerSpec, effective: Sequence[str]) -> list[Optimization]:
+    """The spec's flag definitions for the effective names, in spec order."""
+    wanted = set(effective)
+    return [f for f in spec.startup.optimizations if f.name in wanted]
+
+
+def build_deployment(
+    owner: Owner,
+    spec: ModelServerSpec,
+    settings: Settings,
+    effective: Sequence[str],
+    flags_hash: str,
+    trial: str | None = None,
+) -> Manifest:
+    """The Deployment running the effective flags. The pod template carries them in an annotation
+    and their hash in a label; `trial` (the rollback logic's restart nonce) forces a new rollout
+    of the same flags."""
+    flags = active_flags(spec, effective)
+    labels = {**common_labels(owner), FLAGS_HASH_LABEL: flags_hash}
+    annotations = {FLAGS_ANNOTATION: ",".join(f.name for f in flags)}
+    if trial:
+        annotations[TRIAL_ANNOTATION] = trial
+    budget = budget_seconds(spec, settings)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, owner.name),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "revisionHistoryLimit": 5,
+            # Zero downtime for a serving model; crashing old pods are replaced first anyway.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "progressDeadlineSeconds": budget + 300,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": annotations,
+                },
+                "spec": _pod_spec(owner, spec, settings, flags),
+            },
+        },
+    }
+
+
+def build_service(owner: Owner, spec: ModelServerSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, owner.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner),
+            "ports": [
+                {"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_cache_claim(owner: Owner, spec: ModelServerSpec) -> Manifest | None:
+    """The shared weight cache's PVC, when the cache asks for a new one. With retainOnDelete it
+    has no owner reference, so deleting the ModelServer keeps the downloaded weights."""
+    cache = spec.cache
+    if cache.kind != "PersistentVolumeClaim" or cache.existing_claim:
+        return None
+    claim: Manifest = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(owner, f"{owner.name}-cache", owned=not cache.retain_on_delete),
+        "spec": {
+            "accessModes": [cache.access_mode],
+            "resources": {"requests": {"storage": cache.size}},
+        },
+    }
+    if cache.storage_class_name:
+        claim["spec"]["storageClassName"] = cache.storage_class_name
+    return claim
+
+
+def build_disruption_budget(owner: Owner, spec: ModelServerSpec) -> Manifest | None:
+    if spec.replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, owner.name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner)}},
+    }
+
+
+def endpoint(owner: Owner, spec: ModelServerSpec) -> str:
+    return f"http://{owner.name}.{owner.namespace}.svc:{spec.serving.port}"

@@ -1,0 +1,64 @@
+"""What the operator knows of the cluster: the latest ModelServers, their children and pods, as
+kopf's watch streams deliver them. The reconciler reads only from here, so a converged
+ModelServer costs no API requests at all."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from glowplug_operator.builders import MODELSERVER_LABEL
+
+Key = tuple[str, str]  # (namespace, name)
+Body = dict[str, Any]
+
+
+def key_of(body: Body) -> Key:
+    meta = body["metadata"]
+    return meta["namespace"], meta["name"]
+
+
+def owner_of(body: Body) -> Key | None:
+    """The ModelServer a child or pod belongs to, from the glowplug.dev/modelserver label."""
+    meta = body.get("metadata", {})
+    name = (meta.get("labels") or {}).get(MODELSERVER_LABEL)
+    return (meta["namespace"], name) if name else None
+
+
+@dataclass
+class Cache:
+    modelservers: dict[Key, Body] = field(default_factory=dict)
+    children: dict[tuple[str, str, str], Body] = field(default_factory=dict)
+    pods: defaultdict[Key, dict[str, Body]] = field(default_factory=lambda: defaultdict(dict))
+
+    def put_modelserver(self, body: Body) -> None:
+        self.modelservers[key_of(body)] = body
+
+    def drop_modelserver(self, key: Key) -> None:
+        self.modelservers.pop(key, None)
+        self.pods.pop(key, None)
+
+    def put_child(self, kind: str, body: Body) -> None:
+        namespace, name = key_of(body)
+        self.children[kind, namespace, name] = body
+
+    def drop_child(self, kind: str, body: Body) -> None:
+        namespace, name = key_of(body)
+        self.children.pop((kind, namespace, name), None)
+
+    def child(self, kind: str, namespace: str, name: str) -> Body | None:
+        return self.children.get((kind, namespace, name))
+
+    def put_pod(self, owner: Key, body: Body) -> None:
+        self.pods[owner][body["metadata"]["name"]] = body
+
+    def drop_pod(self, owner: Key, body: Body) -> None:
+        pods = self.pods.get(owner)
+        if pods is not None:
+            pods.pop(body["metadata"]["name"], None)
+            if not pods:
+                del self.pods[owner]
+
+    def pods_of(self, key: Key) -> list[Body]:
+        return list(self.pods.get(key, {}).values())

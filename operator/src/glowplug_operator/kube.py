@@ -1,0 +1,107 @@
+"""The operator's writes to the Kubernetes API: server-side apply of children, the status patch.
+
+Reads come from kopf's watch streams (see `cache.py`); this module only writes, and only when the
+reconciler has found a difference.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Service
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.types import PatchType
+
+ModelServer = create_namespaced_resource("glowplug.dev", "v1alpha1", "ModelServer", "modelservers")
+
+_RESOURCES: dict[str, Any] = {
+    "Deployment": Deployment,
+    "Service": Service,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
+    "PodDisruptionBudget": PodDisruptionBudget,
+}
+
+
+class Kube:
+    """A thin async gateway; one instance per operator process."""
+
+    def __init__(self, field_manager: str) -> None:
+        self.field_manager = field_manager
+        self._client: AsyncClient | None = None
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            self._client = AsyncClient(field_manager=self.field_manager)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        """Server-side apply with the operator's one field manager, taking over conflicting
+        fields (a hand edit of a field the operator owns is undone)."""
+        meta = manifest["metadata"]
+        await self.client.patch(
+            _RESOURCES[manifest["kind"]],
+            meta["name"],
+            manifest,
+            namespace=meta["namespace"],
+            patch_type=PatchType.APPLY,
+            field_manager=self.field_manager,
+            force=True,
+        )
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            await self.client.delete(_RESOURCES[kind], name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+
+    async def replace_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Write the whole status (JSON patch `add /status` replaces it, or creates it)."""
+        await self.client.patch(
+            ModelServer.Status,
+            name,
+            [{"op": "add", "path": "/status", "value": status}],
+            namespace=namespace,
+            patch_type=PatchType.JSON,
+        )
+
+    async def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about a ModelServer, as `kubectl describe ms` shows it."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", "glowplug.dev/v1alpha1"),
+                "kind": body.get("kind", "ModelServer"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "glowplug-operator"},
+            "reportingComponent": "glowplug.dev/operator",
+            "reportingInstance": "glowplug-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.client.create(cast(Event, Event.from_dict(event)))

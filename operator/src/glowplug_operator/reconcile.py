@@ -1,0 +1,233 @@
+"""One reconcile of one ModelServer: parse, decide the flags, build the children, write only
+what differs from the cache, then the status. Called from the work queue's workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from glowplug_operator import builders
+from glowplug_operator.cache import Cache, Key
+from glowplug_operator.kube import Kube
+from glowplug_operator.metrics import Metrics
+from glowplug_operator.observations import (
+    flag_fingerprint,
+    observe_deployment_progress,
+    observe_pod,
+)
+from glowplug_operator.rollback import Decision, decide
+from glowplug_operator.rollback_state import FlagState, Rollout
+from glowplug_operator.settings import Settings
+from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
+from glowplug_operator.status import Observed, invalid_spec_status, modelserver_status
+
+log = logging.getLogger(__name__)
+RETRY_ANNOTATION = "glowplug.dev/retry-optimizations"
+CHILD_KINDS = ("Deployment", "Service", "PersistentVolumeClaim", "PodDisruptionBudget")
+
+
+@dataclass
+class Reconciler:
+    settings: Settings
+    kube: Kube
+    cache: Cache
+    metrics: Metrics
+
+    async def reconcile(self, key: Key, now: datetime | None = None) -> float | None:
+        """Converge one ModelServer; returns seconds until it should be looked at again."""
+        body = self.cache.modelservers.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.metrics.forget(*key)
+            return None  # children go with it: owner references
+        now = now or datetime.now(UTC)
+        try:
+            spec = parse_spec(body)
+        except InvalidSpec as error:
+            await self._invalid(body, error, now)
+            return None
+        owner = builders.Owner(key[1], key[0], body["metadata"]["uid"])
+        pods = self.cache.pods_of(key)
+        observations = [observe_pod(p, now) for p in pods]
+        deployment = self.cache.child("Deployment", key[0], key[1])
+        decision = self._decide(body, spec, observations, deployment, now)
+
+        await self._converge_children(owner, spec, decision)
+        previous = body.get("status") or {}
+        status = modelserver_status(
+            previous,
+            Observed(
+                generation=body["metadata"].get("generation", 0),
+                desired_replicas=spec.replicas,
+                deployment=deployment,
+                pods=pods,
+                observations=observations,
+                flags_hash=decision.flags_hash,
+                selector=builders.label_selector(owner),
+                endpoint=builders.endpoint(owner, spec),
+            ),
+            decision,
+            now,
+        )
+        if status != previous:
+            await self.kube.replace_status(key[0], key[1], status)
+            self.metrics.api_writes.labels("ModelServer/status").inc()
+            body["status"] = status  # our own write; the watch will confirm it
+        await self._announce(body, previous, status, decision)
+        self.metrics.observe(
+            key[0],
+            key[1],
+            status.get("readyReplicas", 0),
+            (status.get("coldStart") or {}).get("lastSeconds"),
+            decision.flag_states,
+        )
+        return self._next_look(spec, status, observations, now)
+
+    def _decide(
+        self,
+        body: Mapping[str, Any],
+        spec: ModelServerSpec,
+        observations: list[Any],
+        deployment: Mapping[str, Any] | None,
+        now: datetime,
+    ) -> Decision:
+        status = body.get("status") or {}
+        states = [
+            s for s in (FlagState.from_status(r) for r in status.get("optimizations") or []) if s
+        ]
+        flags = spec.startup.optimizations
+        return decide(
+            spec_flags=[f.name for f in flags],
+            policy=spec.startup.rollback,
+            flag_states=states,
+            rollout=Rollout.from_status(status.get("rollout")),
+            pods=observations,
+            progress=observe_deployment_progress(deployment) if deployment else None,
+            budget_seconds=builders.budget_seconds(spec, self.settings),
+            retry_token=(body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
+            now=now,
+            fingerprints={f.name: flag_fingerprint(f.model_dump(by_alias=True)) for f in flags},
+        )
+
+    async def _converge_children(
+        self, owner: builders.Owner, spec: ModelServerSpec, decision: Decision
+    ) -> None:
+        deployment = builders.build_deployment(
+            owner,
+            spec,
+            self.settings,
+            decision.effective_flags,
+            decision.flags_hash,
+            decision.restart_nonce,
+        )
+        wanted: dict[str, dict[str, Any] | None] = {
+            "Deployment": deployment,
+            "Service": builders.build_service(owner, spec),
+            "PersistentVolumeClaim": builders.build_cache_claim(owner, spec),
+            "PodDisruptionBudget": builders.build_disruption_budget(owner, spec),
+        }
+        for kind, manifest in wanted.items():
+            name = f"{owner.name}-cache" if kind == "PersistentVolumeClaim" else owner.name
+            live = self.cache.child(kind, owner.namespace, name)
+            if manifest is None:
+                if live is not None and _owned_by(live, owner) and kind != "PersistentVolumeClaim":
+                    await self.kube.delete(kind, owner.namespace, name)
+                    self.metrics.api_writes.labels(kind).inc()
+                continue
+            if live is None or not contains(live, manifest):
+                await self.kube.apply(manifest)
+                self.metrics.api_writes.labels(kind).inc()
+        if decision.template_changed:
+            self.metrics.template_changes.labels(owner.namespace, owner.name).inc()
+
+    async def _invalid(self, body: dict[str, Any], error: InvalidSpec, now: datetime) -> None:
+        previous = body.get("status") or {}
+        status = invalid_spec_status(body, error.field, error.message, now)
+        if status != previous:
+            meta = body["metadata"]
+            await self.kube.replace_status(meta["namespace"], meta["name"], status)
+            self.metrics.api_writes.labels("ModelServer/status").inc()
+            body["status"] = status
+            await self._event(body, "Warning", "InvalidSpec", str(error))
+
+    async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            await self.kube.post_event(body, type_, reason, message)
+            self.metrics.api_writes.labels("Event").inc()
+        except Exception:  # an Event is informative: losing one must not fail the reconcile
+            log.warning("could not post event %s", reason, exc_info=True)
+
+    async def _announce(
+        self,
+        body: dict[str, Any],
+        previous: Mapping[str, Any],
+        status: Mapping[str, Any],
+        decision: Decision,
+    ) -> None:
+        """Events for what a user cares about: each decision's events, becoming Ready or not."""
+        meta = body["metadata"]
+        for event in decision.events:
+            await self._event(body, event.type, event.reason, event.message)
+        for rollback in decision.rollbacks:
+            self.metrics.rollbacks.labels(
+                meta["namespace"], meta["name"], rollback.flag, rollback.reason
+            ).inc()
+        was = _condition(previous, "Ready")
+        now_ready = _condition(status, "Ready")
+        if now_ready and (was or {}).get("status") != now_ready.get("status"):
+            if now_ready["status"] == "True":
+                cold = (status.get("coldStart") or {}).get("lastSeconds")
+                extra = f" (cold start {cold}s)" if cold is not None else ""
+                await self._event(body, "Normal", "Ready", now_ready["message"] + extra)
+            elif was is not None:
+                await self._event(body, "Warning", now_ready["reason"], now_ready["message"])
+
+    def _next_look(
+        self,
+        spec: ModelServerSpec,
+        status: Mapping[str, Any],
+        observations: list[Any],
+        now: datetime,
+    ) -> float | None:
+        """When to look again without an event: while pods start, at the first startup budget
+        that could run out (a hung start produces no event); when converged, a slow resync."""
+        budget = builders.budget_seconds(spec, self.settings)
+        deadlines = [
+            (o.scheduled - now).total_seconds() + budget + 1
+            for o in observations
+            if not o.ready and not o.deleting and o.scheduled is not None
+        ]
+        if deadlines:
+            return max(1.0, float(min(deadlines)))
+        if status.get("readyReplicas", 0) < spec.replicas:
+            return 10.0
+        return self.settings.resync_seconds
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _owned_by(body: Mapping[str, Any], owner: builders.Owner) -> bool:
+    refs = body["metadata"].get("ownerReferences") or []
+    return any(r.get("uid") == owner.uid for r in refs)
+
+
+def contains(live: Any, wanted: Any) -> bool:
+    """True when every field the operator wants is in the live object with the same value.
+    Fields the API server or others added are ignored; lists must match item by item."""
+    if isinstance(wanted, dict):
+        return isinstance(live, dict) and all(
+            k in live and contains(live[k], v) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(contains(a, b) for a, b in zip(live, wanted, strict=True))
+        )
+    if type(live) is not type(wanted):
+        return str(live) == str(wanted)  # 1 vs "1" for quantities
+    return bool(live == wanted)

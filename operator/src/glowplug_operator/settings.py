@@ -1,0 +1,58 @@
+"""The operator's settings: one object, loaded once from GLOWPLUG_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PREFIX = "GLOWPLUG_"
+
+
+class SettingsError(ValueError):
+    """A GLOWPLUG_* variable has a value the operator cannot use."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    worker_image: str = Field(default="ghcr.io/glowplug/worker:0.1.0", min_length=1)
+    """Image for the init and worker containers unless a ModelServer overrides it."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means all namespaces."""
+    default_budget_seconds: int = Field(default=900, ge=30, le=86400)
+    """Startup budget for a ModelServer that sets none (becomes the startup probe's window)."""
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    field_manager: str = "glowplug"
+    """The one server-side-apply field manager the operator writes with."""
+    cache_mount_path: str = "/models"
+    """Where the weight cache volume is mounted in both containers."""
+    reconcile_workers: int = Field(default=16, ge=1, le=256)
+    """How many ModelServers are reconciled at once."""
+    resync_seconds: float = Field(default=300.0, ge=5)
+    """A converged ModelServer is re-checked this often (reads only; writes only on drift)."""
+    log_level: str = "INFO"
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {
+            key[len(PREFIX) :].lower(): value
+            for key, value in env.items()
+            if key.startswith(PREFIX) and key[len(PREFIX) :].lower() in cls.model_fields
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            name = PREFIX + str(first["loc"][0]).upper()
+            raise SettingsError(f"{name}: {first['msg']} (got {first.get('input')!r})") from None

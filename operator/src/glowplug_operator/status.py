@@ -1,0 +1,253 @@
+"""The ModelServer's status, computed purely from what is observed.
+
+Conditions follow metav1.Condition and kstatus: `Ready` plus `observedGeneration`, so
+`kubectl wait --for=condition=Ready`, Flux and Argo CD health checks work. A condition keeps its
+lastTransitionTime while its status does not change, so an unchanged world gives an identical
+status and the operator writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from glowplug_operator.builders import INIT_CONTAINER, WORKER_CONTAINER
+from glowplug_operator.observations import PodObservation
+from glowplug_operator.reports import parse_report
+from glowplug_operator.rollback import Decision
+from glowplug_operator.rollback_state import iso, parse_iso
+
+Status = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cond:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+def conditions(
+    previous: Sequence[Mapping[str, Any]], wanted: Sequence[Cond], generation: int, now: datetime
+) -> list[dict[str, Any]]:
+    """metav1.Conditions; lastTransitionTime moves only when a condition's status changes."""
+    before = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
+    out = []
+    for cond in wanted:
+        old = before.get(cond.type)
+        since = old.get("lastTransitionTime") if old and old.get("status") == cond.status else None
+        out.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "observedGeneration": generation,
+                "lastTransitionTime": since or iso(now),
+                "reason": cond.reason,
+                "message": cond.message,
+            }
+        )
+    return out
+
+
+def invalid_spec_status(body: Mapping[str, Any], field: str, message: str, now: datetime) -> Status:
+    """The status of a ModelServer whose spec cannot be valid: Ready=False, reason InvalidSpec."""
+    old = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation", 0)
+    text = f"{field}: {message}"
+    wanted = [
+        Cond("Ready", "False", "InvalidSpec", text),
+        Cond("Progressing", "False", "InvalidSpec", "fix the spec; nothing is rolled out"),
+        Cond("Stalled", "True", "InvalidSpec", text),
+    ]
+    keep = {k: v for k, v in old.items() if k not in ("conditions", "observedGeneration")}
+    return _prune_status(
+        {
+            **keep,
+            "observedGeneration": generation,
+            "conditions": conditions(old.get("conditions") or [], wanted, generation, now),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What status is computed from, besides the decision."""
+
+    generation: int
+    desired_replicas: int
+    deployment: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]]
+    observations: Sequence[PodObservation]
+    flags_hash: str
+    selector: str
+    endpoint: str
+
+
+def modelserver_status(
+    previous: Mapping[str, Any], observed: Observed, decision: Decision, now: datetime
+) -> Status:
+    current = [
+        o for o in observed.observations if o.flags_hash == observed.flags_hash and not o.deleting
+    ]
+    ready = sum(1 for o in current if o.ready)
+    dep_status = (observed.deployment or {}).get("status") or {}
+    replicas = int(
+        dep_status.get("replicas") or len([o for o in observed.observations if not o.deleting])
+    )
+    desired = observed.desired_replicas
+    wanted = [
+        _ready(ready, desired, decision),
+        _progressing(ready, desired, current, decision),
+        _weights(observed.pods, observed.flags_hash),
+        Cond(
+            "OptimizationsHealthy",
+            decision.condition.status,
+            decision.condition.reason,
+            decision.condition.message,
+        ),
+        _degraded(decision),
+    ]
+    cold_start = _cold_start(observed.pods, observed.observations) or previous.get("coldStart")
+    states = [s.to_status() for s in decision.flag_states]
+    return _prune_status(
+        {
+            "observedGeneration": observed.generation,
+            "conditions": conditions(
+                previous.get("conditions") or [], wanted, observed.generation, now
+            ),
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "replicaSummary": f"{ready}/{desired}",
+            "selector": observed.selector,
+            "endpoint": observed.endpoint,
+            "coldStart": cold_start,
+            "optimizations": states,
+            "rolledBack": sum(1 for s in decision.flag_states if s.state == "RolledBack"),
+            "effectiveOptimizations": list(decision.effective_flags),
+            "rollout": decision.rollout.to_status(),
+        }
+    )
+
+
+def _ready(ready: int, desired: int, decision: Decision) -> Cond:
+    if desired == 0:
+        return Cond("Ready", "True", "ScaledToZero", "no replicas requested")
+    if ready >= desired:
+        return Cond("Ready", "True", "Serving", f"{ready}/{desired} replicas serve the model")
+    if decision.degraded:
+        return Cond("Ready", "False", decision.degraded.reason, decision.degraded.message)
+    return Cond("Ready", "False", "Starting", f"{ready}/{desired} replicas ready")
+
+
+def _progressing(
+    ready: int, desired: int, current: Sequence[PodObservation], decision: Decision
+) -> Cond:
+    if decision.degraded:
+        return Cond("Progressing", "False", decision.degraded.reason, decision.degraded.message)
+    if ready >= desired:
+        return Cond("Progressing", "False", "Converged", "the rollout is complete")
+    note = "rolling out new startup flags" if decision.template_changed else "pods are starting"
+    return Cond(
+        "Progressing", "True", "RollingOut", f"{note}: {ready}/{desired} ready, {len(current)} pods"
+    )
+
+
+def _degraded(decision: Decision) -> Cond:
+    if decision.degraded:
+        return Cond("Degraded", "True", decision.degraded.reason, decision.degraded.message)
+    return Cond("Degraded", "False", "AsExpected", "")
+
+
+def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Cond:
+    """WeightsReady from the prefetch init containers of the pods."""
+    failure = None
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if status.get("name") != INIT_CONTAINER:
+                continue
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated and terminated.get("exitCode") == 0:
+                report = parse_report(terminated.get("message"))
+                reused = bool(report and report.download and report.download.reused)
+                how = "reused from the cache" if reused else "downloaded"
+                return Cond(
+                    "WeightsReady", "True", "Reused" if reused else "Downloaded", f"weights {how}"
+                )
+            last = (status.get("lastState") or {}).get("terminated") or terminated
+            if last and last.get("exitCode"):
+                report = parse_report(last.get("message"))
+                message = (
+                    report.error.message
+                    if report and report.error
+                    else str(last.get("message") or "")
+                )
+                failure = Cond("WeightsReady", "False", "DownloadFailed", message[:512])
+        if _worker_started(pod):
+            return Cond("WeightsReady", "True", "Downloaded", "weights are on the pod's volume")
+    return failure or Cond(
+        "WeightsReady", "False", "Downloading", "the prefetch init container is running"
+    )
+
+
+def _worker_started(pod: Mapping[str, Any]) -> bool:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == WORKER_CONTAINER and (
+            (status.get("state") or {}).get("running") or status.get("restartCount")
+        ):
+            return True
+    return False
+
+
+def _cold_start(
+    pods: Sequence[Mapping[str, Any]], observations: Sequence[PodObservation]
+) -> dict[str, Any] | None:
+    """The most recent start that reached Ready: seconds from scheduling to Ready, and phases
+    (schedule wait, the prefetcher's download, the worker's start) where the pod shows them."""
+    ready = [o for o in observations if o.ready and o.ready_since and o.scheduled]
+    if not ready:
+        return None
+    latest = max(ready, key=lambda o: o.ready_since or datetime.min)
+    assert latest.ready_since and latest.scheduled
+    phases: dict[str, float] = {}
+    if latest.created:
+        phases["schedule"] = _seconds(latest.scheduled - latest.created)
+    pod = next((p for p in pods if p["metadata"].get("uid") == latest.uid), None)
+    worker_started = None
+    for status in ((pod or {}).get("status") or {}).get("initContainerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated") or {}
+        if status.get("name") == INIT_CONTAINER and terminated:
+            report = parse_report(terminated.get("message"))
+            start, end = (
+                parse_iso(terminated.get("startedAt", "")),
+                parse_iso(terminated.get("finishedAt", "")),
+            )
+            if report and "download" in report.phases:
+                phases["download"] = round(report.phases["download"], 3)
+            elif start and end:
+                phases["download"] = _seconds(end - start)
+            worker_started = end
+    if worker_started:
+        phases["start"] = _seconds(latest.ready_since - worker_started)
+    return {"lastSeconds": _seconds(latest.ready_since - latest.scheduled), "phases": phases}
+
+
+def _seconds(delta: Any) -> float:
+    return round(max(0.0, float(delta.total_seconds())), 3)
+
+
+def _prune_status(status: Status) -> Status:
+    pruned: Status = prune(status)
+    return pruned
+
+
+def prune(value: Any) -> Any:
+    """Drop None values (the API server drops them too), so a status compares equal to what is
+    stored and a converged ModelServer is not written again."""
+    if isinstance(value, dict):
+        return {k: prune(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [prune(v) for v in value]
+    return value
