@@ -176,6 +176,7 @@ class Sim:
     pods: list[SimPod] = field(default_factory=list)
     decision: Decision | None = None
     starts: int = 0
+    starts_at_blame: int | None = None
     changes: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     events: list[tuple[str, str, str]] = field(default_factory=list)
@@ -264,6 +265,8 @@ class Sim:
         self.changes += decision.template_changed
         self.events += [(e.type, e.reason, e.message) for e in decision.events]
         self.rollbacks += [(r.flag, r.reason) for r in decision.rollbacks]
+        if decision.rollbacks and self.starts_at_blame is None:
+            self.starts_at_blame = self.starts
         self.history.append(
             (decision.effective_flags, tuple((s.name, s.state, s.reason) for s in self.states))
         )
@@ -470,9 +473,12 @@ def test_bisection_finds_a_silent_culprit_in_log2_n_plus_1_extra_starts(
     sim.run(3 * len(spec))
     assert sim.rolled_back() == {culprit: "Bisected"}
     assert all(sim.state_of(n) == "Active" for n in spec if n != culprit)
-    extra = sim.starts - 1  # the failed start that began the search is not extra
-    assert extra <= math.log2(len(spec)) + 1
+    assert sim.starts_at_blame is not None
+    trials = sim.starts_at_blame - 1  # the failed start that began the search is not extra
+    assert trials <= math.log2(len(spec)) + 1
+    # one change per trial, plus putting the innocent flags back on
     assert sim.changes <= math.log2(len(spec)) + 2
+    assert sim.history[-1][0] == tuple(n for n in spec if n != culprit)
 
 
 def test_a_flag_off_only_for_a_trial_is_disabled_bisecting_not_rolled_back() -> None:
@@ -657,3 +663,81 @@ def test_flag_state_status_shape_is_camel_case_and_message_is_truncated() -> Non
     assert "RuntimeError" in status["message"]
     assert FlagState.from_status(status) == state
     assert FlagState.from_status({"name": "x", "state": "Broken"}) is None
+
+
+def test_not_a_flag_problem_does_not_churn() -> None:
+    sim = Sim(BUILTIN4, always("crash"))
+    sim.run(10)
+    changes = sim.changes
+    tried = [flags for flags, _ in sim.history]
+    assert () in tried  # the search arrived at the empty set, and it still failed
+    decision = sim.run(50)
+    assert sim.changes == changes  # no template change after the verdict
+    assert decision.effective_flags == tuple(BUILTIN4)  # the flags are not blamed
+    assert decision.degraded is not None
+    assert decision.degraded.reason == "StartupFailedWithoutFlags"
+    assert sum(1 for e in sim.events if e[1] == "StartupFailedWithoutFlags") == 1
+
+
+def test_a_ready_pod_after_not_a_flag_problem_lifts_the_verdict() -> None:
+    broken = {"cluster": True}
+
+    def rule(on: frozenset[str], _: Mapping[str, int]) -> Start:
+        return Start("crash") if broken["cluster"] else READY
+
+    sim = Sim(BUILTIN4, rule)
+    sim.run(10)
+    broken["cluster"] = False  # e.g. a bad node was drained
+    decision = sim.run(3)
+    assert decision.degraded is None
+    assert decision.condition.reason == "AllActive"
+    assert sim.rolled_back() == {}
+
+
+def test_policy_off_in_the_middle_of_a_bisection_puts_the_flags_back() -> None:
+    sim = Sim(CUSTOM4, crashes_silently("custom-4"))
+    decision = sim.run(1)
+    assert len(decision.effective_flags) < len(CUSTOM4)
+    sim.policy = "Off"
+    decision = sim.round()
+    assert decision.effective_flags == tuple(CUSTOM4)
+    assert not any(s.state in ("Disabled", "RolledBack") for s in decision.flag_states)
+    assert decision.rollout.bisection is None
+
+
+def test_a_timed_out_start_killed_by_the_probe_is_one_failed_start() -> None:
+    sim = Sim(["custom-1"], never_ready("custom-1"))
+    pods_seen = []
+    for _ in range(2):
+        sim.round()
+        pods_seen.append(sim.pods[0])
+    state = next(s for s in sim.states if s.name == "custom-1")
+    assert state.failures == 1  # timed out once
+    # the startup probe now kills it: the restart is the same failed start
+    pod = sim.pods[0]
+    pod.hanging, pod.crashes, pod.last = False, 1, Start("crash")
+    raw = pod.raw()
+    raw["status"]["containerStatuses"][0]["restartCount"] = 1
+    raw["status"]["containerStatuses"][0]["state"] = {
+        "running": {"startedAt": (sim.now + ROUND).isoformat()}
+    }
+    decision = decide(
+        spec_flags=["custom-1"],
+        policy="Automatic",
+        flag_states=sim.states,
+        rollout=sim.rollout,
+        pods=[observe_pod(raw, sim.now + ROUND)],
+        progress=None,
+        budget_seconds=BUDGET,
+        retry_token=None,
+        now=sim.now + ROUND,
+    )
+    assert next(s for s in decision.flag_states if s.name == "custom-1").failures == 1
+
+
+def test_crash_loop_restarts_are_each_counted_once() -> None:
+    sim = Sim([], always("crash"))
+    sim.run(5)
+    assert sim.starts == 5
+    record = sim.rollout.sets[0]
+    assert (record.starts, record.failures, record.reached_ready) == (5, 5, False)

@@ -4,14 +4,15 @@ Known: the flag set `origin` failed. The culprit is believed to be among `suspec
 other flags, is believed innocent. Each trial runs `base` plus the suspects not in `off` (the
 first half of the suspects, rounded up, is switched off):
 
-- the trial fails -> the culprit is among the suspects left on;
+- the trial fails -> the culprit is among the suspects left on; the ones switched off are
+  cleared and stay off until the search ends (so trials shrink towards the empty set);
 - the trial passes -> the culprit is among the suspects switched off, and the ones left on join
   the base (which is now proven: it reached Ready).
 
 One suspect left: blamed if a set without it passed (or it failed on top of a proven base);
 otherwise one more trial runs the base alone. If a trial with every suspect off still fails, the
-base becomes the suspects once (the old suspects, innocent, become the base); if that happens
-again, it is not a flag problem. n suspects cost at most ceil(log2(n)) + 1 trials.
+base becomes the suspects once (all the rest stays off); if a trial of the empty set fails, it is
+not a flag problem. n suspects cost at most ceil(log2(n)) + 1 trials.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def next_step(bisection: Bisection, verdict: Verdict, now: datetime) -> Step:
                 swapped = replace(
                     bisection,
                     suspects=bisection.base,
-                    base=bisection.suspects,
+                    base=(),
                     off=half(bisection.base),
                     step=step,
                     base_proven=False,

@@ -33,7 +33,6 @@ from glowplug_operator.rollback_state import (
     Outcome,
     Rollout,
     SetRecord,
-    State,
     absorb,
     iso,
     parse_iso,
@@ -144,8 +143,10 @@ def decide(
     current = [p for p in pods if p.flags_hash == digest and not p.deleting]
     record = absorbed.record(digest)
     trial = [o for o in (record.recent if record else ()) if o.seq > absorbed.trial_seq]
-    if ready_sets:
-        work.rollout = replace(work.rollout, not_flag_problem=False)
+    if ready_sets and work.rollout.not_flag_problem:
+        # The failures seen meanwhile were not the flags' fault: start counting afresh.
+        work.rollout = replace(work.rollout, not_flag_problem=False, trial_seq=absorbed.seq)
+        trial = []
     snapshot = (dict(work.states), work.rollout, len(work.events), len(work.rollbacks))
 
     blocked = _blocked(current, progress)
@@ -306,7 +307,8 @@ def _report_only(
 ) -> None:
     """policy Off: end any bisection (its flags come back), blame in words only."""
     if work.rollout.bisection:
-        _end_bisection(work, now)
+        _end_bisection(work, now)  # the flags come back: a new trial, nothing to judge yet
+        return
     failures = [o for o in trial if not o.ok and o.kind != "oom"]
     if not failures or trial[-1].ok:
         return
@@ -429,14 +431,20 @@ def _continue_bisection(
 
 
 def _apply_trial(work: _Work, bisection: Bisection, now: datetime) -> None:
-    """Suspects switched off for the trial are Disabled/Bisecting; suspects on are Trial."""
+    """Make the flags of `origin` run exactly the trial set.
+
+    Flags off for the trial are Disabled/Bisecting (not RolledBack); suspects on are
+    Trial/Bisecting; the base keeps its state.
+    """
     message = _trial_note(bisection)
-    for name in bisection.suspects:
-        state: State = "Disabled" if name in bisection.off else "Trial"
-        work.states[name] = work.states[name].moved(state, "Bisecting", message, now)
-    for name in set(bisection.origin) - set(bisection.suspects):
+    trial = bisection.trial
+    for name in bisection.origin:
         s = work.states.get(name)
-        if s is not None and s.state == "Disabled":
+        if s is None or s.state == "RolledBack":
+            continue
+        if name not in trial:
+            work.states[name] = s.moved("Disabled", "Bisecting", message, now)
+        elif name in bisection.suspects or s.state == "Disabled":
             work.states[name] = s.moved("Trial", "Bisecting", message, now)
 
 
