@@ -58,7 +58,7 @@ def _write_tokenizer(out: Path, vocab_size: int) -> dict[str, int]:
         "eos_token": "</s>",
         "pad_token": "<pad>",
         "add_bos_token": False,
-        "model_max_length": 256,
+        "model_max_length": 1024,
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
     }
@@ -90,7 +90,7 @@ def make_tiny_model(
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=1024,
         bos_token_id=ids["<s>"],
         eos_token_id=ids["</s>"],
         pad_token_id=ids["<pad>"],
