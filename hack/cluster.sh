@@ -4,13 +4,14 @@
 #   cluster.sh up      start it, or reuse a healthy one
 #   cluster.sh down    stop every process it started and remove its state
 #   cluster.sh status  exit 0 when it is up and healthy
+# GLOWPLUG_CLUSTER_DIR puts a second, independent cluster elsewhere (benchmarks do).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=versions.env
 source "$root/hack/versions.env"
 cache=${GLOWPLUG_CACHE:-$HOME/.cache/glowplug}
-dir=$root/.cluster
+dir=${GLOWPLUG_CLUSTER_DIR:-$root/.cluster}
 kubeconfig=$dir/kubeconfig
 k8s_bin=$cache/bin/kubernetes-$KUBERNETES_VERSION
 etcd_bin=$cache/bin/etcd-$ETCD_VERSION/etcd
