@@ -61,6 +61,7 @@ http {{
     location = /status/401 {{ return 401; }}
     location = /status/403 {{ return 403; }}
     location /slow/ {{ alias {root}/; limit_rate {rate}; {server_extra} }}
+    {locations}
   }}
 }}
 """
@@ -77,6 +78,7 @@ class Nginx:
         workers: int = 1,
         http_extra: str = "",
         server_extra: str = "",
+        locations: str = "",
     ) -> None:
         self.root, self.run_dir = root, run
         self.port = free_port()
@@ -89,6 +91,7 @@ class Nginx:
             rate=rate,
             http_extra=http_extra,
             server_extra=server_extra,
+            locations=locations,
         )
         (run / "nginx.conf").write_text(conf)
         self.proc = subprocess.Popen(
