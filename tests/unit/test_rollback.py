@@ -741,3 +741,29 @@ def test_crash_loop_restarts_are_each_counted_once() -> None:
     assert sim.starts == 5
     record = sim.rollout.sets[0]
     assert (record.starts, record.failures, record.reached_ready) == (5, 5, False)
+
+
+def unrelated_crashes_at(*starts: int) -> Rule:
+    def rule(on: frozenset[str], counts: Mapping[str, int]) -> Start:
+        return Start("crash") if counts["__starts__"] in starts else READY
+
+    return rule
+
+
+def test_two_unrelated_flukes_start_a_search_that_blames_nobody() -> None:
+    sim = Sim(CUSTOM4, unrelated_crashes_at(3, 5), churn=True)
+    decision = sim.run(40)
+    assert sim.rolled_back() == {}
+    assert any(e[1] == "BisectingOptimizations" for e in sim.events)
+    assert any(e[1] == "BisectionInconclusive" for e in sim.events)
+    assert decision.effective_flags == tuple(CUSTOM4)
+    assert decision.rollout.bisection is None
+    assert [s.state for s in decision.flag_states] == ["Active"] * 4
+
+
+def test_an_intermittent_culprit_found_by_elimination_is_confirmed_before_blame() -> None:
+    sim = Sim(CUSTOM4, one_in_three("custom-1", report=False), churn=True)
+    sim.run(60)
+    assert sim.rolled_back() == {"custom-1": "IntermittentFailures"}
+    steps = [e[2] for e in sim.events if e[1] == "BisectionStep"]
+    assert any("confirming that custom-1 fails" in m for m in steps)

@@ -12,7 +12,12 @@ first half of the suspects, rounded up, is switched off):
 One suspect left: blamed if a set without it passed (or it failed on top of a proven base);
 otherwise one more trial runs the base alone. If a trial with every suspect off still fails, the
 base becomes the suspects once (all the rest stays off); if a trial of the empty set fails, it is
-not a flag problem. n suspects cost at most ceil(log2(n)) + 1 trials.
+not a flag problem.
+
+Intermittent mode (the failing set had reached Ready before): a trial passes only after several
+Ready starts, and a suspect found by elimination alone (no trial of the search failed) must fail
+once more on top of the base before it is blamed; if it passes instead, the search is
+inconclusive and nothing is blamed. n suspects cost at most ceil(log2(n)) + 1 trials.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Verdict(enum.Enum):
 class Step:
     bisection: Bisection | None  # the next trial; None when the search is over
     blame: str | None  # the flag found to blame, when the search is over with a culprit
+    inconclusive: bool = False  # over without a culprit: the last suspect did not fail again
 
 
 def half(suspects: Sequence[str]) -> tuple[str, ...]:
@@ -76,6 +82,8 @@ def next_step(bisection: Bisection, verdict: Verdict, now: datetime) -> Step:
     on = tuple(s for s in bisection.suspects if s not in bisection.off)
     step = bisection.step + 1
     if verdict is Verdict.FAILED:
+        if bisection.confirming:
+            return Step(None, bisection.suspects[0])
         if not on:
             if bisection.base and not bisection.expanded:
                 swapped = replace(
@@ -86,16 +94,32 @@ def next_step(bisection: Bisection, verdict: Verdict, now: datetime) -> Step:
                     step=step,
                     base_proven=False,
                     expanded=True,
+                    trial_failed=True,
                 )
                 return Step(swapped, None)
             return Step(None, None)
         if len(on) == 1 and bisection.base_proven:
             return Step(None, on[0])
-        return Step(replace(bisection, suspects=on, off=half(on), step=step), None)
+        narrowed = replace(bisection, suspects=on, off=half(on), step=step, trial_failed=True)
+        return Step(narrowed, None)
     if verdict is Verdict.PASSED:
-        if len(bisection.off) == 1:
-            return Step(None, bisection.off[0])
+        if bisection.confirming:
+            return Step(None, None, inconclusive=True)
         base = tuple(f for f in bisection.origin if f in set(bisection.base) | set(on))
+        if len(bisection.off) == 1:
+            if bisection.mode == "Intermittent" and not bisection.trial_failed:
+                # Only the starting failures point at it: see it fail once more first.
+                confirm = replace(
+                    bisection,
+                    suspects=bisection.off,
+                    base=base,
+                    off=(),
+                    step=step,
+                    base_proven=True,
+                    confirming=True,
+                )
+                return Step(confirm, None)
+            return Step(None, bisection.off[0])
         narrowed = replace(
             bisection,
             suspects=bisection.off,

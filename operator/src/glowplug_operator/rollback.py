@@ -420,6 +420,17 @@ def _continue_bisection(
             now,
         )
         return
+    if outcome.inconclusive:
+        _end_bisection(work, now)
+        work.events.append(
+            Event(
+                "Warning",
+                "BisectionInconclusive",
+                f"{_names(bisection.suspects)} passed again on top of the other flags; the earlier "
+                "failures were not reproduced and no flag is blamed",
+            )
+        )
+        return
     if outcome.bisection is None:
         _end_bisection(work, now)
         work.rollout = replace(work.rollout, not_flag_problem=True)
@@ -428,6 +439,7 @@ def _continue_bisection(
     work.rollout = replace(work.rollout, bisection=outcome.bisection)
     _apply_trial(work, outcome.bisection, now)
     work.note = _trial_note(outcome.bisection)
+    work.events.append(Event("Normal", "BisectionStep", work.note))
 
 
 def _apply_trial(work: _Work, bisection: Bisection, now: datetime) -> None:
@@ -555,6 +567,11 @@ def _condition(work: _Work, states: Sequence[FlagState], policy: Policy) -> Cond
 
 
 def _trial_note(bisection: Bisection) -> str:
+    if bisection.confirming:
+        return truncate(
+            f"bisecting (step {bisection.step}, {bisection.mode}): confirming that "
+            f"{_names(bisection.suspects)} fails on top of {_names(bisection.base)}"
+        )
     return truncate(
         f"bisecting {_names(bisection.suspects)} (step {bisection.step}, {bisection.mode}): "
         f"trying without {_names(bisection.off)}"

@@ -234,6 +234,8 @@ class Bisection:
     step: int = 1
     base_proven: bool = False  # base (with something) reached Ready in a trial
     expanded: bool = False  # suspects were widened to the base once already
+    trial_failed: bool = False  # a trial of this search failed (fresh evidence)
+    confirming: bool = False  # the last suspect runs on top of the base, to see it fail
     started_at: str = ""
 
     @property
@@ -250,6 +252,8 @@ class Bisection:
             "step": self.step,
             "baseProven": self.base_proven,
             "expanded": self.expanded,
+            "trialFailed": self.trial_failed,
+            "confirming": self.confirming,
             "startedAt": self.started_at,
         }
 
@@ -268,6 +272,8 @@ class Bisection:
             step=max(1, _int(raw.get("step"))),
             base_proven=raw.get("baseProven") is True,
             expanded=raw.get("expanded") is True,
+            trial_failed=raw.get("trialFailed") is True,
+            confirming=raw.get("confirming") is True,
             started_at=_str(raw.get("startedAt")),
         )
 
