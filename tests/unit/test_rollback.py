@@ -587,6 +587,10 @@ def test_churn_budget_stops_template_changes_and_says_so() -> None:
     assert decision.condition.reason == "RollbackBudgetExhausted"
     assert len(sim.rolled_back()) == CHURN_BUDGET_CHANGES
     assert sum(1 for e in sim.events if e[1] == "RollbackBudgetExhausted") == 1
+    sim.spec = spec[:-1]  # what the user changes is applied even past the budget
+    decision = sim.round()
+    assert spec[-1] not in decision.effective_flags
+    assert all(s.name != spec[-1] for s in decision.flag_states)
     sim.run(25)  # the window slides: changes resume, never more than the budget per window
     assert len(sim.rolled_back()) > CHURN_BUDGET_CHANGES
 

@@ -166,7 +166,8 @@ def decide(
         for c in work.rollout.changes
         if (t := parse_iso(c)) is not None and now - t < CHURN_WINDOW
     )
-    if changed and len(recent_changes) >= CHURN_BUDGET_CHANGES:
+    own_change = tuple(effective) != tuple(before) or nonce != work.rollout.nonce
+    if own_change and len(recent_changes) >= CHURN_BUDGET_CHANGES:
         states, kept_rollout, n_events, n_rollbacks = snapshot
         work.states, work.rollout = states, kept_rollout
         del work.events[n_events:]
@@ -177,7 +178,8 @@ def decide(
             f"{int(CHURN_WINDOW.total_seconds() // 60)} minutes; holding the flags as they are "
             "until the window has room",
         )
-        effective, nonce, changed = _effective(work, order), work.rollout.nonce, False
+        effective, nonce = _effective(work, order), work.rollout.nonce
+        changed = tuple(effective) != previous  # only what the user changed (spec, retry)
     if changed:
         recent_changes = (*recent_changes, iso(now))
     if tuple(effective) != previous:
