@@ -13,6 +13,7 @@ import pytest
 
 from tests.cluster import behaviours
 from tests.cluster.kube import LOCAL_KUBECONFIG, Kubectl, kubeconfig_path
+from tests.cluster.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +107,40 @@ def stages(kubectl: Kubectl, sim_namespace: str) -> Iterator[Stages]:
     s = Stages(kubectl, sim_namespace)
     yield s
     s.cleanup()
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl) -> None:
+    """The ModelServer CRD, installed from crds/ and Established."""
+    kubectl.run(
+        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "modelserver.yaml")
+    )
+    kubectl.run(
+        "wait", "--for=condition=Established", "crd/modelservers.glowplug.dev", "--timeout=60s"
+    )
+
+
+def _operator(
+    kubectl: Kubectl, namespace: str, tmp_path: Path, **settings: str
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kubectl.kubeconfig, namespace, tmp_path, **settings).start()
+    yield process
+    process.kill()
+    if os.environ.get("GLOWPLUG_TEST_SHOW_OPERATOR_LOG"):
+        print(process.log())
+
+
+@pytest.fixture
+def operator(
+    kubectl: Kubectl, crd: None, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """A real operator process watching this test's namespace."""
+    yield from _operator(kubectl, namespace, tmp_path, resync_seconds="5")
+
+
+@pytest.fixture
+def sim_operator(
+    kubectl: Kubectl, crd: None, sim_namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """A real operator process watching this test's sim-* namespace."""
+    yield from _operator(kubectl, sim_namespace, tmp_path, resync_seconds="5")
