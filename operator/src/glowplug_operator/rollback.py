@@ -19,68 +19,65 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from glowplug_operator.bisection import (
-    Verdict,
-    judge_trial,
-    new_bisection,
-    next_step,
+from glowplug_operator.bisection import Verdict, judge_trial, new_bisection, next_step
+from glowplug_operator.flag_changes import (
+    Draft,
+    apply_trial,
+    count_per_flag,
+    degraded_event,
+    effective_flags,
+    end_bisection,
+    follow_spec,
+    honour_retry,
+    promote,
+    roll_back,
 )
 from glowplug_operator.observations import DeploymentProgress, PodObservation, flag_set_hash
 from glowplug_operator.reports import phase_of_flag
+from glowplug_operator.rollback_outputs import (
+    NOT_A_FLAG_PROBLEM,
+    Condition,
+    Degraded,
+    Event,
+    Policy,
+    Rollback,
+    blame_message,
+    condition_of,
+    names,
+    trial_note,
+)
 from glowplug_operator.rollback_state import (
     Bisection,
     FlagState,
     Outcome,
     Rollout,
     SetRecord,
-    absorb,
     iso,
     parse_iso,
     truncate,
 )
+from glowplug_operator.start_counting import absorb
 
-Policy = Literal["Automatic", "Off"]
-ConditionStatus = Literal["True", "False", "Unknown"]
-EventType = Literal["Normal", "Warning"]
+__all__ = [
+    "CHURN_BUDGET_CHANGES",
+    "CHURN_WINDOW",
+    "INTERMITTENT_FAILURES",
+    "INTERMITTENT_WINDOW",
+    "Condition",
+    "Decision",
+    "Degraded",
+    "Event",
+    "FlagState",
+    "Policy",
+    "Rollback",
+    "Rollout",
+    "decide",
+]
 
 CHURN_BUDGET_CHANGES = 8  # template changes allowed ...
 CHURN_WINDOW = timedelta(minutes=30)  # ... within this window
 INTERMITTENT_FAILURES = 2  # failed starts of a set that reached Ready ...
 INTERMITTENT_WINDOW = timedelta(minutes=60)  # ... within this window (and the last 10 starts)
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    status: ConditionStatus
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Degraded:
-    reason: str
-    message: str
-
-
-NOT_A_FLAG_PROBLEM = Degraded(
-    "StartupFailedWithoutFlags",
-    "starts failed even with every suspect flag off: not a flag problem; the flags stay on "
-    "and no flag is blamed until a pod becomes Ready, the spec changes or a retry is asked",
-)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: EventType
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Rollback:
-    flag: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -95,18 +92,6 @@ class Decision:
     events: tuple[Event, ...]
     rollbacks: tuple[Rollback, ...]
     template_changed: bool
-
-
-@dataclass
-class _Work:
-    """The decision being built (private, mutable while deciding)."""
-
-    states: dict[str, FlagState]
-    rollout: Rollout
-    events: list[Event]
-    rollbacks: list[Rollback]
-    degraded: Degraded | None = None
-    note: str = ""  # what is going on, for the condition message
 
 
 def decide(
@@ -130,15 +115,15 @@ def decide(
     """
     order = list(dict.fromkeys(spec_flags))
     prints = {name: (fingerprints or {}).get(name, "") for name in order}
-    work = _Work(states={}, rollout=rollout, events=[], rollbacks=[])
-    _follow_spec(work, order, prints, flag_states, now)
-    _honour_retry(work, order, retry_token, now)
-    before = _effective(work, order)
+    work = Draft(states={}, rollout=rollout, events=[], rollbacks=[])
+    follow_spec(work, order, prints, flag_states, now)
+    honour_retry(work, order, retry_token, now)
+    before = effective_flags(work, order)
     absorbed, failed_sets, ready_sets = absorb(
         work.rollout, pods, budget_seconds=budget_seconds, now=now
     )
     work.rollout = absorbed
-    _count_per_flag(work, failed_sets, ready_sets)
+    count_per_flag(work, failed_sets, ready_sets)
     digest = flag_set_hash(before, prints)
     current = [p for p in pods if p.flags_hash == digest and not p.deleting]
     record = absorbed.record(digest)
@@ -157,7 +142,7 @@ def decide(
     else:
         _automatic(work, order, before, trial, record, now)
 
-    effective = _effective(work, order)
+    effective = effective_flags(work, order)
     nonce = _nonce(work, trial)
     previous = work.rollout.rendered if work.rollout.rendered is not None else tuple(before)
     changed = tuple(effective) != previous or nonce != work.rollout.nonce
@@ -178,7 +163,7 @@ def decide(
             f"{int(CHURN_WINDOW.total_seconds() // 60)} minutes; holding the flags as they are "
             "until the window has room",
         )
-        effective, nonce = _effective(work, order), work.rollout.nonce
+        effective, nonce = effective_flags(work, order), work.rollout.nonce
         changed = tuple(effective) != previous  # only what the user changed (spec, retry)
     if changed:
         recent_changes = (*recent_changes, iso(now))
@@ -187,10 +172,10 @@ def decide(
     work.rollout = replace(
         work.rollout, changes=recent_changes, rendered=tuple(effective), nonce=nonce
     )
-    _promote(work, effective, pods, flag_set_hash(effective, prints), now)
+    promote(work, effective, pods, flag_set_hash(effective, prints), now)
     if work.degraded is None and work.rollout.not_flag_problem and policy == "Automatic":
         work.degraded = NOT_A_FLAG_PROBLEM
-    _degraded_event(work)
+    degraded_event(work)
     final = tuple(work.states[name] for name in order)
     return Decision(
         effective_flags=tuple(effective),
@@ -198,95 +183,18 @@ def decide(
         restart_nonce=nonce,
         flag_states=final,
         rollout=work.rollout,
-        condition=_condition(work, final, policy),
+        condition=condition_of(
+            degraded=work.degraded,
+            bisection=work.rollout.bisection,
+            note=work.note,
+            states=final,
+            policy=policy,
+        ),
         degraded=work.degraded,
         events=tuple(work.events),
         rollbacks=tuple(work.rollbacks),
         template_changed=changed,
     )
-
-
-def _effective(work: _Work, order: Sequence[str]) -> list[str]:
-    return [name for name in order if work.states[name].on]
-
-
-def _follow_spec(
-    work: _Work,
-    order: Sequence[str],
-    prints: Mapping[str, str],
-    flag_states: Sequence[FlagState],
-    now: datetime,
-) -> None:
-    """New spec flags enter as Trial; removed ones disappear; a changed definition retries."""
-    old = {s.name: s for s in flag_states}
-    known = work.rollout.fingerprints
-    reset: list[str] = []
-    added: list[str] = []
-    for name in order:
-        state = old.get(name)
-        if state is None:
-            added.append(name)
-            work.states[name] = FlagState(name, "Trial", "Added", "new in the spec", 0, 0, iso(now))
-        elif name in known and known[name] != prints[name]:
-            work.states[name] = FlagState(
-                name, "Trial", "SpecChanged", "its definition changed in the spec", 0, 0, iso(now)
-            )
-            reset.append(name)
-        else:
-            work.states[name] = state
-    gone = set(old) - set(order)
-    bisection = work.rollout.bisection
-    if bisection and (added or (set(reset) | gone) & set(bisection.origin)):
-        _end_bisection(work, now)
-    _forget(work, reset + added)
-    work.rollout = replace(work.rollout, fingerprints=dict(prints))
-
-
-def _forget(work: _Work, flags: Sequence[str]) -> None:
-    """Drop the history of flag sets that contain any of `flags` (a fresh trial for them)."""
-    if flags:
-        drop = set(flags)
-        sets = tuple(s for s in work.rollout.sets if not drop & set(s.flags))
-        work.rollout = replace(work.rollout, sets=sets, not_flag_problem=False)
-
-
-def _honour_retry(work: _Work, order: Sequence[str], token: str | None, now: datetime) -> None:
-    """glowplug.dev/retry-optimizations: "all" or names; each distinct value is honoured once."""
-    token = (token or "").strip()
-    if not token or token == work.rollout.retry_honoured:
-        return
-    names = set(order) if token == "all" else {n.strip() for n in token.split(",")}
-    retried = [
-        n for n in order if n in names and work.states[n].state in ("RolledBack", "Disabled")
-    ]
-    if work.rollout.bisection and retried:
-        _end_bisection(work, now)
-    for name in retried:
-        work.states[name] = replace(
-            work.states[name].moved("Trial", "RetryRequested", "a retry was requested", now),
-            failures=0,
-            successes=0,
-        )
-        work.events.append(Event("Normal", "RetryingOptimization", f"retrying flag {name}"))
-    _forget(work, retried)
-    work.rollout = replace(work.rollout, retry_honoured=token, changes=())
-
-
-def _count_per_flag(
-    work: _Work,
-    failed_sets: Sequence[Sequence[str]],
-    ready_sets: Sequence[Sequence[str]],
-) -> None:
-    for flags in failed_sets:
-        for name in flags:
-            if name in work.states:
-                s = work.states[name]
-                work.states[name] = replace(s, failures=s.failures + 1)
-    for flags in ready_sets:
-        for name in flags:
-            if name in work.states:
-                s = work.states[name]
-                work.states[name] = replace(s, successes=s.successes + 1)
 
 
 def _blocked(
@@ -305,11 +213,11 @@ def _blocked(
 
 
 def _report_only(
-    work: _Work, flags: Sequence[str], trial: Sequence[Outcome], now: datetime
+    work: Draft, flags: Sequence[str], trial: Sequence[Outcome], now: datetime
 ) -> None:
     """policy Off: end any bisection (its flags come back), blame in words only."""
     if work.rollout.bisection:
-        _end_bisection(work, now)  # the flags come back: a new trial, nothing to judge yet
+        end_bisection(work, now)  # the flags come back: a new trial, nothing to judge yet
         return
     failures = [o for o in trial if not o.ok and o.kind != "oom"]
     if not failures or trial[-1].ok:
@@ -319,13 +227,13 @@ def _report_only(
         name = suspects[0]
         if work.states[name].reason != "WouldRollBack":
             work.states[name] = work.states[name].moved(
-                work.states[name].state, "WouldRollBack", _blame_message(failures[-1]), now
+                work.states[name].state, "WouldRollBack", blame_message(failures[-1]), now
             )
             work.events.append(
                 Event(
                     "Warning",
                     "OptimizationFailing",
-                    f"flag {name} failed a start ({_blame_message(failures[-1])}); "
+                    f"flag {name} failed a start ({blame_message(failures[-1])}); "
                     "rollback is Off, the flag stays on",
                 )
             )
@@ -333,7 +241,7 @@ def _report_only(
 
 
 def _automatic(
-    work: _Work,
+    work: Draft,
     order: Sequence[str],
     flags: Sequence[str],
     trial: Sequence[Outcome],
@@ -345,17 +253,17 @@ def _automatic(
     latest = failures[-1] if failures else None
     if latest is not None and latest.kind == "oom":
         if latest.flag and latest.flag in flags:
-            _roll_back(work, latest.flag, "StartupFailed", _blame_message(latest), now)
+            roll_back(work, latest.flag, "StartupFailed", blame_message(latest), now)
         else:
             work.degraded = Degraded(
                 "OutOfMemory",
-                f"the worker was OOMKilled with flags {_names(flags)}; no flag is to blame",
+                f"the worker was OOMKilled with flags {names(flags)}; no flag is to blame",
             )
         return
     if latest is not None:
         suspects = _evidence(flags, latest)
         if len(suspects) == 1:
-            _roll_back(work, suspects[0], _evidence_reason(latest), _blame_message(latest), now)
+            roll_back(work, suspects[0], _evidence_reason(latest), blame_message(latest), now)
             return
     bisection = work.rollout.bisection
     if bisection is not None:
@@ -379,7 +287,7 @@ def _automatic(
     if not flags:
         work.degraded = Degraded(
             "StartupFailedWithoutFlags",
-            f"starts fail with flags {_names(flags)} ({_blame_message(flag_failures[-1])}); "
+            f"starts fail with flags {names(flags)} ({blame_message(flag_failures[-1])}); "
             "this is not a flag problem",
         )
         return
@@ -387,19 +295,19 @@ def _automatic(
     suspects = phase_suspects or _unproven(work, flags, mode)
     bisection = new_bisection(mode, tuple(flags), tuple(suspects), now)
     work.rollout = replace(work.rollout, bisection=bisection)
-    _apply_trial(work, bisection, now)
+    apply_trial(work, bisection, now)
     work.events.append(
         Event(
             "Warning",
             "BisectingOptimizations",
-            f"starts fail without evidence ({_blame_message(flag_failures[-1])}); bisecting "
-            f"{_names(bisection.suspects)}: trying without {_names(bisection.off)}",
+            f"starts fail without evidence ({blame_message(flag_failures[-1])}); bisecting "
+            f"{names(bisection.suspects)}: trying without {names(bisection.off)}",
         )
     )
 
 
 def _continue_bisection(
-    work: _Work,
+    work: Draft,
     order: Sequence[str],
     bisection: Bisection,
     trial: Sequence[Outcome],
@@ -407,13 +315,13 @@ def _continue_bisection(
 ) -> None:
     verdict = judge_trial(bisection, trial)
     if verdict is Verdict.PENDING:
-        work.note = _trial_note(bisection)
+        work.note = trial_note(bisection)
         return
     outcome = next_step(bisection, verdict, now)
     if outcome.blame is not None:
         last_failure = next((o for o in reversed(trial) if not o.ok), None)
-        _end_bisection(work, now)
-        _roll_back(
+        end_bisection(work, now)
+        roll_back(
             work,
             outcome.blame,
             "Bisected" if bisection.mode == "Failing" else "IntermittentFailures",
@@ -423,61 +331,25 @@ def _continue_bisection(
         )
         return
     if outcome.inconclusive:
-        _end_bisection(work, now)
+        end_bisection(work, now)
         work.events.append(
             Event(
                 "Warning",
                 "BisectionInconclusive",
-                f"{_names(bisection.suspects)} passed again on top of the other flags; the earlier "
+                f"{names(bisection.suspects)} passed again on top of the other flags; the earlier "
                 "failures were not reproduced and no flag is blamed",
             )
         )
         return
     if outcome.bisection is None:
-        _end_bisection(work, now)
+        end_bisection(work, now)
         work.rollout = replace(work.rollout, not_flag_problem=True)
         work.degraded = NOT_A_FLAG_PROBLEM
         return
     work.rollout = replace(work.rollout, bisection=outcome.bisection)
-    _apply_trial(work, outcome.bisection, now)
-    work.note = _trial_note(outcome.bisection)
+    apply_trial(work, outcome.bisection, now)
+    work.note = trial_note(outcome.bisection)
     work.events.append(Event("Normal", "BisectionStep", work.note))
-
-
-def _apply_trial(work: _Work, bisection: Bisection, now: datetime) -> None:
-    """Make the flags of `origin` run exactly the trial set.
-
-    Flags off for the trial are Disabled/Bisecting (not RolledBack); suspects on are
-    Trial/Bisecting; the base keeps its state.
-    """
-    message = _trial_note(bisection)
-    trial = bisection.trial
-    for name in bisection.origin:
-        s = work.states.get(name)
-        if s is None or s.state == "RolledBack":
-            continue
-        if name not in trial:
-            work.states[name] = s.moved("Disabled", "Bisecting", message, now)
-        elif name in bisection.suspects or s.state == "Disabled":
-            work.states[name] = s.moved("Trial", "Bisecting", message, now)
-
-
-def _end_bisection(work: _Work, now: datetime) -> None:
-    """Flags switched off only for a trial come back as Trial."""
-    for name, s in list(work.states.items()):
-        if s.state == "Disabled" or s.reason == "Bisecting":
-            work.states[name] = s.moved("Trial", "BisectionEnded", "back on after bisection", now)
-    work.rollout = replace(work.rollout, bisection=None)
-
-
-def _roll_back(work: _Work, name: str, reason: str, message: str, now: datetime) -> None:
-    if work.rollout.bisection is not None:
-        _end_bisection(work, now)
-    work.states[name] = work.states[name].moved("RolledBack", reason, message, now)
-    work.rollbacks.append(Rollback(name, reason))
-    work.events.append(
-        Event("Warning", "OptimizationRolledBack", truncate(f"rolled back flag {name}: {message}"))
-    )
 
 
 def _evidence(flags: Sequence[str], failure: Outcome) -> list[str]:
@@ -493,7 +365,7 @@ def _evidence_reason(failure: Outcome) -> str:
     return "StartupFailed" if failure.flag else "FailedInPhase"
 
 
-def _unproven(work: _Work, flags: Sequence[str], mode: str) -> list[str]:
+def _unproven(work: Draft, flags: Sequence[str], mode: str) -> list[str]:
     """Flags not yet seen in a flag set that reached Ready (all of them if every one was)."""
     if mode == "Intermittent":
         return list(flags)
@@ -502,7 +374,7 @@ def _unproven(work: _Work, flags: Sequence[str], mode: str) -> list[str]:
     return unproven or list(flags)
 
 
-def _nonce(work: _Work, trial: Sequence[Outcome]) -> str | None:
+def _nonce(work: Draft, trial: Sequence[Outcome]) -> str | None:
     """An intermittent trial needs several starts: a new nonce after each Ready start."""
     bisection = work.rollout.bisection
     if bisection is None or bisection.mode != "Intermittent":
@@ -511,79 +383,3 @@ def _nonce(work: _Work, trial: Sequence[Outcome]) -> str | None:
         return f"{bisection.step}-0"  # a new trial starts with fresh pods anyway
     successes = sum(1 for o in trial if o.ok)
     return f"{bisection.step}-{successes}"
-
-
-def _promote(
-    work: _Work,
-    effective: Sequence[str],
-    pods: Sequence[PodObservation],
-    digest: str,
-    now: datetime,
-) -> None:
-    """Pods of the effective set are Ready: its Trial flags become Active (not mid-bisection)."""
-    if work.rollout.bisection is not None:
-        return
-    if not any(p.ready and not p.deleting and p.flags_hash == digest for p in pods):
-        return
-    for name in effective:
-        s = work.states[name]
-        if s.state == "Trial":
-            work.states[name] = s.moved("Active", "StartupSucceeded", "pods became Ready", now)
-            work.events.append(
-                Event("Normal", "OptimizationActive", f"flag {name} is active: pods became Ready")
-            )
-
-
-def _degraded_event(work: _Work) -> None:
-    reason = work.degraded.reason if work.degraded else None
-    if reason != work.rollout.degraded:
-        if work.degraded is not None:
-            work.events.append(Event("Warning", work.degraded.reason, work.degraded.message))
-        work.rollout = replace(work.rollout, degraded=reason)
-
-
-def _condition(work: _Work, states: Sequence[FlagState], policy: Policy) -> Condition:
-    kind = "OptimizationsHealthy"
-    if work.degraded is not None:
-        return Condition(kind, "False", work.degraded.reason, work.degraded.message)
-    bisection = work.rollout.bisection
-    if bisection is not None:
-        return Condition(kind, "False", "Bisecting", _trial_note(bisection))
-    if work.note:
-        return Condition(kind, "False", "StartsFailing", work.note)
-    rolled = [s.name for s in states if s.state == "RolledBack"]
-    if rolled:
-        return Condition(
-            kind,
-            "False",
-            "FlagsRolledBack",
-            truncate(f"rolled back: {_names(rolled)}; the other flags run"),
-        )
-    trial = [s.name for s in states if s.state == "Trial"]
-    if trial:
-        return Condition(
-            kind, "Unknown", "Evaluating", f"waiting for Ready pods with {_names(trial)}"
-        )
-    suffix = " (rollback Off)" if policy == "Off" else ""
-    return Condition(kind, "True", "AllActive", f"{len(states)} flags active{suffix}")
-
-
-def _trial_note(bisection: Bisection) -> str:
-    if bisection.confirming:
-        return truncate(
-            f"bisecting (step {bisection.step}, {bisection.mode}): confirming that "
-            f"{_names(bisection.suspects)} fails on top of {_names(bisection.base)}"
-        )
-    return truncate(
-        f"bisecting {_names(bisection.suspects)} (step {bisection.step}, {bisection.mode}): "
-        f"trying without {_names(bisection.off)}"
-    )
-
-
-def _blame_message(failure: Outcome) -> str:
-    where = f"in phase {failure.phase}" if failure.phase else failure.kind
-    return truncate(f"{where}: {failure.error}" if failure.error else where)
-
-
-def _names(flags: Sequence[str]) -> str:
-    return ", ".join(flags) if flags else "none"

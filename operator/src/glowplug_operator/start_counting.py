@@ -1,0 +1,144 @@
+"""Counting starts: pod observations into the `Rollout` bookkeeping.
+
+A start is one container start of a pod of a flag set. It failed when the init container ended
+non-zero, the worker container ended, or the attempt is not Ready within the budget; it succeeded
+when the pod is Ready. What was counted is remembered per pod uid, so `absorb` is idempotent:
+absorbing the same pods again changes nothing, and a restart is never counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from glowplug_operator.observations import PodObservation
+from glowplug_operator.rollback_state import (
+    KEPT_POD_RECORDS,
+    KEPT_SET_RECORDS,
+    RECENT_OUTCOMES,
+    Outcome,
+    OutcomeKind,
+    PodRecord,
+    Rollout,
+    SetRecord,
+    iso,
+    truncate,
+)
+
+
+def absorb(
+    rollout: Rollout,
+    pods: Sequence[PodObservation],
+    *,
+    budget_seconds: int,
+    now: datetime,
+) -> tuple[Rollout, tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
+    """Count what is new in `pods` into `rollout`.
+
+    Returns the new bookkeeping and, for the per-flag counters, the flag sets of each newly
+    counted flag-caused failure and of each newly counted success.
+    """
+    seq = rollout.seq
+    sets = {s.hash: s for s in rollout.sets}
+    records = {p.uid: p for p in rollout.pods}
+    failed_sets: list[tuple[str, ...]] = []
+    ready_sets: list[tuple[str, ...]] = []
+    ordered = sorted(pods, key=lambda p: (p.created or now, p.name, p.uid))
+    for pod in ordered:
+        if not pod.uid:
+            continue
+        record = records.get(pod.uid) or PodRecord(uid=pod.uid, hash=pod.flags_hash)
+        failed, timed_out = _failed_starts(pod, budget_seconds, now)
+        new_failures = max(0, failed - record.failed)
+        outcomes: list[Outcome] = []
+        for _ in range(new_failures):
+            seq += 1
+            outcomes.append(_failure(pod, seq, now, timed_out))
+        ready_attempt = record.ready_attempt
+        if pod.ready and not pod.deleting and pod.failed_starts > ready_attempt:
+            seq += 1
+            ready_attempt = pod.failed_starts
+            outcomes.append(Outcome(seq=seq, at=iso(now), kind="ready"))
+        if not outcomes and pod.uid in records:
+            continue
+        records[pod.uid] = replace(
+            record, failed=max(failed, record.failed), ready_attempt=ready_attempt, last_seq=seq
+        )
+        if outcomes:
+            current = sets.get(pod.flags_hash) or SetRecord(hash=pod.flags_hash, flags=pod.flags)
+            sets[pod.flags_hash] = _count(current, outcomes)
+            for outcome in outcomes:
+                if outcome.ok:
+                    ready_sets.append(current.flags)
+                elif outcome.kind != "oom":
+                    failed_sets.append(current.flags)
+    observed = {p.uid for p in pods}
+    kept_pods = sorted(records.values(), key=lambda r: (r.uid not in observed, -r.last_seq))
+    gone = [r for r in kept_pods if r.uid not in observed][:KEPT_POD_RECORDS]
+    pod_records = tuple(
+        sorted([r for r in kept_pods if r.uid in observed] + gone, key=lambda r: r.uid)
+    )
+    set_records = tuple(
+        sorted(
+            sorted(sets.values(), key=lambda s: -s.last_seq)[:KEPT_SET_RECORDS],
+            key=lambda s: s.hash,
+        )
+    )
+    new = replace(rollout, seq=seq, sets=set_records, pods=pod_records)
+    return new, tuple(failed_sets), tuple(ready_sets)
+
+
+def _failed_starts(pod: PodObservation, budget_seconds: int, now: datetime) -> tuple[int, bool]:
+    """Failed starts so far, counting the current one if it is past the budget."""
+    failed = pod.failed_starts
+    started = pod.attempt_started
+    if (
+        not pod.ready
+        and not pod.deleting
+        and pod.blocked_reason is None
+        and started is not None
+        and now - started > timedelta(seconds=budget_seconds)
+    ):
+        return failed + 1, True
+    return failed, False
+
+
+def _failure(pod: PodObservation, seq: int, now: datetime, timed_out: bool) -> Outcome:
+    report = pod.report
+    failure = pod.failure
+    if pod.oom_killed:
+        kind: OutcomeKind = "oom"
+    elif timed_out and failure is None:
+        kind = "timeout"
+    else:
+        kind = "failed"
+    error = ""
+    if report and report.error:
+        error = f"{report.error.type}: {report.error.message}"
+    elif failure and failure.terminated_reason:
+        error = f"{failure.terminated_reason} (exit code {failure.exit_code})"
+    elif kind == "timeout":
+        error = "not Ready within the startup budget"
+    return Outcome(
+        seq=seq,
+        at=iso(now),
+        kind=kind,
+        flag=report.flag if report else None,
+        phase=report.phase if report else None,
+        error=truncate(error),
+    )
+
+
+def _count(record: SetRecord, outcomes: Sequence[Outcome]) -> SetRecord:
+    failures = sum(1 for o in outcomes if not o.ok)
+    successes = len(outcomes) - failures
+    return replace(
+        record,
+        starts=record.starts + len(outcomes),
+        failures=record.failures + failures,
+        successes=record.successes + successes,
+        reached_ready=record.reached_ready or successes > 0,
+        last_seq=outcomes[-1].seq,
+        recent=(record.recent + tuple(outcomes))[-RECENT_OUTCOMES:],
+    )
