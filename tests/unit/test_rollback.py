@@ -771,3 +771,43 @@ def test_an_intermittent_culprit_found_by_elimination_is_confirmed_before_blame(
     assert sim.rolled_back() == {"custom-1": "IntermittentFailures"}
     steps = [e[2] for e in sim.events if e[1] == "BisectionStep"]
     assert any("confirming that custom-1 fails" in m for m in steps)
+
+
+def test_a_failing_prefetch_init_container_blames_the_download_flag() -> None:
+    report = TerminationReport(
+        command="prefetch",
+        outcome="failed",
+        phase="download",
+        optimizations=["prefetch-page-cache"],
+        error=ErrorInfo("OSError", "Cannot allocate memory"),
+    ).to_json()
+    spec = ["prefetch-page-cache", "fast-load"]
+    raw = SimPod("pod-1", tuple(spec), "h", None, NOW0).raw()
+    raw["metadata"]["labels"] = {}
+    raw["status"]["phase"] = "Pending"
+    raw["status"]["initContainerStatuses"] = [
+        {
+            "name": "prefetch",
+            "restartCount": 1,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": report}},
+        }
+    ]
+    raw["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
+    decision = decide(
+        spec_flags=spec,
+        policy="Automatic",
+        flag_states=(),
+        rollout=Rollout(),
+        pods=[observe_pod(raw, NOW0)],
+        progress=None,
+        budget_seconds=BUDGET,
+        retry_token=None,
+        now=NOW0.replace(tzinfo=None),  # a naive `now` is read as UTC
+    )
+    assert decision.effective_flags == ("fast-load",)
+    assert decision.rollbacks[0].flag == "prefetch-page-cache"
+    state = decision.flag_states[0]
+    assert (state.state, state.reason, state.failures) == ("RolledBack", "FailedInPhase", 2)
+    assert "OSError: Cannot allocate memory" in state.message
+    assert "prefetch-page-cache" in decision.events[-1].message

@@ -157,13 +157,18 @@ def promote(
         return
     if not any(p.ready and not p.deleting and p.flags_hash == digest for p in pods):
         return
-    for name in effective:
+    promoted = [name for name in effective if work.states[name].state == "Trial"]
+    for name in promoted:
         s = work.states[name]
-        if s.state == "Trial":
-            work.states[name] = s.moved("Active", "StartupSucceeded", "pods became Ready", now)
-            work.events.append(
-                Event("Normal", "OptimizationActive", f"flag {name} is active: pods became Ready")
+        work.states[name] = s.moved("Active", "StartupSucceeded", "pods became Ready", now)
+    if promoted:
+        work.events.append(
+            Event(
+                "Normal",
+                "OptimizationsActive",
+                truncate(f"pods became Ready with {', '.join(promoted)}: active"),
             )
+        )
 
 
 def degraded_event(work: Draft) -> None:

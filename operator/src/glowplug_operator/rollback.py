@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from glowplug_operator.bisection import Verdict, judge_trial, new_bisection, next_step
@@ -113,6 +113,8 @@ def decide(
     its definition (`observations.flag_fingerprint`); a changed fingerprint brings a rolled-back
     flag back to Trial. `retry_token`: the glowplug.dev/retry-optimizations annotation.
     """
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
     order = list(dict.fromkeys(spec_flags))
     prints = {name: (fingerprints or {}).get(name, "") for name in order}
     work = Draft(states={}, rollout=rollout, events=[], rollbacks=[])
