@@ -329,6 +329,20 @@ SCENARIOS = [
     ),
     pytest.param(
         Scenario(
+            BUILTIN4,
+            lambda on, _: (
+                Start("crash", flag="flag-of-another-image", phase="load")
+                if "fast-load" in on
+                else READY
+            ),
+            6,
+            {"fast-load": "FailedInPhase"},
+            max_changes=1,
+        ),
+        id="report-names-an-unknown-flag:falls-back-to-its-phase",
+    ),
+    pytest.param(
+        Scenario(
             IMPORT3,
             crashes_in_phase("slim-imports", "import"),
             12,

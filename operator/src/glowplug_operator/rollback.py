@@ -265,7 +265,8 @@ def _automatic(
     if latest is not None:
         suspects = _evidence(flags, latest)
         if len(suspects) == 1:
-            roll_back(work, suspects[0], _evidence_reason(latest), blame_message(latest), now)
+            reason = "StartupFailed" if latest.flag == suspects[0] else "FailedInPhase"
+            roll_back(work, suspects[0], reason, blame_message(latest), now)
             return
     bisection = work.rollout.bisection
     if bisection is not None:
@@ -361,10 +362,6 @@ def _evidence(flags: Sequence[str], failure: Outcome) -> list[str]:
     if failure.phase:
         return [f for f in flags if phase_of_flag(f) == failure.phase]
     return []
-
-
-def _evidence_reason(failure: Outcome) -> str:
-    return "StartupFailed" if failure.flag else "FailedInPhase"
 
 
 def _unproven(work: Draft, flags: Sequence[str], mode: str) -> list[str]:
