@@ -825,3 +825,50 @@ def test_a_failing_prefetch_init_container_blames_the_download_flag() -> None:
     assert (state.state, state.reason, state.failures) == ("RolledBack", "FailedInPhase", 2)
     assert "OSError: Cannot allocate memory" in state.message
     assert "prefetch-page-cache" in decision.events[-1].message
+
+
+def _decide_on(sim: Sim, raws: Sequence[dict[str, Any]], now: datetime) -> Decision:
+    return decide(
+        spec_flags=sim.spec,
+        policy="Automatic",
+        flag_states=sim.states,
+        rollout=sim.rollout,
+        pods=[observe_pod(raw, now) for raw in raws],
+        progress=None,
+        budget_seconds=BUDGET,
+        retry_token=None,
+        now=now,
+    )
+
+
+def test_a_pod_that_was_ready_and_lost_readiness_is_not_a_failed_start() -> None:
+    sim = Sim(CUSTOM4, always("ready"))
+    sim.run(2)
+    pod = sim.pods[0]
+    pod.ready = False  # e.g. overloaded: the readiness probe fails for an hour
+    later = sim.now + timedelta(hours=1)
+    decision = _decide_on(sim, [pod.raw()], later)
+    assert all(s.failures == 0 for s in decision.flag_states)
+    assert decision.rollout.bisection is None and not decision.template_changed
+
+
+def test_a_timeout_after_a_reported_crash_does_not_reuse_the_old_report() -> None:
+    spec = ["background-import", "custom-1"]
+    sim = Sim(spec, always("ready"))
+    sim.run(2)  # the set reached Ready: evidence is still blamed at once, so use a timeout
+    pod = sim.pods[0]
+    pod.ready, pod.crashes = False, 1
+    pod.last = Start("crash", flag="background-import")
+    raw = pod.raw()
+    worker = raw["status"]["containerStatuses"][0]
+    worker["restartCount"] = 1
+    worker["state"] = {"running": {"startedAt": sim.now.isoformat()}}
+    first = _decide_on(sim, [raw], sim.now)
+    assert first.rollbacks[0].flag == "background-import"  # the crash, with its report
+    sim.states, sim.rollout = first.flag_states, first.rollout
+    # The same pod (old flag set) then hangs past the budget: not evidence against anything.
+    second = _decide_on(sim, [raw], sim.now + timedelta(seconds=BUDGET + 1))
+    assert second.rollbacks == ()
+    record = next(s for s in second.rollout.sets if s.flags == tuple(spec))
+    assert [o.kind for o in record.recent][-2:] == ["failed", "timeout"]
+    assert record.recent[-1].flag is None

@@ -49,12 +49,24 @@ def absorb(
         if not pod.uid:
             continue
         record = records.get(pod.uid) or PodRecord(uid=pod.uid, hash=pod.flags_hash)
-        failed, timed_out = _failed_starts(pod, budget_seconds, now)
-        new_failures = max(0, failed - record.failed)
+        ended = max(0, pod.failed_starts - record.failed)  # runs that ended: evidence
+        timed_out = _timed_out(pod, record, budget_seconds, now)
+        failed = pod.failed_starts + (1 if timed_out else 0)
+        overdue = max(0, failed - record.failed) - ended  # the current attempt, past the budget
         outcomes: list[Outcome] = []
-        for _ in range(new_failures):
+        for _ in range(ended):
             seq += 1
-            outcomes.append(_failure(pod, seq, now, timed_out))
+            outcomes.append(_failure(pod, seq, now))
+        for _ in range(overdue):
+            seq += 1
+            outcomes.append(
+                Outcome(
+                    seq=seq,
+                    at=iso(now),
+                    kind="timeout",
+                    error=f"not Ready within {budget_seconds}s",
+                )
+            )
         ready_attempt = record.ready_attempt
         if pod.ready and not pod.deleting and pod.failed_starts > ready_attempt:
             seq += 1
@@ -89,37 +101,30 @@ def absorb(
     return new, tuple(failed_sets), tuple(ready_sets)
 
 
-def _failed_starts(pod: PodObservation, budget_seconds: int, now: datetime) -> tuple[int, bool]:
-    """Failed starts so far, counting the current one if it is past the budget."""
-    failed = pod.failed_starts
+def _timed_out(pod: PodObservation, record: PodRecord, budget_seconds: int, now: datetime) -> bool:
+    """The current attempt has never been Ready and is past the budget (the startup probe
+    would have killed it). An attempt that was Ready and then lost readiness is not a start."""
     started = pod.attempt_started
-    if (
+    return (
         not pod.ready
         and not pod.deleting
         and pod.blocked_reason is None
+        and record.ready_attempt < pod.failed_starts
         and started is not None
         and now - started > timedelta(seconds=budget_seconds)
-    ):
-        return failed + 1, True
-    return failed, False
+    )
 
 
-def _failure(pod: PodObservation, seq: int, now: datetime, timed_out: bool) -> Outcome:
+def _failure(pod: PodObservation, seq: int, now: datetime) -> Outcome:
+    """A run that ended, with the evidence the pod shows: report, termination reason."""
     report = pod.report
     failure = pod.failure
-    if pod.oom_killed:
-        kind: OutcomeKind = "oom"
-    elif timed_out and failure is None:
-        kind = "timeout"
-    else:
-        kind = "failed"
+    kind: OutcomeKind = "oom" if pod.oom_killed else "failed"
     error = ""
     if report and report.error:
         error = f"{report.error.type}: {report.error.message}"
     elif failure and failure.terminated_reason:
         error = f"{failure.terminated_reason} (exit code {failure.exit_code})"
-    elif kind == "timeout":
-        error = "not Ready within the startup budget"
     return Outcome(
         seq=seq,
         at=iso(now),
