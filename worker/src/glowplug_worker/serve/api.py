@@ -178,7 +178,9 @@ def build_app(svc: Service) -> Starlette:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed, req.stop)
+        sampling = Sampling(
+            max_tokens, req.temperature, req.top_p, req.seed, req.stop, req.ignore_eos
+        )
         stack = AsyncExitStack()
         await admit(stack, began)
         run = GenerationRun(svc, engine, ids, sampling, began, "chatcmpl" if chat else "cmpl")
@@ -400,7 +402,8 @@ class GenerationRun:
             except Exception as exc:  # surfaced to the client as a 500
                 emit("error", exc)
                 return
-            finish = "stop" if stream.stopped or last in self.engine.eos_ids else "length"
+            eos = last in self.engine.eos_ids and not self.sampling.ignore_eos
+            finish = "stop" if stream.stopped or eos else "length"
             m.prompt_tokens.inc(len(self.prompt_ids))
             m.generated_tokens.inc(self.tokens)
             if first is not None and self.tokens > 1:

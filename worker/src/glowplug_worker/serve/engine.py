@@ -27,6 +27,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
 
 
 class Engine:
@@ -96,7 +97,7 @@ class Engine:
                     raise RequestTimeout()
                 token = self._select(out.logits[0, -1, :], sampling, generator)
                 yield token
-                if token in self.eos_ids:
+                if token in self.eos_ids and not sampling.ignore_eos:
                     return
                 step = torch.tensor([[token]], dtype=torch.long, device=self.device)
                 out = self.model(input_ids=step, use_cache=True, **_cache_kwargs(out))

@@ -19,6 +19,7 @@ COMMON = {
     "stream_options",
     "presence_penalty",
     "frequency_penalty",
+    "ignore_eos",  # vLLM's extension: generate exactly max_tokens (benchmarks, tests)
 }
 COMPLETION_FIELDS = COMMON | {"prompt"}
 CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens"}
@@ -71,6 +72,7 @@ class GenerationRequest:
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -147,6 +149,10 @@ def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad("'seed' must be an integer", param="seed")
     req.seed = seed
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise bad("'ignore_eos' must be true or false", param="ignore_eos")
+    req.ignore_eos = ignore_eos
 
 
 def parse_completion(body: Any) -> GenerationRequest:

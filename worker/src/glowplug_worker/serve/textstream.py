@@ -11,7 +11,7 @@ REPLACEMENT = "\ufffd"
 class TextStream:
     """Feed token ids one at a time; `push` returns the text that is now safe to send.
 
-    Text is held back while it ends in an incomplete UTF-8 sequence (decoded as U+FFFD) or in a
+    Text is held back while it ends in a possibly incomplete UTF-8 sequence (U+FFFD) or in a
     prefix of a stop string; a stop string ends the stream and is not part of the text.
     """
 
@@ -33,10 +33,9 @@ class TextStream:
                 self.stopped = True
         if self.stopped:
             return self._emit(len(self.text))
-        safe = len(self.text)
-        bad = self.text.find(REPLACEMENT, self._sent)
-        if bad != -1:
-            safe = bad
+        # Only a trailing run of U+FFFD can still change (an incomplete UTF-8 sequence that the
+        # next bytes complete); an invalid byte followed by more text stays U+FFFD for good.
+        safe = len(self.text.rstrip(REPLACEMENT))
         for s in self._stop:
             for k in range(min(len(s) - 1, len(self.text)), 0, -1):
                 if self.text.endswith(s[:k]):
