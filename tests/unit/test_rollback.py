@@ -26,6 +26,7 @@ from glowplug_operator.rollback import (
     decide,
 )
 from glowplug_operator.rollback_state import FlagState, Rollout
+from glowplug_operator.start_counting import absorb
 from glowplug_worker.report import ErrorInfo, TerminationReport
 
 NOW0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -607,6 +608,8 @@ def test_churn_budget_stops_template_changes_and_says_so() -> None:
     assert all(s.name != spec[-1] for s in decision.flag_states)
     sim.run(25)  # the window slides: changes resume, never more than the budget per window
     assert len(sim.rolled_back()) > CHURN_BUDGET_CHANGES
+    sim.run(200)  # many pods and flag sets later, status.rollout stays small
+    assert len(json.dumps(sim.rollout.to_status())) < 16_000
 
 
 def test_old_pods_of_a_previous_flag_set_are_not_blamed_on_the_new_one() -> None:
@@ -853,22 +856,24 @@ def test_a_pod_that_was_ready_and_lost_readiness_is_not_a_failed_start() -> None
 
 
 def test_a_timeout_after_a_reported_crash_does_not_reuse_the_old_report() -> None:
-    spec = ["background-import", "custom-1"]
-    sim = Sim(spec, always("ready"))
-    sim.run(2)  # the set reached Ready: evidence is still blamed at once, so use a timeout
-    pod = sim.pods[0]
-    pod.ready, pod.crashes = False, 1
+    pod = SimPod("pod-1", ("background-import",), "h", None, NOW0, crashes=1)
     pod.last = Start("crash", flag="background-import")
     raw = pod.raw()
     worker = raw["status"]["containerStatuses"][0]
     worker["restartCount"] = 1
-    worker["state"] = {"running": {"startedAt": sim.now.isoformat()}}
-    first = _decide_on(sim, [raw], sim.now)
-    assert first.rollbacks[0].flag == "background-import"  # the crash, with its report
-    sim.states, sim.rollout = first.flag_states, first.rollout
-    # The same pod (old flag set) then hangs past the budget: not evidence against anything.
-    second = _decide_on(sim, [raw], sim.now + timedelta(seconds=BUDGET + 1))
-    assert second.rollbacks == ()
-    record = next(s for s in second.rollout.sets if s.flags == tuple(spec))
-    assert [o.kind for o in record.recent][-2:] == ["failed", "timeout"]
-    assert record.recent[-1].flag is None
+    worker["state"] = {"running": {"startedAt": NOW0.isoformat()}}
+    rollout, failed, _ = absorb(
+        Rollout(), [observe_pod(raw, NOW0)], budget_seconds=BUDGET, now=NOW0
+    )
+    assert [(o.kind, o.flag) for o in rollout.sets[0].recent] == [("failed", "background-import")]
+    later = NOW0 + timedelta(seconds=BUDGET + 1)
+    rollout, failed, _ = absorb(
+        rollout, [observe_pod(raw, later)], budget_seconds=BUDGET, now=later
+    )
+    assert [(o.kind, o.flag) for o in rollout.sets[0].recent] == [
+        ("failed", "background-import"),
+        ("timeout", None),
+    ]
+    assert failed == (("background-import",),)
+    again, failed, _ = absorb(rollout, [observe_pod(raw, later)], budget_seconds=BUDGET, now=later)
+    assert again == rollout and failed == ()

@@ -174,14 +174,23 @@ def decide(
     work.rollout = replace(
         work.rollout, changes=recent_changes, rendered=tuple(effective), nonce=nonce
     )
-    promote(work, effective, pods, flag_set_hash(effective, prints), now)
+    digest_now = flag_set_hash(effective, prints)
+    # Only the set in force is judged on its recent starts: keep status.rollout small.
+    work.rollout = replace(
+        work.rollout,
+        sets=tuple(
+            s if s.hash == digest_now or not s.recent else replace(s, recent=())
+            for s in work.rollout.sets
+        ),
+    )
+    promote(work, effective, pods, digest_now, now)
     if work.degraded is None and work.rollout.not_flag_problem and policy == "Automatic":
         work.degraded = NOT_A_FLAG_PROBLEM
     degraded_event(work)
     final = tuple(work.states[name] for name in order)
     return Decision(
         effective_flags=tuple(effective),
-        flags_hash=flag_set_hash(effective, prints),
+        flags_hash=digest_now,
         restart_nonce=nonce,
         flag_states=final,
         rollout=work.rollout,

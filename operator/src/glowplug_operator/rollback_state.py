@@ -24,9 +24,10 @@ OutcomeKind = Literal["ready", "failed", "timeout", "oom"]
 Mode = Literal["Failing", "Intermittent"]
 
 MESSAGE_CHARS = 256
+OUTCOME_ERROR_CHARS = 160
 RECENT_OUTCOMES = 10  # per flag set: the window of starts for intermittent failures
 KEPT_POD_RECORDS = 32  # records of pods no longer observed, kept against double counting
-KEPT_SET_RECORDS = 32
+KEPT_SET_RECORDS = 16
 
 
 def truncate(text: str, limit: int = MESSAGE_CHARS) -> str:

@@ -16,6 +16,7 @@ from glowplug_operator.observations import PodObservation
 from glowplug_operator.rollback_state import (
     KEPT_POD_RECORDS,
     KEPT_SET_RECORDS,
+    OUTCOME_ERROR_CHARS,
     RECENT_OUTCOMES,
     Outcome,
     OutcomeKind,
@@ -131,7 +132,7 @@ def _failure(pod: PodObservation, seq: int, now: datetime) -> Outcome:
         kind=kind,
         flag=report.flag if report else None,
         phase=report.phase if report else None,
-        error=truncate(error),
+        error=truncate(error, OUTCOME_ERROR_CHARS),
     )
 
 
