@@ -24,6 +24,7 @@ from glowplug_operator.rollback import (
     Decision,
     Policy,
     decide,
+    flag_states_from_status,
 )
 from glowplug_operator.rollback_state import FlagState, Rollout
 from glowplug_operator.start_counting import absorb
@@ -877,3 +878,19 @@ def test_a_timeout_after_a_reported_crash_does_not_reuse_the_old_report() -> Non
     assert failed == (("background-import",),)
     again, failed, _ = absorb(rollout, [observe_pod(raw, later)], budget_seconds=BUDGET, now=later)
     assert again == rollout and failed == ()
+
+
+def test_status_patch_reads_back_to_the_same_decision() -> None:
+    sim = Sim(CUSTOM4, crashes_silently("custom-2"))
+    sim.run(2)  # mid-bisection
+    assert sim.decision is not None
+    patch = json.loads(json.dumps(sim.decision.status_patch()))
+    states = flag_states_from_status(patch["optimizations"])
+    rollout = Rollout.from_status(patch["rollout"])
+    assert states == sim.decision.flag_states
+    assert rollout == sim.decision.rollout
+    assert rollout.bisection is not None
+    assert flag_states_from_status("garbage") == ()
+    assert flag_states_from_status([{"name": "x"}, 3, {"name": "y", "state": "Active"}]) == (
+        FlagState("y", "Active"),
+    )

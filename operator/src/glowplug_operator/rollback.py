@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from glowplug_operator.bisection import Verdict, judge_trial, new_bisection, next_step
 from glowplug_operator.flag_changes import (
@@ -72,6 +72,7 @@ __all__ = [
     "Rollback",
     "Rollout",
     "decide",
+    "flag_states_from_status",
 ]
 
 CHURN_BUDGET_CHANGES = 8  # template changes allowed ...
@@ -92,6 +93,21 @@ class Decision:
     events: tuple[Event, ...]
     rollbacks: tuple[Rollback, ...]
     template_changed: bool
+
+    def status_patch(self) -> dict[str, Any]:
+        """status.optimizations and status.rollout, to be written in ONE patch."""
+        return {
+            "optimizations": [s.to_status() for s in self.flag_states],
+            "rollout": self.rollout.to_status(),
+        }
+
+
+def flag_states_from_status(raw: Any) -> tuple[FlagState, ...]:
+    """status.optimizations as stored; entries that do not parse are dropped."""
+    if not isinstance(raw, list):
+        return ()
+    parsed = (FlagState.from_status(item) for item in raw if isinstance(item, Mapping))
+    return tuple(s for s in parsed if s is not None)
 
 
 def decide(
