@@ -890,6 +890,10 @@ def test_status_patch_reads_back_to_the_same_decision() -> None:
     assert states == sim.decision.flag_states
     assert rollout == sim.decision.rollout
     assert rollout.bisection is not None
+    assert patch["rolledBack"] == 0
+    assert patch["effectiveOptimizations"] == list(sim.decision.effective_flags)
+    assert all("lastTransitionTime" in entry for entry in patch["optimizations"])
+    assert "lastTransitionTime" not in FlagState("x", "Trial").to_status()
     assert flag_states_from_status("garbage") == ()
     assert flag_states_from_status([{"name": "x"}, 3, {"name": "y", "state": "Active"}]) == (
         FlagState("y", "Active"),

@@ -95,9 +95,12 @@ class Decision:
     template_changed: bool
 
     def status_patch(self) -> dict[str, Any]:
-        """status.optimizations and status.rollout, to be written in ONE patch."""
+        """The status fields this decision owns, to be written in ONE patch (the condition and
+        Degraded are the lead's to merge into status.conditions)."""
         return {
             "optimizations": [s.to_status() for s in self.flag_states],
+            "rolledBack": sum(1 for s in self.flag_states if s.state == "RolledBack"),
+            "effectiveOptimizations": list(self.effective_flags),
             "rollout": self.rollout.to_status(),
         }
 

@@ -63,15 +63,17 @@ class FlagState:
         return self.state in ("Active", "Trial")
 
     def to_status(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "state": self.state,
             "reason": self.reason,
             "message": self.message,
             "failures": self.failures,
             "successes": self.successes,
-            "lastTransitionTime": self.last_transition_time,
         }
+        if self.last_transition_time:  # the CRD wants a date-time, never ""
+            out["lastTransitionTime"] = self.last_transition_time
+        return out
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any]) -> FlagState | None:
