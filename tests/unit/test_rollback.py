@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -898,3 +899,44 @@ def test_status_patch_reads_back_to_the_same_decision() -> None:
     assert flag_states_from_status([{"name": "x"}, 3, {"name": "y", "state": "Active"}]) == (
         FlagState("y", "Active"),
     )
+
+
+def _status_schema() -> Any:
+    import pathlib
+
+    import jsonschema
+    import yaml
+
+    crd = yaml.safe_load(
+        (pathlib.Path(__file__).parents[2] / "crds" / "modelserver.yaml").read_text()
+    )
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+    def plain(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: plain(v)
+                for k, v in node.items()
+                if not k.startswith("x-kubernetes-") and k not in ("default", "format")
+            }
+        return [plain(i) for i in node] if isinstance(node, list) else node
+
+    return jsonschema.Draft202012Validator(plain(schema))
+
+
+@pytest.mark.parametrize(
+    ("rule", "rounds"),
+    [
+        pytest.param(crashes_naming("fast-load"), 3, id="after-a-rollback"),
+        pytest.param(crashes_silently("custom-2"), 2, id="mid-bisection"),
+        pytest.param(always("crash"), 12, id="not-a-flag-problem"),
+    ],
+)
+def test_status_patch_is_valid_against_the_crd(rule: Rule, rounds: int) -> None:
+    sim = Sim([*BUILTIN4[:2], "custom-2", "fast-load"], rule)
+    decision = sim.run(rounds)
+    patch = json.loads(json.dumps(decision.status_patch()))
+    _status_schema().validate(patch)
+    for entry in patch["optimizations"]:
+        assert datetime.fromisoformat(entry["lastTransitionTime"].replace("Z", "+00:00"))
+    assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", decision.condition.reason)
