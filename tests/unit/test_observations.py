@@ -11,6 +11,7 @@ from glowplug_operator.observations import (
     flag_set_hash,
     observe_deployment_progress,
     observe_pod,
+    startup_deadline,
 )
 from glowplug_worker.report import ErrorInfo, TerminationReport
 
@@ -256,3 +257,27 @@ def test_deployment_progress(condition: dict[str, Any], stuck: bool | None) -> N
 def test_budget_clock_in_pods_is_relative_to_now() -> None:
     seen = observe_pod(pod(worker=running()), NOW + timedelta(hours=1))
     assert seen.observed_at == NOW + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "deadline"),
+    [
+        (pod(worker=running()), datetime(2026, 11, 25, 12, 5, tzinfo=UTC)),
+        (
+            pod(worker=running(1, exitCode=1, reason="Error")),
+            datetime(2026, 11, 25, 12, 13, tzinfo=UTC),
+        ),
+        (pod(worker=running(), ready=True), None),
+        (pod(worker=waiting("ImagePullBackOff")), None),
+        (pod(worker=running(), deleting=True), None),
+    ],
+    ids=[
+        "first-attempt-from-scheduling",
+        "restart-from-container-start",
+        "ready",
+        "blocked",
+        "deleting",
+    ],
+)
+def test_startup_deadline(raw: dict[str, Any], deadline: datetime | None) -> None:
+    assert startup_deadline(observe_pod(raw, NOW), 900) == deadline

@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from glowplug_operator.reports import Report, parse_report
@@ -162,6 +162,17 @@ class PodObservation:
         if reason in IMAGE_PULL_REASONS or reason in CONFIG_REASONS:
             return reason
         return None
+
+
+def startup_deadline(pod: PodObservation, budget_seconds: int) -> datetime | None:
+    """When the current attempt of `pod` runs out of its startup budget (the moment the rollback
+    decision counts it as a failed start); None when no deadline applies (Ready, deleting,
+    blocked, or not started). For the reconciler's next look: a deadline already past has been
+    counted, so look again only for deadlines in the future."""
+    started = pod.attempt_started
+    if pod.ready or pod.deleting or pod.blocked_reason is not None or started is None:
+        return None
+    return started + timedelta(seconds=budget_seconds)
 
 
 @dataclass(frozen=True)

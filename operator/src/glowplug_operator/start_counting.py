@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from glowplug_operator.observations import PodObservation
+from glowplug_operator.observations import PodObservation, startup_deadline
 from glowplug_operator.rollback_state import (
     KEPT_POD_RECORDS,
     KEPT_SET_RECORDS,
@@ -105,15 +105,8 @@ def absorb(
 def _timed_out(pod: PodObservation, record: PodRecord, budget_seconds: int, now: datetime) -> bool:
     """The current attempt has never been Ready and is past the budget (the startup probe
     would have killed it). An attempt that was Ready and then lost readiness is not a start."""
-    started = pod.attempt_started
-    return (
-        not pod.ready
-        and not pod.deleting
-        and pod.blocked_reason is None
-        and record.ready_attempt < pod.failed_starts
-        and started is not None
-        and now - started > timedelta(seconds=budget_seconds)
-    )
+    deadline = startup_deadline(pod, budget_seconds)
+    return deadline is not None and record.ready_attempt < pod.failed_starts and now > deadline
 
 
 def _failure(pod: PodObservation, seq: int, now: datetime) -> Outcome:
