@@ -9,11 +9,15 @@ come from rollback.decide, fed the way the reconciler feeds it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 from glowplug_operator.builders import Owner, endpoint, label_selector
 from glowplug_operator.observations import flag_set_hash, observe_pod
 from glowplug_operator.rollback import Decision, decide
@@ -624,3 +628,85 @@ class TestPrune:
     )
     def test_drops_nulls_like_the_api_server(self, value: Any, pruned: Any) -> None:
         assert prune(value) == (value if pruned is None else pruned)
+
+
+CRD = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "crds" / "modelserver.yaml").read_text()
+)
+(VERSION,) = CRD["spec"]["versions"]
+VALIDATOR = jsonschema.Draft7Validator(
+    VERSION["schema"]["openAPIV3Schema"]["properties"]["status"],
+    format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER,
+)
+
+
+def structural_prune(value: Any, schema: Mapping[str, Any]) -> Any:
+    """What the API server keeps of `value` under a structural schema: unknown fields go."""
+    if isinstance(value, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return value
+        if isinstance(schema.get("additionalProperties"), dict):
+            return {
+                k: structural_prune(v, schema["additionalProperties"]) for k, v in value.items()
+            }
+        props = schema.get("properties", {})
+        return {k: structural_prune(v, props[k]) for k, v in value.items() if k in props}
+    if isinstance(value, list):
+        return [structural_prune(v, schema.get("items", {})) for v in value]
+    return value
+
+
+def printer_column(status_: Mapping[str, Any], path: str) -> Any:
+    """Evaluate the simple JSONPaths of additionalPrinterColumns: .a.b and [?(@.k=="v")].f"""
+    value: Any = {"status": status_}
+    for step in re.findall(r'\.(\w+)|\[\?\(@\.(\w+)=="([^"]*)"\)\]', path):
+        name, key, wanted = step
+        if name:
+            value = value.get(name) if isinstance(value, dict) else None
+        else:
+            value = next((v for v in value or [] if v.get(key) == wanted), None)
+    return value
+
+
+SCENARIOS = {
+    "no-pods": [],
+    "starting": [starting_pod()],
+    "ready": [ready_pod()],
+    "prefetch-failed": [pod(init_crashlooping(PREFETCH_FAILED), worker_waiting())],
+    "image-pull": [pod(init_image_pull(), worker_waiting())],
+}
+
+
+class TestStatusAgainstTheCrd:
+    SCHEMA = VERSION["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+    @pytest.mark.parametrize("pods", SCENARIOS.values(), ids=SCENARIOS.keys())
+    def test_the_api_server_stores_it_unchanged(self, pods: list[dict[str, Any]]) -> None:
+        """Valid under the CRD (types, enums, required fields, date-times), and nothing pruned:
+        a field the CRD does not know is dropped on write, and the operator would then see a
+        different status on every reconcile and write it again, forever."""
+        now = T0 + timedelta(minutes=2)
+        out = stored(status(pods, now=now, decided=decision({}, now, pods)))
+        VALIDATOR.validate(out)
+        assert structural_prune(out, self.SCHEMA) == out
+
+    def test_invalid_spec_status_is_not_pruned(self) -> None:
+        bad = {"model": {"source": "ftp://x"}}
+        out = stored(invalid(_body(bad, stored(status([ready_pod()]))), T0))
+        VALIDATOR.validate(out)
+        assert structural_prune(out, self.SCHEMA) == out
+
+    def test_kubectl_get_columns(self) -> None:
+        out = stored(status([ready_pod()]))
+        columns = {
+            c["name"]: printer_column(out, c["jsonPath"])
+            for c in VERSION["additionalPrinterColumns"]
+            if c["jsonPath"].startswith(".status")
+        }
+        assert columns == {"Ready": "True", "Replicas": "1/1", "Cold start": 58.0, "Rolled back": 0}
+
+    def test_scale_subresource_reads_replicas_and_selector(self) -> None:
+        scale = VERSION["subresources"]["scale"]
+        out = stored(status([ready_pod()], deployment={"status": {"replicas": 1}}))
+        assert printer_column(out, scale["statusReplicasPath"]) == 1
+        assert printer_column(out, scale["labelSelectorPath"]) == label_selector(OWNER)
