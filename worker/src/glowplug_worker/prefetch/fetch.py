@@ -129,6 +129,7 @@ class PartFile:
             if self._hashing:
                 return
             self._hashing = True
+        view = memoryview(bytearray(4 * BUFFER_BYTES))  # one per hashing thread: bounded
         while True:
             with self.lock:
                 if self._next not in self._complete:
@@ -139,11 +140,11 @@ class PartFile:
             start, end = self.bounds(c)
             pos, stop = start, end if end is not None else os.fstat(self.fd).st_size
             while pos < stop:
-                data = os.pread(self.fd, min(4 * BUFFER_BYTES, stop - pos), pos)
-                if not data:
+                n = os.preadv(self.fd, [view[: min(len(view), stop - pos)]], pos)
+                if not n:
                     break
-                self._hash.update(data)
-                pos += len(data)
+                self._hash.update(view[:n])
+                pos += n
 
     def finish(self) -> str:
         """All chunks done: check size and digest; returns the sha256."""
