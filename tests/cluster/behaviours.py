@@ -37,6 +37,15 @@ def _flags_contain(flag: str) -> str:
     return f'(.metadata.annotations["{FLAGS_ANNOTATION}"] // "") | split(",") | any(. == "{flag}")'
 
 
+def first_start() -> Expr:
+    """Pods whose worker has not failed yet (no last termination)."""
+    return jq_true("((.status.containerStatuses // [])[0].lastState.terminated // null) == null")
+
+
+def after_a_failure() -> Expr:
+    return jq_false("((.status.containerStatuses // [])[0].lastState.terminated // null) == null")
+
+
 def flag_on(flag: str) -> Expr:
     """Pods whose template has `flag` in its startup flag set."""
     return jq_true(_flags_contain(flag))
@@ -81,7 +90,17 @@ def _stage(name: str, selector: list[Expr], delay_ms: int, status_template: str)
     }
 
 
-_READY_TEMPLATE = """\
+# As a kubelet shows it: coming out of CrashLoopBackOff means one more restart.
+_CONTAINER_HISTORY = """\
+  {{ $s := index $.status.containerStatuses $index }}
+  {{ $rc := int (dig "restartCount" 0 $s) }}
+  {{ $backoff := eq (dig "state" "waiting" "reason" "" $s) "CrashLoopBackOff" }}
+  restartCount: {{ if $backoff }}{{ add1 $rc }}{{ else }}{{ $rc }}{{ end }}
+  {{ with dig "lastState" "terminated" nil $s }}lastState: {terminated: {{ toJson . }}}{{ end }}
+"""
+
+_READY_TEMPLATE = (
+    """\
 {{ $now := Now }}
 conditions:
 - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
@@ -93,12 +112,15 @@ containerStatuses:
   name: {{ $item.name | Quote }}
   ready: true
   started: true
-  restartCount: {{ or (index $.status.containerStatuses $index).restartCount 0 }}
+"""
+    + _CONTAINER_HISTORY
+    + """\
   state:
     running: {startedAt: {{ $now | Quote }}}
 {{ end }}
 phase: Running
 """
+)
 
 
 def ready(name: str, selector: list[Expr], delay_ms: int = 500) -> dict[str, Any]:
@@ -124,7 +146,10 @@ containerStatuses:
   name: {{ $item.name | Quote }}
   ready: false
   started: false
-  restartCount: {{ add1 (or (index $.status.containerStatuses $index).restartCount 0) }}
+  {{ $s := index $.status.containerStatuses $index }}
+  {{ $rc := int (dig "restartCount" 0 $s) }}
+  {{ $backoff := eq (dig "state" "waiting" "reason" "" $s) "CrashLoopBackOff" }}
+  restartCount: {{ if $backoff }}{{ add1 $rc }}{{ else }}{{ $rc }}{{ end }}
   lastState:
     terminated:
       exitCode: EXIT_CODE
@@ -154,7 +179,8 @@ def crash_loop(
     delay_ms: int = 500,
 ) -> dict[str, Any]:
     """Pods' containers exit with `exit_code` and `message` as termination message, again and
-    again: restartCount grows and the state is CrashLoopBackOff, as a kubelet shows it."""
+    again, as a kubelet shows it: the first exit leaves restartCount at 0 in CrashLoopBackOff,
+    each later one (a restart that failed again) adds one."""
     crashing: Expr = {
         "key": ".status.containerStatuses.[].state.waiting.reason",
         "operator": "In",

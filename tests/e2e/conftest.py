@@ -95,6 +95,11 @@ class Stages:
         self.kubectl.apply(stage)
         self.names.append(stage["metadata"]["name"])
 
+    def cleanup_one(self, name: str) -> None:
+        full = f"{self.namespace}-{name}"
+        self.kubectl.run("delete", "stages.kwok.x-k8s.io", full, "--wait=true")
+        self.names.remove(full)
+
     def cleanup(self) -> None:
         if self.names:
             self.kubectl.run(
@@ -144,3 +149,42 @@ def sim_operator(
 ) -> Iterator[OperatorProcess]:
     """A real operator process watching this test's sim-* namespace."""
     yield from _operator(kubectl, sim_namespace, tmp_path, resync_seconds="5")
+
+
+class RollbackResults:
+    """Per scenario: pod starts and seconds from the first failure to Ready, plus the Events."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int, float | None, list[str]]] = []
+
+    def add(self, scenario: str, starts: int, seconds: float | None, events: list[str]) -> None:
+        self.rows.append((scenario, starts, seconds, events))
+
+    def table(self) -> str:
+        lines = [
+            "| scenario | pod starts | first failure -> Ready (s) |",
+            "|---|---|---|",
+        ]
+        for scenario, starts, seconds, _ in self.rows:
+            shown = f"{seconds:.1f}" if seconds is not None else "(stays Degraded)"
+            lines.append(f"| {scenario} | {starts} | {shown} |")
+        lines.append("")
+        lines.append(
+            "kwok timings: a pod is created, scheduled and its init container done in about 1 s;"
+        )
+        lines.append("crash/ready Stages fire 0.3-1.5 s later (see each test).")
+        for scenario, _, _, events in self.rows:
+            lines.append(f"\n### Events: {scenario}\n")
+            lines.extend(f"    {e}" for e in events)
+        return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def rollback_results() -> Iterator[RollbackResults]:
+    results = RollbackResults()
+    yield results
+    if results.rows:
+        out = ROOT / "bench" / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rollback_scenarios.md").write_text(results.table())
+        print("\n" + results.table())

@@ -17,16 +17,16 @@ from glowplug_operator.observations import (
     flag_fingerprint,
     observe_deployment_progress,
     observe_pod,
+    startup_deadline,
 )
-from glowplug_operator.rollback import Decision, decide
-from glowplug_operator.rollback_state import FlagState, Rollout
+from glowplug_operator.rollback import Decision, decide, flag_states_from_status
+from glowplug_operator.rollback_state import Rollout
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
 from glowplug_operator.status import Observed, invalid_spec_status, modelserver_status
 
 log = logging.getLogger(__name__)
 RETRY_ANNOTATION = "glowplug.dev/retry-optimizations"
-CHILD_KINDS = ("Deployment", "Service", "PersistentVolumeClaim", "PodDisruptionBudget")
 
 
 @dataclass
@@ -94,9 +94,7 @@ class Reconciler:
         now: datetime,
     ) -> Decision:
         status = body.get("status") or {}
-        states = [
-            s for s in (FlagState.from_status(r) for r in status.get("optimizations") or []) if s
-        ]
+        states = flag_states_from_status(status.get("optimizations"))
         flags = spec.startup.optimizations
         return decide(
             spec_flags=[f.name for f in flags],
@@ -195,9 +193,9 @@ class Reconciler:
         that could run out (a hung start produces no event); when converged, a slow resync."""
         budget = builders.budget_seconds(spec, self.settings)
         deadlines = [
-            (o.scheduled - now).total_seconds() + budget + 1
+            (deadline - now).total_seconds() + 1
             for o in observations
-            if not o.ready and not o.deleting and o.scheduled is not None
+            if (deadline := startup_deadline(o, budget)) is not None and deadline > now
         ]
         if deadlines:
             return max(1.0, float(min(deadlines)))

@@ -111,7 +111,6 @@ def modelserver_status(
         _degraded(decision),
     ]
     cold_start = _cold_start(observed.pods, observed.observations) or previous.get("coldStart")
-    states = [s.to_status() for s in decision.flag_states]
     return _prune_status(
         {
             "observedGeneration": observed.generation,
@@ -124,10 +123,7 @@ def modelserver_status(
             "selector": observed.selector,
             "endpoint": observed.endpoint,
             "coldStart": cold_start,
-            "optimizations": states,
-            "rolledBack": sum(1 for s in decision.flag_states if s.state == "RolledBack"),
-            "effectiveOptimizations": list(decision.effective_flags),
-            "rollout": decision.rollout.to_status(),
+            **decision.status_patch(),
         }
     )
 
