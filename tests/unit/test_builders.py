@@ -601,9 +601,31 @@ class TestDeployment:
         assert pod["runtimeClassName"] == "nvidia"
         assert pod["priorityClassName"] == "inference"
 
-    def test_no_placement_no_placement_fields(self) -> None:
-        pod = pod_spec(deployment(body(resources={"gpus": 0})))
-        for field in ("nodeSelector", "tolerations", "affinity", "runtimeClassName"):
+    @pytest.mark.parametrize(
+        "placement",
+        [
+            {},
+            {
+                "nodeSelector": {},
+                "tolerations": [],
+                "affinity": {},
+                "runtimeClassName": "",
+                "priorityClassName": "",
+            },
+        ],
+        ids=["absent", "empty-as-in-the-design-doc"],
+    )
+    def test_no_placement_no_placement_fields(self, placement: Manifest) -> None:
+        """Empty values are left out: the API server would drop them, and the live Deployment
+        would never look like the wanted one."""
+        pod = pod_spec(deployment(body(resources={"gpus": 0}, placement=placement)))
+        for field in (
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "runtimeClassName",
+            "priorityClassName",
+        ):
             assert field not in pod
 
     GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

@@ -181,12 +181,17 @@ class TestContains:
 
     @pytest.mark.xfail(
         strict=True,
-        reason="BUG: with no effective flags GLOWPLUG_OPTIMIZATIONS is rendered as value '', which "
-        "the API server omits (EnvVar.value is omitempty); contains() then never matches and the "
-        "Deployment is re-applied on every reconcile",
+        reason="BUG: an env var with value '' (GLOWPLUG_OPTIMIZATIONS with no effective flags, or "
+        "a custom flag's empty value) comes back without `value` (EnvVar.value is omitempty); "
+        "contains() then never matches and the Deployment is re-applied on every reconcile",
     )
-    def test_a_deployment_without_flags_needs_no_write(self) -> None:
-        wanted = wanted_deployment(startup={})
+    @pytest.mark.parametrize(
+        "startup",
+        [{}, {"optimizations": [{"name": "no-v1", "env": {"VLLM_USE_V1": ""}}]}],
+        ids=["no-flags", "custom-flag-empty-value"],
+    )
+    def test_empty_env_values_need_no_write(self, startup: Manifest) -> None:
+        wanted = wanted_deployment(startup=startup)
         assert contains(as_served(wanted), wanted)
 
     @pytest.mark.xfail(
