@@ -206,14 +206,8 @@ class TestDeployment:
     def test_prefetch_writes_where_the_worker_reads(self, cache: Manifest) -> None:
         dep = deployment(body(cache=cache))
         init, serve = prefetch(dep), worker(dep)
-        assert (
-            mount(init, "cache")
-            == mount(serve, "cache")
-            == {
-                "name": "cache",
-                "mountPath": "/models",
-            }
-        )
+        expected = {"name": "cache", "mountPath": "/models"}
+        assert mount(init, "cache") == mount(serve, "cache") == expected
         dest = option(init["args"], "--dest")
         assert dest == option(serve["args"], "--model")
         assert dest.startswith("/models/")
