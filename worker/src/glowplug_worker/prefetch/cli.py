@@ -121,7 +121,8 @@ def metrics_text(values: dict[str, float]) -> str:
     lines = []
     for name, value in values.items():
         lines.append(f"# TYPE glowplug_prefetch_{name} gauge")
-        lines.append(f"glowplug_prefetch_{name} {value:g}")
+        text = str(value) if isinstance(value, int) else f"{value:.3f}"
+        lines.append(f"glowplug_prefetch_{name} {text}")
     return "\n".join(lines) + "\n"
 
 
