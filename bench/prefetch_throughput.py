@@ -4,8 +4,9 @@ single-file downloads (one stream per file, 8 files at a time, through huggingfa
 
 Two server settings:
   (a) per-connection cap: nginx `limit_rate` (40 MiB/s by default, like an object store's
-      per-connection cap) and `limit_conn` 16, so the server allows 16 x 40 MiB/s in aggregate;
-      targets: prefetch >= 8x curl and >= 90% of that aggregate.
+      per-connection cap) plus kernel pacing of each connection at the same rate (see Server),
+      and `limit_conn` 16, so the server allows 16 x 40 MiB/s in aggregate; targets: prefetch
+      >= 8x curl and >= 90% of that aggregate.
   (b) no cap, loopback: target prefetch >= 0.9x curl.
 Plus the prefetch command's start-up time to its first request (target < 0.3 s).
 
@@ -52,39 +53,73 @@ http {{
   sendfile on; tcp_nopush on; keepalive_requests 100000;
   limit_conn_zone $binary_remote_addr zone=perip:1m;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{capped_port};
     root {root};
-    location /capped/ {{ alias {root}/; limit_rate {rate}; limit_conn perip {conns}; }}
+    limit_rate {rate};
+    limit_conn perip {conns};
+  }}
+  server {{
+    listen 127.0.0.1:{open_port};
+    root {root};
   }}
 }}
 """
+SO_MAX_PACING_RATE = 47  # Linux: cap one socket's send rate, inherited by accepted sockets
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _listener(pacing_bytes_per_s: int | None) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if pacing_bytes_per_s:
+        s.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, pacing_bytes_per_s)
+    s.bind(("127.0.0.1", 0))
+    s.listen(511)
+    s.set_inheritable(True)
+    return s
 
 
 class Server:
+    """nginx with two listeners: `capped` (limit_rate, limit_conn, and each connection paced by
+    the kernel at the same rate) and `open` (no limit).
+
+    Why the kernel pacing: nginx's limit_rate grants every *request* a one-second allowance at its
+    start (ngx_http_write_filter: rate * (now - start + 1)), so a client splitting a file into
+    range requests gets bursts that an object store's per-connection cap would not give. The
+    listening socket carries SO_MAX_PACING_RATE, which every accepted connection inherits, and is
+    handed to nginx the way nginx hands sockets to a new binary (the NGINX environment variable).
+    """
+
     def __init__(self, root: Path, run: Path, rate_mib: int, conns: int) -> None:
-        self.run, self.port = run, free_port()
+        self.run = run
         run.mkdir(parents=True, exist_ok=True)
-        conf = CONF.format(run=run, port=self.port, root=root, rate=f"{rate_mib}m", conns=conns)
+        self._socks = [_listener(rate_mib * MIB), _listener(None)]
+        capped, open_ = (s.getsockname()[1] for s in self._socks)
+        conf = CONF.format(
+            run=run,
+            capped_port=capped,
+            open_port=open_,
+            root=root,
+            rate=f"{rate_mib}m",
+            conns=conns,
+        )
         (run / "nginx.conf").write_text(conf)
+        fds = [s.fileno() for s in self._socks]
         self.proc = subprocess.Popen(
-            ["nginx", "-c", str(run / "nginx.conf"), "-p", str(run), "-e", str(run / "error.log")]
+            ["nginx", "-c", str(run / "nginx.conf"), "-p", str(run), "-e", str(run / "error.log")],
+            env={**os.environ, "NGINX": "".join(f"{fd};" for fd in fds)},
+            pass_fds=fds,
         )
         end = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                socket.create_connection(("127.0.0.1", open_), 0.2).close()
                 break
             except OSError:
                 if time.monotonic() > end:
                     raise
                 time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.capped_url = f"http://127.0.0.1:{capped}"
+        self.url = f"http://127.0.0.1:{open_}"
 
     def first_request_start(self, uri_suffix: str, after: float) -> float:
         """Wall-clock start of the first request for uri_suffix logged after `after`."""
@@ -98,6 +133,8 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        for s in self._socks:
+            s.close()
 
 
 def make_files(root: Path, total_mib: int, file_mib: int) -> list[dict[str, object]]:
@@ -250,7 +287,7 @@ def main() -> int:
                 ),
             }
             for label, base, repeat in (
-                ("a: capped", f"{server.url}/capped", 1),
+                ("a: capped", server.capped_url, 1),
                 ("b: loopback", server.url, args.repeat),
             ):
                 runs: dict[str, list[tuple[float, float]]] = {tool: [] for tool in tools}
@@ -293,7 +330,8 @@ def main() -> int:
             )
     lines += [
         "",
-        f"(a) nginx limit_rate {args.rate_mib} MiB/s per connection, limit_conn {args.conns}: "
+        f"(a) nginx limit_rate {args.rate_mib} MiB/s and every connection paced by the kernel at "
+        f"{args.rate_mib} MiB/s (SO_MAX_PACING_RATE), limit_conn {args.conns}: "
         f"allowed aggregate {allowed / MIB:.0f} MiB/s, one run each. (b) no limit, loopback, "
         f"median of {args.repeat} interleaved runs.",
         "prefetch verifies the sha256 of every file and fsyncs before publishing; curl and "

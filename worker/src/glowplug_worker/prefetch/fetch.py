@@ -96,8 +96,9 @@ class PartFile:
             and os.path.getsize(self.path) == self.f.size
         )
         if resumable and state is not None:
-            self.digest = state.get("digest")
-            self.done = {int(k): int(v) for k, v in state.get("done", {}).items()}
+            digest, done = state.get("digest"), state.get("done")
+            self.digest = digest if isinstance(digest, str) else None
+            self.done = {int(k): int(v) for k, v in done.items()} if isinstance(done, dict) else {}
             self.fd = os.open(self.path, os.O_RDWR)
         else:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -100,7 +100,7 @@ class HfSource:
 
     def _plan_online(self) -> Plan:
         from huggingface_hub import HfApi, hf_hub_url, try_to_load_from_cache
-        from huggingface_hub.utils import build_hf_headers
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
         api = HfApi(endpoint=self.endpoint, token=self.token)
         info = api.model_info(self.repo, revision=self.revision, files_metadata=True)

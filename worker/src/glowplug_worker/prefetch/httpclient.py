@@ -59,7 +59,7 @@ class HttpClient:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = {}
-        return pool  # type: ignore[no-any-return]
+        return pool
 
     def discard(self, key: tuple[str, str]) -> None:
         conn = self._pool().pop(key, None)

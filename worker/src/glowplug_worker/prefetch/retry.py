@@ -16,7 +16,8 @@ T = TypeVar("T")
 
 def backoff_delay(failures: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
     """Delay before retry number `failures` (1-based): base * 2^(n-1), capped, 50-100% jitter."""
-    return min(cap_s, base_s * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
+    delay: float = min(cap_s, base_s * 2.0 ** (failures - 1))
+    return delay * (0.5 + random.random() / 2)
 
 
 def sleep_before_retry(

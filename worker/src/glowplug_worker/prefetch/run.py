@@ -158,24 +158,27 @@ def _download(
         finally:
             progress.stop()
         fetched = progress.fetched
-        entries = [{"path": f.path, "size": f.size, "sha256": digests.get(f.path)} for f in files]
+        entries: list[dict[str, Any]] = [
+            {"path": f.path, "size": f.size, "sha256": digests.get(f.path)} for f in files
+        ]
         if plan.archive:
             entries = _unpack(fetch_root, files[0].path, dest.staging)
         seconds = time.monotonic() - started
-        record = {
+        total = sum(int(e["size"] or 0) for e in entries)
+        record: dict[str, Any] = {
             "key": key.as_dict(),
             "source": opts.source.canonical,
             "requested_revision": revision,
             "resolved_revision": plan.resolved_revision,
             "files": entries,
-            "total_bytes": sum(int(e["size"] or 0) for e in entries),
+            "total_bytes": total,
             "in_place_root": plan.in_place_root,
             "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "download_seconds": round(seconds, 3),
         }
         dest.publish(record, [e["path"] for e in entries])
         log(
-            f"published {len(entries)} files ({human_bytes(record['total_bytes'])}) at "
+            f"published {len(entries)} files ({human_bytes(total)}) at "
             f"{dest.dest}: {human_bytes(fetched)} fetched, {human_bytes(resumed_bytes)} resumed, "
             f"{seconds:.1f}s, {human_bytes(fetched / seconds if seconds else 0)}/s"
         )
@@ -185,7 +188,7 @@ def _download(
             False,
             fetched,
             resumed_bytes,
-            record["total_bytes"],
+            total,
             len(entries),
             time.monotonic() - started,
             plan.resolved_revision,
@@ -206,7 +209,7 @@ def _link_in_place(files: list[RemoteFile], staging: str) -> dict[str, str]:
     known = {f.path: (f.locator, f.sha256) for f in files if f.sha256}
     if known:
         log(f"verifying {len(known)} files in place against their recorded sha256")
-        verify(known)  # type: ignore[arg-type]
+        verify({k: (path, digest) for k, (path, digest) in known.items() if digest})
     for f in files:
         link = os.path.join(staging, *f.path.split("/"))
         os.makedirs(os.path.dirname(link), exist_ok=True)

@@ -93,8 +93,8 @@ class S3Source:
         if not objects:
             raise NotFoundError(f"{where}: no objects under this prefix; check bucket and prefix")
         with ThreadPoolExecutor(min(16, self.concurrency)) as pool:
-            files = list(pool.map(lambda o: self._file(o, base), objects))
-        files = [f for f in files if f is not None]
+            found = list(pool.map(lambda o: self._file(o, base), objects))
+        files = [f for f in found if f is not None]
         single = len(files) == 1 and is_archive(files[0].path)
         return Plan(files=files, archive=single)
 

@@ -89,6 +89,12 @@ class Destination:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
+                    if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                        raise UsageError(
+                            f"{self.lock_path}: the destination's filesystem does not support "
+                            "file locks (flock), which keep prefetchers sharing it apart; use a "
+                            "volume that does (ext4, xfs, NFSv4, CephFS, ...)"
+                        ) from exc
                     raise
             record = self.completed(key)
             if record is not None:
