@@ -155,25 +155,35 @@ class RollbackResults:
     """Per scenario: pod starts and seconds from the first failure to Ready, plus the Events."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, int, float | None, list[str]]] = []
+        self.rows: list[tuple[str, int, int, float | None, list[str]]] = []
 
-    def add(self, scenario: str, starts: int, seconds: float | None, events: list[str]) -> None:
-        self.rows.append((scenario, starts, seconds, events))
+    def add(
+        self, scenario: str, kubectl: Kubectl, name: str, seconds: float | None, events: list[str]
+    ) -> None:
+        status = kubectl.get("ms", name).get("status") or {}
+        starts = sum(int(s.get("starts", 0)) for s in (status.get("rollout") or {}).get("sets", []))
+        templates = len(
+            kubectl.get("replicasets", selector=f"glowplug.dev/modelserver={name}")["items"]
+        )
+        self.rows.append((scenario, starts, templates, seconds, events))
 
     def table(self) -> str:
         lines = [
-            "| scenario | pod starts | first failure -> Ready (s) |",
-            "|---|---|---|",
+            "| scenario | container starts | pod templates (flag sets tried) "
+            "| first failure -> Ready (s) |",
+            "|---|---|---|---|",
         ]
-        for scenario, starts, seconds, _ in self.rows:
+        for scenario, starts, templates, seconds, _ in self.rows:
             shown = f"{seconds:.1f}" if seconds is not None else "(stays Degraded)"
-            lines.append(f"| {scenario} | {starts} | {shown} |")
-        lines.append("")
-        lines.append(
-            "kwok timings: a pod is created, scheduled and its init container done in about 1 s;"
-        )
-        lines.append("crash/ready Stages fire 0.3-1.5 s later (see each test).")
-        for scenario, _, _, events in self.rows:
+            lines.append(f"| {scenario} | {starts} | {templates} | {shown} |")
+        lines += [
+            "",
+            "kwok timings: a pod is created, scheduled and its init container done in about 1 s;",
+            "crash/ready Stages fire 0.3-1.5 s later (see each test). A crashing container is",
+            "restarted at once (a kubelet backs off 10 s, 20 s, ...), so crash loops inflate the",
+            "container starts while a new template rolls out.",
+        ]
+        for scenario, _, _, _, events in self.rows:
             lines.append(f"\n### Events: {scenario}\n")
             lines.extend(f"    {e}" for e in events)
         return "\n".join(lines) + "\n"

@@ -64,11 +64,6 @@ def _is_ready(k: Kubectl, name: str) -> bool:
     return _condition(_status(k, name), "Ready").get("status") == "True"
 
 
-def _starts(k: Kubectl, name: str) -> int:
-    sets = (_status(k, name).get("rollout") or {}).get("sets") or []
-    return sum(int(s.get("starts", 0)) for s in sets)
-
-
 def _first_failure(k: Kubectl, name: str, timeout: float = 60) -> float:
     def failed() -> bool:
         pods = k.get("pods", selector=f"glowplug.dev/modelserver={name}")["items"]
@@ -141,7 +136,7 @@ def test_a_flag_named_by_the_report_is_rolled_back_after_one_failed_start(
     assert any("OptimizationRolledBack" in e and "fast-load" in e for e in events), events
     assert "OptimizationRolledBack" in k.run("describe", "ms", "evidence")
     _assert_spec_untouched(k, "evidence", ms)
-    rollback_results.add("1 evidence (report names phase)", _starts(k, "evidence"), elapsed, events)
+    rollback_results.add("1 evidence (report names phase)", k, "evidence", elapsed, events)
 
 
 def test_a_flag_without_evidence_is_found_by_bisection(
@@ -176,9 +171,7 @@ def test_a_flag_without_evidence_is_found_by_bisection(
     events = _events(k, "bisect")
     assert any("BisectingOptimizations" in e for e in events), events
     _assert_spec_untouched(k, "bisect", ms)
-    rollback_results.add(
-        "2 bisection (probe kills, no report)", _starts(k, "bisect"), elapsed, events
-    )
+    rollback_results.add("2 bisection (probe kills, no report)", k, "bisect", elapsed, events)
 
 
 def test_a_start_broken_without_flags_is_degraded_and_no_flag_is_blamed(
@@ -209,7 +202,7 @@ def test_a_start_broken_without_flags_is_degraded_and_no_flag_is_blamed(
     assert len(k.get("replicasets")["items"]) == replica_sets
     events = _events(k, "broken")
     _assert_spec_untouched(k, "broken", ms)
-    rollback_results.add("3 broken without flags", _starts(k, "broken"), None, events)
+    rollback_results.add("3 broken without flags", k, "broken", None, events)
 
 
 def test_an_intermittent_flag_is_blamed_after_the_threshold_not_before(
@@ -257,9 +250,7 @@ def test_an_intermittent_flag_is_blamed_after_the_threshold_not_before(
     assert entry["reason"] in ("IntermittentFailures", "Bisected")
     events = _events(k, "racy")
     _assert_spec_untouched(k, "racy", ms)
-    rollback_results.add(
-        "4 intermittent (fails 1st start of each pod)", _starts(k, "racy"), elapsed, events
-    )
+    rollback_results.add("4 intermittent (fails 1st start of each pod)", k, "racy", elapsed, events)
 
 
 def test_an_operator_killed_mid_bisection_continues_from_status(
@@ -299,9 +290,7 @@ def test_an_operator_killed_mid_bisection_continues_from_status(
     }
     events = _events(k, "restarted")
     _assert_spec_untouched(k, "restarted", ms)
-    rollback_results.add(
-        "5 operator SIGKILLed mid-bisection", _starts(k, "restarted"), elapsed, events
-    )
+    rollback_results.add("5 operator SIGKILLed mid-bisection", k, "restarted", elapsed, events)
 
 
 def test_the_retry_annotation_brings_a_rolled_back_flag_back(

@@ -179,12 +179,6 @@ class TestContains:
     def test_value_by_value(self, live: Manifest, wanted: Manifest, same: bool) -> None:
         assert contains(live, wanted) is same
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: an env var with value '' (GLOWPLUG_OPTIMIZATIONS with no effective flags, or "
-        "a custom flag's empty value) comes back without `value` (EnvVar.value is omitempty); "
-        "contains() then never matches and the Deployment is re-applied on every reconcile",
-    )
     @pytest.mark.parametrize(
         "startup",
         [{}, {"optimizations": [{"name": "no-v1", "env": {"VLLM_USE_V1": ""}}]}],
@@ -194,12 +188,6 @@ class TestContains:
         wanted = wanted_deployment(startup=startup)
         assert contains(as_served(wanted), wanted)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: the API server stores quantities in canonical form (0.5 -> 500m, "
-        "1.5Gi -> 1536Mi, 2048Mi -> 2Gi); contains() compares strings, so such a spec is "
-        "re-applied on every reconcile",
-    )
     @pytest.mark.parametrize(
         ("field", "written", "canonical"),
         [("cpu", "0.5", "500m"), ("memory", "1.5Gi", "1536Mi"), ("memory", "2048Mi", "2Gi")],

@@ -32,7 +32,10 @@ def test_operator_lock_has_no_ml_stack() -> None:
 
 
 def test_operator_imports_no_torch() -> None:
-    code = "import sys, glowplug_operator.handlers; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    code = (
+        "import sys, glowplug_operator.handlers; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

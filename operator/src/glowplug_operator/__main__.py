@@ -7,7 +7,7 @@ import sys
 
 import kopf
 
-from glowplug_operator.settings import Settings, SettingsError
+from glowplug_operator.settings import LIVENESS_PORT, Settings, SettingsError
 
 
 def main() -> int:
@@ -22,7 +22,9 @@ def main() -> int:
         kopf.operator(
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
-            liveness_endpoint="http://0.0.0.0:8080/healthz" if settings.metrics_port else None,
+            liveness_endpoint=(
+                f"http://0.0.0.0:{LIVENESS_PORT}/healthz" if settings.metrics_port else None
+            ),
             standalone=True,
         )
     )

@@ -123,29 +123,30 @@ def _container_security() -> Manifest:
 
 
 def _credentials(spec: ModelServerSpec) -> list[Manifest]:
-    """The Secret's keys become env vars (HF_TOKEN, AWS_*): referenced, never copied."""
+    """The Secret's keys become the prefetcher's env vars (HF_TOKEN, AWS_*): referenced, never
+    copied; the worker reads the weights from the volume and never sees them."""
     ref = spec.model.credentials_secret_ref
     return [{"secretRef": {"name": ref.name}}] if ref else []
 
 
-def _builtin_env(flags: Sequence[Optimization], settings: Settings) -> list[Manifest]:
-    names = ",".join(f.name for f in flags)
-    env = [
-        {"name": "GLOWPLUG_OPTIMIZATIONS", "value": names},
-        {"name": "GLOWPLUG_TERMINATION_PATH", "value": TERMINATION_PATH},
-        {"name": "HF_HOME", "value": f"{settings.cache_mount_path}/.hf"},
-        {"name": "GLOWPLUG_PVC_ROOT", "value": PVC_MOUNT_ROOT},
-    ]
-    if any(f.name == "hf-offline" for f in flags):
-        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
-    return env
-
-
-def _custom_env(flags: Sequence[Optimization]) -> list[Manifest]:
-    merged: dict[str, str] = {}
-    for flag in flags:
-        merged.update(flag.env)
-    return [{"name": k, "value": v} for k, v in sorted(merged.items())]
+def _env(flags: Sequence[Optimization], settings: Settings, *, worker: bool) -> list[Manifest]:
+    """The container's env: the operator's own variables, then the custom flags' (which may
+    override anything but GLOWPLUG_*). One entry per name; empty values are left out, as the
+    API server stores them, so a converged Deployment compares equal."""
+    env = {
+        "GLOWPLUG_OPTIMIZATIONS": ",".join(f.name for f in flags),
+        "GLOWPLUG_TERMINATION_PATH": TERMINATION_PATH,
+        "GLOWPLUG_PVC_ROOT": PVC_MOUNT_ROOT,
+        "HF_HOME": f"{settings.cache_mount_path}/.hf",
+        # The root filesystem is read-only: caches of custom images (vLLM, torch) go to /tmp.
+        "HOME": "/tmp",
+    }
+    if worker:
+        if any(f.name == "hf-offline" for f in flags):
+            env["HF_HUB_OFFLINE"] = "1"
+        for flag in flags:
+            env.update({k: v for k, v in flag.env.items() if not k.startswith("GLOWPLUG_")})
+    return [{"name": k, "value": v} if v else {"name": k} for k, v in env.items()]
 
 
 def _mounts(spec: ModelServerSpec, settings: Settings) -> list[Manifest]:
@@ -177,7 +178,7 @@ def _prefetch_container(
         "image": image,
         "command": ["glowplug-worker"],
         "args": args,
-        "env": _builtin_env(flags, settings),
+        "env": _env(flags, settings, worker=False),
         "volumeMounts": _mounts(spec, settings),
         "securityContext": _container_security(),
         "terminationMessagePath": TERMINATION_PATH,
@@ -241,7 +242,7 @@ def _worker_container(
         "image": image,
         "command": ["glowplug-worker"],
         "args": args,
-        "env": _builtin_env(flags, settings) + _custom_env(flags),
+        "env": _env(flags, settings, worker=True),
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "volumeMounts": [*_mounts(spec, settings), {"name": "dshm", "mountPath": "/dev/shm"}],
         "resources": _resources(spec, gpus=True),
@@ -252,8 +253,6 @@ def _worker_container(
         "terminationMessagePath": TERMINATION_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.model.credentials_secret_ref:
-        container["envFrom"] = _credentials(spec)
     if spec.image.pull_policy:
         container["imagePullPolicy"] = spec.image.pull_policy
     return container

@@ -4,9 +4,11 @@ what differs from the cache, then the status. Called from the work queue's worke
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from glowplug_operator import builders
@@ -213,6 +215,27 @@ def _owned_by(body: Mapping[str, Any], owner: builders.Owner) -> bool:
     return any(r.get("uid") == owner.uid for r in refs)
 
 
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIXES: dict[str, Decimal] = {
+    "": Decimal(1), "m": Decimal("0.001"),
+    **{s: Decimal(10) ** (3 * i) for i, s in enumerate("kMGTPE", 1)},
+    **{f"{s}i": Decimal(2) ** (10 * i) for i, s in enumerate("KMGTPE", 1)},
+}  # fmt: skip
+
+
+def parse_quantity(value: Any) -> Decimal | None:
+    """A Kubernetes quantity's value, or None for anything that is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    match = _QUANTITY.match(str(value))
+    if not match or match.group(2) not in _SUFFIXES:
+        return None
+    try:
+        return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
+    except InvalidOperation:
+        return None
+
+
 def contains(live: Any, wanted: Any) -> bool:
     """True when every field the operator wants is in the live object with the same value.
     Fields the API server or others added are ignored; lists must match item by item."""
@@ -226,6 +249,8 @@ def contains(live: Any, wanted: Any) -> bool:
             and len(live) == len(wanted)
             and all(contains(a, b) for a, b in zip(live, wanted, strict=True))
         )
-    if type(live) is not type(wanted):
-        return str(live) == str(wanted)  # 1 vs "1" for quantities
-    return bool(live == wanted)
+    if live == wanted:
+        return True
+    # 1 vs "1", 0.5 vs "500m", "1.5Gi" vs "1536Mi": the API server stores canonical quantities.
+    a, b = parse_quantity(live), parse_quantity(wanted)
+    return a is not None and a == b

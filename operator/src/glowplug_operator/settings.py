@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PREFIX = "GLOWPLUG_"
+LIVENESS_PORT = 8080
 
 
 class SettingsError(ValueError):
@@ -33,7 +35,19 @@ class Settings(BaseModel):
     """How many ModelServers are reconciled at once."""
     resync_seconds: float = Field(default=300.0, ge=5)
     """A converged ModelServer is re-checked this often (reads only; writes only on drift)."""
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _not_liveness_port(cls, value: int) -> int:
+        if value == LIVENESS_PORT:
+            raise ValueError(f"port {LIVENESS_PORT} serves the liveness probe; pick another")
+        return value
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from glowplug_operator.builders import INIT_CONTAINER, WORKER_CONTAINER
+from glowplug_operator.builders import FLAGS_HASH_LABEL, INIT_CONTAINER, WORKER_CONTAINER
 from glowplug_operator.observations import PodObservation
 from glowplug_operator.reports import parse_report
 from glowplug_operator.rollback import Decision
@@ -159,8 +159,13 @@ def _degraded(decision: Decision) -> Cond:
 
 def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Cond:
     """WeightsReady from the prefetch init containers of the pods."""
+    if not pods:
+        return Cond("WeightsReady", "Unknown", "NoPods", "no pod has started yet")
+    current = [
+        p for p in pods if (p["metadata"].get("labels") or {}).get(FLAGS_HASH_LABEL) == flags_hash
+    ]
     failure = None
-    for pod in pods:
+    for pod in current or pods:
         for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
             if status.get("name") != INIT_CONTAINER:
                 continue

@@ -72,7 +72,8 @@ class TerminationReport:
         body["phases"] = {k: round(v, 3) for k, v in self.phases.items()}
         text = json.dumps(body, separators=(",", ":"))
         while len(text.encode()) > MAX_BYTES and body["error"] and body["error"]["message"]:
-            body["error"]["message"] = truncate(body["error"]["message"], len(body["error"]["message"]) // 2)
+            message = body["error"]["message"]
+            body["error"]["message"] = truncate(message, len(message) // 2)
             text = json.dumps(body, separators=(",", ":"))
         return text
 
