@@ -121,11 +121,13 @@ def test_sigkill_mid_download_then_rerun_resumes(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert_nothing_published(dest)
+        assert (tmp_path / "dest.glowplug-lock").exists(), "the killed run left no lock file"
         first_run = proxy.forwarded_body_bytes()
         res = run_prefetch(args, tmp_path)
         assert res.rc == 0, res.stderr
         assert_published(dest, model)
         assert "resuming" in res.stderr
+        assert "waiting for another prefetcher" not in res.stderr  # the dead run's lock is free
         assert res.report is not None
         second_run = res.report["download"]["bytes"]
         refetched = first_run + second_run - model.total  # type: ignore[operator]
@@ -133,6 +135,42 @@ def test_sigkill_mid_download_then_rerun_resumes(tmp_path: Path) -> None:
         assert second_run <= model.total - 8 * MB
         # At most the unsaved tail of each in-flight range is fetched again.
         assert refetched <= 4 * MB
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+def test_sigterm_writes_a_failed_report_and_exits_at_once(tmp_path: Path) -> None:
+    """Kubernetes stops an init container with SIGTERM: even with every connection stalled the
+    prefetcher reports and exits within a second, and a rerun resumes."""
+    root = tmp_path / "www"
+    root.mkdir()
+    model = make_model(root, "term", {"a.safetensors": 4 * MB}, seed=6)
+    server = Nginx(root, tmp_path / "run")
+    proxy = FaultProxy(server.port, Faults(stall_after=3 * MB // 2, stall_times=3))
+    try:
+        dest = tmp_path / "dest"
+        report_path = tmp_path / "term.json"
+        args = ["--source", f"{proxy.url}/term/manifest.json", "--dest", str(dest)]
+        args += ["--chunk-mib", "1", "--concurrency", "2"]
+        env = {**env_without_proxy(), "GLOWPLUG_TERMINATION_PATH": str(report_path)}
+        proc = subprocess.Popen(prefetch_cmd(args), env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while proxy.stalled < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 143
+        assert time.monotonic() - sent < 2.0, "SIGTERM waited for the stalled connections"
+        assert "terminated by SIGTERM" in err
+        body = json.loads(report_path.read_text())
+        assert body["outcome"] == "failed" and body["error"]["type"] == "TerminatedError"
+        assert_nothing_published(dest)
+        res = run_prefetch(args, tmp_path)
+        assert res.rc == 0, res.stderr
+        assert_published(dest, model)
     finally:
         proxy.stop()
         server.stop()

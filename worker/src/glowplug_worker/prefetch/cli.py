@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 
 from glowplug_worker import report
-from glowplug_worker.prefetch.errors import PrefetchError, UsageError
+from glowplug_worker.prefetch.errors import PrefetchError, TerminatedError, UsageError
 from glowplug_worker.prefetch.options import (
     DEFAULT_PVC_ROOT,
     Options,
@@ -131,6 +133,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     optimizations = list(parse_optimizations(env.get("GLOWPLUG_OPTIMIZATIONS")))
     metrics_file: str | None = None
+    _exit_on_sigterm(optimizations, started)
     try:
         opts, metrics_file = parse_options(argv, env)
         from glowplug_worker.prefetch.run import prefetch
@@ -140,19 +143,7 @@ def main(argv: list[str]) -> int:
         return int(exc.code or 0)
     except (PrefetchError, OSError, KeyboardInterrupt) as exc:
         seconds = time.monotonic() - started
-        message = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
-        print(f"glowplug-worker prefetch: error: {message}", file=sys.stderr)
-        report.write(
-            report.TerminationReport(
-                command="prefetch",
-                outcome="failed",
-                phase="download",
-                optimizations=optimizations,
-                error=report.ErrorInfo.from_exception(exc),
-                phases={},
-                download=report.DownloadSummary(0, 0, round(seconds, 3), 0.0, False),
-            )
-        )
+        _report_failure(exc, optimizations, seconds)
         _emit({"success": 0, "seconds": seconds}, metrics_file)
         code = exc.exit_code if isinstance(exc, PrefetchError) else 1
         return 130 if isinstance(exc, KeyboardInterrupt) else code
@@ -186,6 +177,35 @@ def main(argv: list[str]) -> int:
         metrics_file,
     )
     return 0
+
+
+def _exit_on_sigterm(optimizations: list[str], started: float) -> None:
+    """On SIGTERM (pod deleted, deadline passed) write the failed report and exit at once:
+    worker threads may sit in a stalled read, and the staging area is resumable as it is."""
+
+    def handler(signum: int, frame: object) -> None:
+        exc = TerminatedError("terminated by SIGTERM; a rerun resumes the partial download")
+        _report_failure(exc, optimizations, time.monotonic() - started)
+        os._exit(exc.exit_code)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _report_failure(exc: BaseException, optimizations: list[str], seconds: float) -> None:
+    message = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
+    print(f"glowplug-worker prefetch: error: {message}", file=sys.stderr, flush=True)
+    report.write(
+        report.TerminationReport(
+            command="prefetch",
+            outcome="failed",
+            phase="download",
+            optimizations=optimizations,
+            error=report.ErrorInfo.from_exception(exc),
+            phases={},
+            download=report.DownloadSummary(0, 0, round(seconds, 3), 0.0, False),
+        )
+    )
 
 
 def _emit(values: dict[str, float], path: str | None) -> None:

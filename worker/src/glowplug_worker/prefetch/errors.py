@@ -61,3 +61,9 @@ class TransientError(PrefetchError):
     """A failure worth retrying: 5xx, 429, a cut connection, a stalled or truncated body."""
 
     exit_code = 10
+
+
+class TerminatedError(PrefetchError):
+    """SIGTERM (the pod is being deleted or its deadline passed): partial files stay to resume."""
+
+    exit_code = 143

@@ -226,7 +226,13 @@ def fetch_files(
         workers = max(1, min(settings.concurrency, len(tasks)))
         with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
             futures = [pool.submit(run, p, i) for p, i in tasks]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # SIGTERM/Ctrl-C in the main thread: stop the workers too
+                abort.set()
+                for fut in futures:
+                    fut.cancel()
+                raise
             errors = [f.exception() for f in done if f.exception() is not None]
             if errors:
                 abort.set()
