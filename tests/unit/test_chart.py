@@ -118,7 +118,7 @@ def test_include_crds_renders_the_modelserver_crd() -> None:
 
 # (apiGroup, resource, verb) the operator needs: kopf's watches and annotations, status,
 # server-side apply of the children, pod observation, events, and kopf's discovery.
-NEEDED = [("glowplug.dev", "modelservers", verb) for verb in ("get", "list", "watch", "patch")] + [
+NEEDED = [("glowplug.dev", "modelservers", verb) for verb in ("get", "list", "watch")] + [
     ("glowplug.dev", "modelservers/status", "patch"),
     ("glowplug.dev", "modelservers/finalizers", "update"),
     *[
