@@ -108,11 +108,14 @@ def test_sigterm_turns_readiness_off_and_drains(narrow: Server) -> None:
     first_token = threading.Event()
 
     def long_request() -> None:
-        with httpx.Client(base_url=narrow.url, timeout=120) as c, c.stream(
-            "POST",
-            "/v1/completions",
-            json={**LONG, "stream": True, "stream_options": {"include_usage": True}},
-        ) as r:
+        with (
+            httpx.Client(base_url=narrow.url, timeout=120) as c,
+            c.stream(
+                "POST",
+                "/v1/completions",
+                json={**LONG, "stream": True, "stream_options": {"include_usage": True}},
+            ) as r,
+        ):
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     ev = json.loads(line[6:])

@@ -49,7 +49,8 @@ class Scheduler:
         self.queued += 1
         self._idle.clear()
         try:
-            await asyncio.wait_for(slots.acquire(), timeout)
+            async with asyncio.timeout(timeout):
+                await slots.acquire()
         except BaseException:
             self.queued -= 1
             self._settle()
@@ -72,7 +73,8 @@ class Scheduler:
         self._ensure()
         assert self._idle is not None
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

@@ -1,0 +1,185 @@
+"""Pure pieces of the server: flags, request validation, admission control, detokenization."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from glowplug_operator.reports import FLAG_PHASES as OPERATOR_FLAG_PHASES
+from glowplug_worker.report import PHASES as REPORT_PHASES
+from glowplug_worker.serve.flags import FLAG_PHASES, KNOWN_FLAGS, parse_flags
+from glowplug_worker.serve.protocol import ApiError, parse_chat, parse_completion, parse_embedding
+from glowplug_worker.serve.scheduler import Overloaded, Scheduler
+from glowplug_worker.serve.textstream import TextStream
+
+
+class TestFlags:
+    def test_phase_mapping_agrees_with_the_operator_and_the_report(self) -> None:
+        for flag, phase in FLAG_PHASES.items():
+            assert OPERATOR_FLAG_PHASES[flag] == phase
+            assert phase in REPORT_PHASES
+
+    def test_cli_wins_over_env_and_order_is_canonical(self) -> None:
+        assert parse_flags("fast-load, prefetch-weights", "hf-offline").active == (
+            "prefetch-weights",
+            "fast-load",
+        )
+        assert parse_flags(None, "HF-Offline,,").active == ("hf-offline",)
+        assert parse_flags("", "fast-load").active == ()  # an explicit empty list means none
+        assert parse_flags(None, None).active == ()
+
+    def test_unknown_flags_are_ignored_with_a_log_line(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.INFO, logger="glowplug.serve"):
+            flags = parse_flags(None, "my-vllm-forkserver,fast-load")
+        assert flags.active == ("fast-load",) and flags.ignored == ("my-vllm-forkserver",)
+        assert "ignoring unknown optimization 'my-vllm-forkserver'" in caplog.text
+        assert set(KNOWN_FLAGS) == set(FLAG_PHASES)
+
+
+class TestProtocol:
+    def test_completion_defaults(self) -> None:
+        req = parse_completion({"prompt": "hi"})
+        assert (req.max_tokens, req.temperature, req.stream, req.stop) == (16, 1.0, False, [])
+        assert parse_completion({"prompt": ["hi"], "stop": "x"}).stop == ["x"]
+
+    @pytest.mark.parametrize(
+        ("body", "param"),
+        [
+            ({"prompt": "hi", "top_p": 0}, "top_p"),
+            ({"prompt": "hi", "max_tokens": True}, "max_tokens"),
+            ({"prompt": "hi", "seed": 1.5}, "seed"),
+            ({"prompt": "hi", "stream": "yes"}, "stream"),
+            ({"prompt": "hi", "presence_penalty": 1}, "presence_penalty"),
+            ({"prompt": "hi", "stream_options": {"x": 1}}, "stream_options"),
+            ({"prompt": 5}, "prompt"),
+        ],
+    )
+    def test_completion_errors_name_the_field(self, body: dict[str, object], param: str) -> None:
+        with pytest.raises(ApiError) as err:
+            parse_completion(body)
+        assert err.value.status == 400 and err.value.param == param
+
+    def test_chat_accepts_text_parts_and_max_completion_tokens(self) -> None:
+        req = parse_chat(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                    }
+                ],
+                "max_completion_tokens": 3,
+            }
+        )
+        assert req.messages == [{"role": "user", "content": "ab"}] and req.max_tokens == 3
+
+    def test_embedding_inputs(self) -> None:
+        assert parse_embedding({"input": "x"}).inputs == ["x"]
+        with pytest.raises(ApiError, match="at most 256"):
+            parse_embedding({"input": ["x"] * 257})
+        with pytest.raises(ApiError, match="encoding_format"):
+            parse_embedding({"input": "x", "encoding_format": "int8"})
+
+
+async def until(condition: Callable[[], bool], deadline: float = 5.0) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+class TestScheduler:
+    @pytest.mark.timeout(30)
+    def test_bounds_running_and_queued_then_refuses(self) -> None:
+        async def scenario() -> list[str]:
+            sched = Scheduler(max_running=1, max_queued=1)
+            order: list[str] = []
+            release = asyncio.Event()
+
+            async def job(name: str) -> None:
+                try:
+                    async with sched.slot(timeout=5):
+                        order.append(f"start {name}")
+                        await release.wait()
+                except Overloaded:
+                    order.append(f"429 {name}")
+
+            first = asyncio.create_task(job("a"))
+            await until(lambda: sched.running == 1)
+            second = asyncio.create_task(job("b"))  # queued
+            await until(lambda: sched.queued == 1)
+            assert (sched.running, sched.queued) == (1, 1)
+            await job("c")  # no room: refused at once
+            release.set()
+            await asyncio.gather(first, second)
+            assert await sched.wait_idle(1)
+            return order
+
+        assert asyncio.run(scenario()) == ["start a", "429 c", "start b"]
+
+    def test_queue_wait_times_out_and_frees_its_place(self) -> None:
+        async def scenario() -> None:
+            sched = Scheduler(max_running=1, max_queued=1)
+            async with sched.slot(timeout=1):
+                with pytest.raises(TimeoutError):
+                    async with sched.slot(timeout=0.05):
+                        pass
+                assert sched.queued == 0
+                assert not await sched.wait_idle(0.05)
+
+        asyncio.run(scenario())
+
+    def test_rejects_impossible_limits(self) -> None:
+        with pytest.raises(ValueError, match="max-concurrency"):
+            Scheduler(0, 1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path) -> object:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+class TestTextStream:
+    def run(self, tokenizer: object, ids: list[int], stop: list[str]) -> tuple[list[str], str]:
+        def decode(x: list[int]) -> str:
+            return str(tokenizer.decode(x, skip_special_tokens=True))  # type: ignore[attr-defined]
+
+        stream = TextStream(decode, stop)
+        deltas = []
+        for i in ids:
+            deltas.append(stream.push(i))
+            if stream.stopped:
+                break
+        deltas.append(stream.finish())
+        return deltas, stream.text
+
+    def test_multibyte_characters_are_never_split(self, tokenizer: object) -> None:
+        text = "Unicode: café, 東京 😀 and more"
+        ids = tokenizer(text)["input_ids"]  # type: ignore[operator]
+        deltas, full = self.run(tokenizer, ids, [])
+        assert full == text and "".join(deltas) == text
+        assert all("\ufffd" not in d for d in deltas)
+        assert sum(1 for d in deltas if d) > 5  # incremental
+
+    def test_invalid_bytes_do_not_stall_the_stream(self, tokenizer: object) -> None:
+        # Byte-level tokens for a lone continuation byte, then ordinary text.
+        vocab = tokenizer.get_vocab()  # type: ignore[attr-defined]
+        lone = vocab["\u0124"]  # byte 0x84 in the byte-level alphabet
+        ids = [lone, *tokenizer("hello world again")["input_ids"]]  # type: ignore[operator]
+        deltas, full = self.run(tokenizer, ids, [])
+        assert "".join(deltas) == full
+        assert deltas[1].startswith("\ufffd")  # emitted once the next token proved it final
+
+    def test_stop_strings_are_cut_and_held_back(self, tokenizer: object) -> None:
+        ids = tokenizer("The quick brown fox jumps")["input_ids"]  # type: ignore[operator]
+        deltas, full = self.run(tokenizer, ids, ["brown"])
+        assert full == "The quick " and "".join(deltas) == full
+        assert not any("b" in d for d in deltas)
