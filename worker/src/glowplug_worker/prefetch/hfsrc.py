@@ -46,6 +46,8 @@ class HfSource:
         self.endpoint = (env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self.stall_timeout = opts.stall_timeout_s
         self.client: HttpClient | None = None
+        # Pod logs get our plain progress lines, not tqdm bars (read when the hub is imported).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     @property
     def where(self) -> str:

@@ -86,8 +86,9 @@ def parse_source(raw: str) -> SourceURI:
         if not claim:
             raise UsageError(f"--source {raw!r}: a volume source is pvc://claim/path")
         return SourceURI(raw, "pvc", f"{claim}/{path}".rstrip("/"))
-    path = unquote(urlsplit(text).path)
-    if not path.startswith("/"):
+    parts = urlsplit(text)
+    path = unquote(parts.path)
+    if parts.netloc not in ("", "localhost") or not path.startswith("/"):
         raise UsageError(f"--source {raw!r}: a local source is file:///absolute/path")
     return SourceURI(raw, "file", path)
 
