@@ -86,8 +86,11 @@ def check_initialised(root: str, attributes: tuple[str, ...]) -> ModuleType:
 class BackgroundImport:
     """`import torch` in a daemon thread, started as early as possible."""
 
-    def __init__(self, module: str = "torch") -> None:
+    def __init__(
+        self, module: str = "torch", attributes: tuple[str, ...] = TORCH_ATTRIBUTES
+    ) -> None:
         self.module = module
+        self.attributes = attributes
         self.error: BaseException | None = None
         self.seconds: float | None = None
         self._thread = threading.Thread(target=self._run, name="background-import", daemon=True)
@@ -126,7 +129,7 @@ class BackgroundImport:
         if self.error is not None:
             # The import itself is broken (it would be without the flag too): re-raise as is.
             raise self.error
-        return check_initialised(self.module, TORCH_ATTRIBUTES)
+        return check_initialised(self.module, self.attributes)
 
 
 def architectures(model_dir: Path) -> list[str]:

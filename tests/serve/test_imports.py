@@ -1,0 +1,153 @@
+"""The import-phase flags in clean interpreters: background-import fails closed, slim-imports keeps
+scikit-learn out without breaking transformers, and nothing heavy is imported before the phase."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from glowplug_worker.serve.imports import check_initialised
+from glowplug_worker.serve.state import FlagFailure
+
+
+def run_python(code: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env_path = [str(path)] if path else []
+    script = f"import sys; sys.path[:0] = {env_path!r}\n" + textwrap.dedent(code)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+
+
+def write_module(root: Path, name: str, body: str) -> None:
+    (root / f"{name}.py").write_text(textwrap.dedent(body))
+
+
+def test_serve_modules_import_nothing_heavy() -> None:
+    proc = run_python("""
+        import glowplug_worker.serve.cli, glowplug_worker.serve.server, glowplug_worker.serve.api
+        import glowplug_worker.serve.engine, glowplug_worker.serve.fast_load
+        import glowplug_worker.serve.model_loading, glowplug_worker.serve.prefetch
+        import glowplug_worker.serve.imports, glowplug_worker.devtools.tiny_model
+        import sys, threading
+        heavy = [m for m in ("torch", "transformers", "safetensors") if m in sys.modules]
+        assert not heavy, heavy
+        assert threading.active_count() == 1
+    """)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_background_import_joins_a_finished_module(tmp_path: Path) -> None:
+    write_module(tmp_path, "slowmod", "import time; time.sleep(0.2); VALUE = 1\n")
+    proc = run_python(
+        """
+        from glowplug_worker.serve.imports import BackgroundImport
+        bg = BackgroundImport("slowmod", attributes=("VALUE",)).start()
+        assert bg.join().VALUE == 1 and bg.seconds >= 0.2
+    """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_background_import_fails_closed_when_still_running(tmp_path: Path) -> None:
+    write_module(tmp_path, "stuckmod", "import time; time.sleep(5)\n")
+    proc = run_python(
+        """
+        from glowplug_worker.serve.imports import BackgroundImport
+        from glowplug_worker.serve.state import FlagFailure
+        bg = BackgroundImport("stuckmod", attributes=()).start()
+        try:
+            bg.join(timeout=0.2)
+        except FlagFailure as exc:
+            print(exc.flag, exc)
+        import os; os._exit(0)
+    """,
+        tmp_path,
+    )
+    assert "background-import background import of stuckmod still running" in proc.stdout
+
+
+def test_background_import_refuses_after_transformers_was_imported(tmp_path: Path) -> None:
+    write_module(tmp_path, "fine", "X = 1\n")
+    proc = run_python(
+        """
+        import sys, types
+        from glowplug_worker.serve.imports import BackgroundImport
+        from glowplug_worker.serve.state import FlagFailure
+        bg = BackgroundImport("fine", attributes=()).start()
+        sys.modules["transformers"] = types.ModuleType("transformers")  # the unsafe ordering
+        try:
+            bg.join()
+        except FlagFailure as exc:
+            print(exc.flag, exc)
+    """,
+        tmp_path,
+    )
+    assert "background-import transformers was imported before" in proc.stdout, proc.stderr
+
+
+def test_import_errors_in_the_thread_surface_unchanged(tmp_path: Path) -> None:
+    write_module(tmp_path, "broken", "raise ImportError('libcuda.so.1: cannot open')\n")
+    proc = run_python(
+        """
+        from glowplug_worker.serve.imports import BackgroundImport
+        try:
+            BackgroundImport("broken", attributes=()).start().join()
+        except ImportError as exc:
+            print("ImportError", exc)
+    """,
+        tmp_path,
+    )
+    assert "ImportError libcuda.so.1: cannot open" in proc.stdout, proc.stderr
+
+
+def test_half_initialised_module_is_detected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module that checks itself while its own body is still running: really half-initialised.
+    write_module(
+        tmp_path,
+        "halfmod",
+        """
+        from glowplug_worker.serve.imports import check_initialised
+        from glowplug_worker.serve.state import FlagFailure
+        try:
+            check_initialised("halfmod", ())
+        except FlagFailure as exc:
+            RESULT = str(exc)
+        else:
+            RESULT = "passed"
+    """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import halfmod  # type: ignore[import-not-found]
+
+    assert halfmod.RESULT == "modules still initialising after the join: halfmod"
+    assert check_initialised("halfmod", ("RESULT",)) is halfmod  # finished now
+    with pytest.raises(FlagFailure, match="missing NOPE"):
+        check_initialised("halfmod", ("NOPE",))
+
+
+@pytest.mark.worker
+def test_slim_imports_keeps_sklearn_out_and_transformers_working() -> None:
+    proc = run_python("""
+        from glowplug_worker.serve.imports import apply_slim_imports
+        assert apply_slim_imports() == ["sklearn"]
+        import importlib.util, sys
+        assert importlib.util.find_spec("sklearn") is None
+        try:
+            import sklearn
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise AssertionError("sklearn imported")
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import is_sklearn_available
+        assert not is_sklearn_available()
+        import transformers.generation.candidate_generator
+        assert sys.modules["sklearn"] is None
+    """)
+    assert proc.returncode == 0, proc.stderr
