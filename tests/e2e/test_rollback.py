@@ -135,6 +135,29 @@ def test_a_flag_named_by_the_report_is_rolled_back_after_one_failed_start(
     events = _events(k, "evidence")
     assert any("OptimizationRolledBack" in e and "fast-load" in e for e in events), events
     assert "OptimizationRolledBack" in k.run("describe", "ms", "evidence")
+    mine = {"namespace": sim_namespace, "modelserver": "evidence"}
+    samples = sim_operator.samples()
+    assert (
+        samples[
+            (
+                "glowplug_optimization_rollbacks_total",
+                {**mine, "flag": "fast-load", "reason": "FailedInPhase"},
+            )
+        ]
+        == 1
+    )
+    assert (
+        samples[
+            ("glowplug_optimization_state", {**mine, "flag": "fast-load", "state": "RolledBack"})
+        ]
+        == 1
+    )
+    assert (
+        samples[
+            ("glowplug_optimization_state", {**mine, "flag": "slim-imports", "state": "Active"})
+        ]
+        == 1
+    )
     _assert_spec_untouched(k, "evidence", ms)
     rollback_results.add("1 evidence (report names phase)", k, "evidence", elapsed, events)
 

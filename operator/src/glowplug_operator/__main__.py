@@ -7,7 +7,7 @@ import sys
 
 import kopf
 
-from glowplug_operator.settings import LIVENESS_PORT, Settings, SettingsError
+from glowplug_operator.settings import Settings, SettingsError
 
 
 def main() -> int:
@@ -23,7 +23,7 @@ def main() -> int:
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             liveness_endpoint=(
-                f"http://0.0.0.0:{LIVENESS_PORT}/healthz" if settings.metrics_port else None
+                f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
             ),
             standalone=True,
         )

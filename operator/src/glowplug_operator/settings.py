@@ -6,10 +6,16 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PREFIX = "GLOWPLUG_"
-LIVENESS_PORT = 8080
 
 
 class SettingsError(ValueError):
@@ -27,6 +33,8 @@ class Settings(BaseModel):
     """Startup budget for a ModelServer that sets none (becomes the startup probe's window)."""
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    health_port: int = Field(default=8080, ge=0, le=65535)
+    """Port of the liveness endpoint /healthz (the chart's probe); 0 turns it off."""
     field_manager: str = "glowplug"
     """The one server-side-apply field manager the operator writes with."""
     cache_mount_path: str = "/models"
@@ -42,12 +50,13 @@ class Settings(BaseModel):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("metrics_port")
-    @classmethod
-    def _not_liveness_port(cls, value: int) -> int:
-        if value == LIVENESS_PORT:
-            raise ValueError(f"port {LIVENESS_PORT} serves the liveness probe; pick another")
-        return value
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.health_port:
+            raise ValueError(
+                f"metrics_port: port {self.health_port} is the health port; pick another"
+            )
+        return self
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -68,5 +77,10 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as error:
             first = error.errors()[0]
-            name = PREFIX + str(first["loc"][0]).upper()
-            raise SettingsError(f"{name}: {first['msg']} (got {first.get('input')!r})") from None
+            if first["loc"]:
+                name = PREFIX + str(first["loc"][0]).upper()
+                raise SettingsError(
+                    f"{name}: {first['msg']} (got {first.get('input')!r})"
+                ) from None
+            field, _, message = str(first["msg"]).removeprefix("Value error, ").partition(": ")
+            raise SettingsError(f"{PREFIX}{field.upper()}: {message}") from None

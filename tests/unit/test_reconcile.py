@@ -1,0 +1,113 @@
+"""The reconciler's write discipline, with the API replaced by a recorder: what it writes for a
+spec the CRD let through but the operator cannot use, and that a converged ModelServer costs no
+write at all. (The same paths run against a real API server in tests/e2e.)"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from glowplug_operator.cache import Cache
+from glowplug_operator.metrics import Metrics
+from glowplug_operator.reconcile import Reconciler
+from glowplug_operator.settings import Settings
+
+from tests.cluster.kube import ROOT
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class RecordingKube:
+    """Stands in for `kube.Kube`: records every write instead of sending it."""
+
+    def __init__(self) -> None:
+        self.applied: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.deleted: list[tuple[str, str]] = []
+
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        self.applied.append(copy.deepcopy(manifest))
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.deleted.append((kind, name))
+
+    async def replace_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.statuses.append(copy.deepcopy(status))
+
+    async def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+    @property
+    def writes(self) -> int:
+        return len(self.applied) + len(self.statuses) + len(self.events) + len(self.deleted)
+
+
+def _body(**spec: Any) -> dict[str, Any]:
+    body = yaml.safe_load((ROOT / "examples" / "modelserver.yaml").read_text())
+    body["metadata"].update(namespace="ml", uid="uid-1", generation=1)
+    body["spec"].update(spec)
+    return body
+
+
+def _reconciler(body: dict[str, Any]) -> tuple[Reconciler, RecordingKube, Cache]:
+    cache = Cache()
+    cache.put_modelserver(body)
+    kube = RecordingKube()
+    return Reconciler(Settings(), kube, cache, Metrics()), kube, cache  # type: ignore[arg-type]
+
+
+def _reconcile(reconciler: Reconciler) -> float | None:
+    return asyncio.run(reconciler.reconcile(("ml", "tiny-llama"), now=NOW))
+
+
+def test_a_spec_the_operator_cannot_use_is_reported_not_rolled_out() -> None:
+    # A PVC cache with neither size nor claim: the CRD refuses it; an old CRD would not.
+    body = _body(cache={"kind": "PersistentVolumeClaim"})
+    reconciler, kube, _ = _reconciler(body)
+    assert _reconcile(reconciler) is None
+
+    assert kube.applied == []
+    ready = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert ready["message"].startswith("spec.cache")
+    assert [(t, r) for t, r, _ in kube.events] == [("Warning", "InvalidSpec")]
+
+    writes = kube.writes
+    _reconcile(reconciler)  # nothing changed: nothing written, no second event
+    assert kube.writes == writes
+
+
+def test_a_converged_modelserver_costs_no_write() -> None:
+    body = _body()
+    reconciler, kube, cache = _reconciler(body)
+    _reconcile(reconciler)
+    assert {m["kind"] for m in kube.applied} == {"Deployment", "Service"}
+    # What the watch would deliver back: the children as applied, the status as written.
+    for manifest in kube.applied:
+        cache.put_child(manifest["kind"], copy.deepcopy(manifest))
+    body["status"] = kube.statuses[-1]
+
+    writes = kube.writes
+    _reconcile(reconciler)
+    assert kube.writes == writes
+
+
+def test_a_drifted_child_is_applied_again() -> None:
+    body = _body()
+    reconciler, kube, cache = _reconciler(body)
+    _reconcile(reconciler)
+    for manifest in kube.applied:
+        live = copy.deepcopy(manifest)
+        if live["kind"] == "Deployment":
+            live["spec"]["replicas"] = 5  # a hand edit
+        cache.put_child(live["kind"], live)
+    body["status"] = kube.statuses[-1]
+    kube.applied.clear()
+
+    _reconcile(reconciler)
+    assert [m["kind"] for m in kube.applied] == ["Deployment"]
+    assert kube.applied[0]["spec"]["replicas"] == 1
