@@ -45,8 +45,9 @@ kubectl -n $ns get deployment,service,pods -l glowplug.dev/modelserver=tiny-llam
 say "The real worker on this machine: a small model made on the spot, prefetched, served"
 work=$(mktemp -d)
 trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-$run python -m glowplug_worker.devtools.tiny_model "$work/source" >/dev/null
-$run glowplug-worker prefetch --source "file://$work/source" --dest "$work/models/tiny"
+$run python -m glowplug_worker.devtools.tiny_model "$work/source" >/dev/null 2>&1
+echo "(a tiny Llama-shaped model with random weights: its answer is noise; the path is the point)"
+$run glowplug-worker prefetch --source "file://$work/source" --dest "$work/models/tiny" >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 HF_HUB_OFFLINE=1 GLOWPLUG_TERMINATION_PATH=$work/termination.json \
   $run glowplug-worker serve --model "$work/models/tiny" --port "$port" --device cpu \
@@ -57,7 +58,8 @@ for _ in $(seq 300); do
   kill -0 $server 2>/dev/null || { cat "$work/serve.log"; exit 1; }
   sleep 0.2
 done
-echo "startup phases: $(curl -fsS "http://127.0.0.1:$port/startup")"
+echo "GET /startup (seconds per phase of the worker's start):"
+curl -fsS "http://127.0.0.1:$port/startup" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("phases", "time_to_ready_seconds", "optimizations")}))'
 echo "POST /v1/chat/completions:"
 curl -fsS "http://127.0.0.1:$port/v1/chat/completions" -H 'content-type: application/json' \
   -d '{"model": "tiny", "messages": [{"role": "user", "content": "Hello, glowplug!"}], "max_tokens": 8}'
