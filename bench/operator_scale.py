@@ -1,0 +1,1025 @@
+"""Operator scale benchmark (issue 3): N ModelServers applied at once to the local control plane.
+
+For each size N it measures the seconds until every ModelServer has its Deployment and Service and
+`Ready=True` (kwok nodes make the pods Ready), the operator's peak RSS, and the API writes per
+ModelServer during convergence and during a steady-state window after it. It prints a table and
+writes bench/results/operator_scale.md and .json.
+
+    uv run python bench/operator_scale.py                      # sizes 100,500,1000, own cluster
+    uv run python bench/operator_scale.py --sizes 20 --steady-seconds 10
+    uv run python bench/operator_scale.py --kubeconfig .cluster/kubeconfig --sizes 50
+
+Without --kubeconfig it starts a fresh cluster for each size (hack/cluster.sh with
+GLOWPLUG_CLUSTER_DIR, default /tmp/glowplug-bench-cluster; about 15 s, where deleting 500
+ModelServers' namespace took 50 s) and stops it at the end unless --keep. With --kubeconfig the
+sizes share that cluster and each size's namespace is deleted (and timed) unless --keep. Each size
+has its own namespace and a fresh operator process watching only that namespace. The harness adds
+kwok GPU nodes (8 GPUs each) and a ServiceCIDR, since cluster.sh's /24 holds only ~250 ClusterIPs.
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import copy
+import json
+import math
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+GROUP_PATH = "/apis/glowplug.dev/v1alpha1"
+MANAGER = "glowplug-bench"
+GPUS_PER_NODE = 8
+SERVICE_CIDR_NAME, SERVICE_CIDR = "glowplug-bench", "10.96.0.0/20"
+OPERATOR_WATCHES = ("modelservers", "deployments", "services", "pods")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The operator's writes as the API server counts them (apiserver_request_total has no user label,
+# so they are told apart by resource and verb; the operator's Events are left out there because
+# the scheduler, kube-controller-manager and kwok post Events too).
+OPERATOR_RESOURCES = {
+    ("deployments", ""),
+    ("services", ""),
+    ("persistentvolumeclaims", ""),
+    ("poddisruptionbudgets", ""),
+    ("modelservers", "status"),
+}
+OPERATOR_VERBS = {"APPLY", "PATCH", "DELETE"}
+WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
+
+
+# --- talking to the API server -------------------------------------------------------------------
+
+
+class Kube:
+    """A minimal async REST client from a kubeconfig (client certificates or a bearer token)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = yaml.safe_load(kubeconfig.read_text())
+        context_name = config.get("current-context") or config["contexts"][0]["name"]
+        context = _named(config["contexts"], context_name)["context"]
+        cluster = _named(config["clusters"], context["cluster"])["cluster"]
+        user = _named(config.get("users") or [], context.get("user", ""))["user"]
+        self._tmp = tempfile.TemporaryDirectory(prefix="glowplug-bench-")
+        ctx = ssl.create_default_context(cafile=self._file(cluster, "certificate-authority"))
+        if cluster.get("insecure-skip-tls-verify"):
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        cert = self._file(user, "client-certificate")
+        if cert:
+            ctx.load_cert_chain(cert, self._file(user, "client-key"))
+        headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
+        self.http = httpx.AsyncClient(
+            base_url=cluster["server"],
+            verify=ctx,
+            headers=headers,
+            timeout=httpx.Timeout(60, connect=10),
+            limits=httpx.Limits(max_connections=80, max_keepalive_connections=80),
+        )
+
+    def _file(self, section: dict[str, Any], key: str) -> str | None:
+        if section.get(key):
+            return str(section[key])
+        data = section.get(f"{key}-data")
+        if not data:
+            return None
+        path = Path(self._tmp.name) / key
+        path.write_bytes(base64.b64decode(data))
+        return str(path)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self._tmp.cleanup()
+
+    async def request(self, method: str, path: str, ok: Iterable[int] = (), **kw: Any) -> Any:
+        resp = await self.http.request(method, path, **kw)
+        if resp.status_code >= 400 and resp.status_code not in ok:
+            raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
+        ctype = resp.headers.get("content-type", "")
+        return resp.json() if ctype.startswith("application/json") else resp.text
+
+    async def apply(self, path: str, manifest: dict[str, Any]) -> Any:
+        """Server-side apply (creates or updates) with the benchmark's field manager."""
+        return await self.request(
+            "PATCH",
+            path,
+            params={"fieldManager": MANAGER, "force": "true"},
+            content=json.dumps(manifest),
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )
+
+    async def watch(self, path: str, params: dict[str, str], handle: Callable[..., None]) -> None:
+        """List, then watch forever from the list's resourceVersion; relist on 410 Gone."""
+        while True:
+            listing = await self.request("GET", path, params=params)
+            for item in listing["items"]:
+                handle("ADDED", item)
+            version = listing["metadata"]["resourceVersion"]
+            gone = False
+            while not gone:
+                query = {
+                    **params,
+                    "watch": "1",
+                    "resourceVersion": version,
+                    "allowWatchBookmarks": "true",
+                    "timeoutSeconds": "900",
+                }
+                try:
+                    timeout = httpx.Timeout(None, connect=10)
+                    async with self.http.stream("GET", path, params=query, timeout=timeout) as r:
+                        async for line in r.aiter_lines():
+                            if not line:
+                                continue
+                            event = json.loads(line)
+                            if event["type"] == "ERROR":
+                                gone = True
+                                break
+                            version = event["object"]["metadata"]["resourceVersion"]
+                            if event["type"] != "BOOKMARK":
+                                handle(event["type"], event["object"])
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.5)
+
+
+def _named(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next((i for i in items if i["name"] == name), {"user": {}, "cluster": {}})
+
+
+# --- metrics and /proc ---------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str, names: set[str]) -> list[tuple[str, dict[str, str], float]]:
+    samples = []
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        match = _SAMPLE.match(line)
+        if match and match.group(1) in names:
+            labels = dict(_LABEL.findall(match.group(2) or ""))
+            samples.append((match.group(1), labels, float(match.group(3))))
+    return samples
+
+
+@dataclass
+class Counters:
+    """A snapshot of the write counters: the operator's own and the API server's."""
+
+    operator: dict[str, float] = field(default_factory=dict)  # kind -> writes
+    reconciles: float = 0.0
+    reconcile_errors: float = 0.0
+    apiserver: dict[str, float] = field(default_factory=dict)  # "verb resource[/sub]" -> count
+    latency_sum: dict[str, float] = field(default_factory=dict)  # same keys, server-side seconds
+    latency_count: dict[str, float] = field(default_factory=dict)
+
+    def minus(self, other: Counters) -> Counters:
+        def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+            return {
+                k: a.get(k, 0) - b.get(k, 0)
+                for k in a.keys() | b.keys()
+                if a.get(k, 0) != b.get(k, 0)
+            }
+
+        return Counters(
+            diff(self.operator, other.operator),
+            self.reconciles - other.reconciles,
+            self.reconcile_errors - other.reconcile_errors,
+            diff(self.apiserver, other.apiserver),
+            diff(self.latency_sum, other.latency_sum),
+            diff(self.latency_count, other.latency_count),
+        )
+
+    def mean_latency_ms(self) -> dict[str, float]:
+        """Mean server-side latency of the operator's kinds of write over the window."""
+        out = {}
+        for key, count in self.latency_count.items():
+            verb, resource = key.split(" ", 1)
+            name, _, sub = resource.partition("/")
+            if count and verb in OPERATOR_VERBS | {"POST"} and (name, sub) in OPERATOR_RESOURCES:
+                out[key] = round(1000 * self.latency_sum.get(key, 0) / count, 1)
+        return out
+
+    @property
+    def operator_writes(self) -> float:
+        return sum(self.operator.values())
+
+    @property
+    def apiserver_operator_writes(self) -> float:
+        total = 0.0
+        for key, value in self.apiserver.items():
+            verb, resource = key.split(" ", 1)
+            name, _, sub = resource.partition("/")
+            if verb in OPERATOR_VERBS and (name, sub) in OPERATOR_RESOURCES:
+                total += value
+        return total
+
+    @property
+    def apiserver_writes(self) -> float:
+        return sum(self.apiserver.values())
+
+
+async def snapshot(kube: Kube, metrics_url: str) -> Counters:
+    async with httpx.AsyncClient(timeout=30) as plain:
+        own = (await plain.get(metrics_url)).text
+    wanted = {
+        "glowplug_api_writes_total",
+        "glowplug_reconcile_seconds_count",
+        "glowplug_reconcile_errors_total",
+    }
+    counters = Counters()
+    for name, labels, value in parse_prometheus(own, wanted):
+        if name == "glowplug_api_writes_total":
+            counters.operator[labels["kind"]] = value
+        elif name == "glowplug_reconcile_seconds_count":
+            counters.reconciles = value
+        else:
+            counters.reconcile_errors = value
+    text = await kube.request("GET", "/metrics")
+    names = {
+        "apiserver_request_total": counters.apiserver,
+        "apiserver_request_duration_seconds_sum": counters.latency_sum,
+        "apiserver_request_duration_seconds_count": counters.latency_count,
+    }
+    for name, labels, value in parse_prometheus(text, set(names)):
+        if labels.get("verb") in WRITE_VERBS:
+            sub = labels.get("subresource", "")
+            key = f"{labels['verb']} {labels.get('resource', '?')}{'/' + sub if sub else ''}"
+            names[name][key] = names[name].get(key, 0) + value
+    return counters
+
+
+async def namespaced_watches(kube: Kube) -> Counter[str]:
+    """Open namespace-scoped WATCH requests by resource (apiserver_longrunning_requests)."""
+    text = await kube.request("GET", "/metrics")
+    watches: Counter[str] = Counter()
+    for _, labels, value in parse_prometheus(text, {"apiserver_longrunning_requests"}):
+        if labels.get("verb") == "WATCH" and labels.get("scope") == "namespace":
+            watches[labels.get("resource", "")] += int(value)
+    return watches
+
+
+async def wait_for_watches(
+    kube: Kube, before: Counter[str], proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Until the operator has opened its watches, so that the clock starts with it listening."""
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the operator exited ({proc.returncode}); see {log}")
+        now = await namespaced_watches(kube)
+        if all(now[r] > before[r] for r in OPERATOR_WATCHES):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"the operator did not open its watches in 60 s; see {log}")
+
+
+def proc_memory(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, kb = line.split()[:2]
+                values[key] = int(kb) / 1024
+    return values.get("VmRSS:", 0.0), values.get("VmHWM:", 0.0)
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    cpu = {name: proc_cpu(pid) for name, pid in pids.items()}
+    with open("/proc/stat") as stat:
+        total = [int(x) for x in stat.readline().split()[1:]]
+    cpu["(machine busy)"] = (sum(total) - total[3] - total[4]) / CLK_TCK
+    return cpu
+
+
+def cluster_pids(kubeconfig: Path) -> dict[str, int]:
+    """The control plane's processes, where the cluster is one of hack/cluster.sh's."""
+    pids = {}
+    for path in sorted((kubeconfig.parent / "pids").glob("*")):
+        with contextlib.suppress(OSError, ValueError):
+            pids[path.name] = int(path.read_text())
+    return pids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the cluster side: CRD, nodes, ModelServers --------------------------------------------------
+
+
+async def install_crd(kube: Kube) -> None:
+    crd = yaml.safe_load((ROOT / "crds" / "modelserver.yaml").read_text())
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+    await kube.apply(path, crd)
+    for _ in range(300):
+        body = await kube.request("GET", path)
+        conditions = (body.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the ModelServer CRD did not become Established")
+
+
+async def ensure_gpu_nodes(kube: Kube, gpus_needed: int) -> int:
+    """Enough kwok GPU nodes (8 GPUs each, like hack/kwok/nodes.yaml) for `gpus_needed` plus 5%."""
+    template = next(d for d in yaml.safe_load_all((ROOT / "hack/kwok/nodes.yaml").read_text()) if d)
+    wanted = math.ceil(gpus_needed * 1.05 / GPUS_PER_NODE)
+    nodes = (await kube.request("GET", "/api/v1/nodes", params={"labelSelector": "type=kwok"}))[
+        "items"
+    ]
+    missing = [
+        i
+        for i in range(wanted)
+        if f"kwok-bench-gpu-{i}" not in {n["metadata"]["name"] for n in nodes}
+    ]
+    missing = missing[: max(0, wanted - len(nodes))]
+
+    async def create(i: int) -> None:
+        node = copy.deepcopy(template)
+        name = f"kwok-bench-gpu-{i}"
+        node["metadata"]["name"] = name
+        node["metadata"]["labels"]["kubernetes.io/hostname"] = name
+        await kube.request("POST", "/api/v1/nodes", ok=(409,), json=node)
+
+    await asyncio.gather(*(create(i) for i in missing))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        nodes = (await kube.request("GET", "/api/v1/nodes", params={"labelSelector": "type=kwok"}))[
+            "items"
+        ]
+        usable = [
+            n
+            for n in nodes
+            if not n["spec"].get("taints")
+            and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
+        if len(usable) >= max(wanted, len(nodes)):
+            return len(usable)
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"only {len(usable)} of {len(nodes)} kwok nodes became Ready and untainted")
+
+
+async def ensure_service_cidr(kube: Kube) -> str:
+    """hack/cluster.sh gives Services 10.0.0.0/24, about 250 ClusterIPs: too few for 1000
+    ModelServers. A second ServiceCIDR (networking.k8s.io/v1) makes room, as on a real cluster."""
+    path = f"/apis/networking.k8s.io/v1/servicecidrs/{SERVICE_CIDR_NAME}"
+    await kube.apply(
+        path,
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "ServiceCIDR",
+            "metadata": {"name": SERVICE_CIDR_NAME},
+            "spec": {"cidrs": [SERVICE_CIDR]},
+        },
+    )
+    for _ in range(300):
+        body = await kube.request("GET", path)
+        conditions = (body.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            return SERVICE_CIDR
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"ServiceCIDR {SERVICE_CIDR} did not become Ready")
+
+
+def modelserver(name: str, gpus: int) -> dict[str, Any]:
+    """examples/modelserver.yaml with a small footprint, so that a node takes 8 of them."""
+    body = yaml.safe_load((ROOT / "examples" / "modelserver.yaml").read_text())
+    body["metadata"] = {"name": name}
+    body["spec"]["resources"] = {"gpus": gpus, "memory": "1Gi", "cpu": "1"}
+    body["spec"]["cache"] = {"kind": "EmptyDir", "size": "8Gi"}
+    return body
+
+
+async def create_namespace(kube: Kube, name: str) -> None:
+    await kube.request(
+        "POST",
+        "/api/v1/namespaces",
+        json={"metadata": {"name": name, "labels": {"glowplug.dev/bench": "operator-scale"}}},
+    )
+    for _ in range(300):  # ServiceAccount admission needs the "default" ServiceAccount
+        body = await kube.request(
+            "GET", f"/api/v1/namespaces/{name}/serviceaccounts/default", ok=(404,)
+        )
+        if isinstance(body, dict) and body.get("kind") == "ServiceAccount":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"namespace {name} got no default ServiceAccount")
+
+
+async def delete_namespace(kube: Kube, name: str, timeout: float) -> float | None:
+    """Seconds until the namespace (and everything in it) is gone; None past the timeout."""
+    start = time.monotonic()
+    await kube.request("DELETE", f"/api/v1/namespaces/{name}", ok=(404,))
+    # The pods have a 60 s grace period and kwok honours it: end them now (a terminating
+    # namespace accepts no new pods, so the ReplicaSets cannot replace them).
+    await kube.request(
+        "DELETE", f"/api/v1/namespaces/{name}/pods", ok=(404,), params={"gracePeriodSeconds": "0"}
+    )
+    while time.monotonic() - start < timeout:
+        body = await kube.request("GET", f"/api/v1/namespaces/{name}", ok=(404,))
+        if not isinstance(body, dict) or body.get("kind") != "Namespace":
+            return time.monotonic() - start
+        await asyncio.sleep(1)
+    return None
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the watches have seen, with the first time (seconds after t0) each thing happened."""
+
+    names: set[str]
+    t0: float = 0.0
+    ready: set[str] = field(default_factory=set)
+    deployments: set[str] = field(default_factory=set)
+    services: set[str] = field(default_factory=set)
+    pods_ready: set[str] = field(default_factory=set)
+    first: dict[str, dict[str, float]] = field(default_factory=dict)
+    converged_at: float | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _mark(self, what: str, name: str, present: bool, into: set[str]) -> None:
+        if name not in self.names:
+            return
+        if present:
+            into.add(name)
+            self.first.setdefault(what, {}).setdefault(name, time.monotonic() - self.t0)
+        else:
+            into.discard(name)
+        n = len(self.names)
+        if (
+            self.converged_at is None
+            and len(self.ready) == n
+            and len(self.deployments) == n
+            and len(self.services) == n
+        ):
+            self.converged_at = time.monotonic() - self.t0
+            self.done.set()
+
+    def on_modelserver(self, kind: str, body: dict[str, Any]) -> None:
+        conditions = (body.get("status") or {}).get("conditions") or []
+        ready = kind != "DELETED" and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+        )
+        self._mark("ready", body["metadata"]["name"], ready, self.ready)
+
+    def on_deployment(self, kind: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        self._mark("deployment", name, kind != "DELETED", self.deployments)
+        pods = kind != "DELETED" and (body.get("status") or {}).get("readyReplicas", 0) >= 1
+        self._mark("pods_ready", name, pods, self.pods_ready)
+
+    def on_service(self, kind: str, body: dict[str, Any]) -> None:
+        self._mark("service", body["metadata"]["name"], kind != "DELETED", self.services)
+
+    def all_at(self, what: str) -> float | None:
+        """When the last of the N first reached `what`."""
+        seen = self.first.get(what, {})
+        return max(seen.values()) if len(seen) >= len(self.names) else None
+
+    def stages(self) -> dict[str, dict[str, float]]:
+        """Per stage, when the ModelServers first reached it: median, 90th percentile, last."""
+        out = {}
+        for what, seen in self.first.items():
+            times = sorted(seen.values())
+            out[what] = {
+                "count": len(times),
+                "p50": round(times[len(times) // 2], 1),
+                "p90": round(times[min(len(times) - 1, int(len(times) * 0.9))], 1),
+                "max": round(times[-1], 1),
+            }
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "ready": len(self.ready),
+            "deployments": len(self.deployments),
+            "services": len(self.services),
+            "pods_ready": len(self.pods_ready),
+        }
+
+
+# --- one size ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    size: int
+    namespace: str
+    converged: bool
+    converge_seconds: float | None
+    creates_seconds: float
+    children_seconds: float | None
+    pods_ready_seconds: float | None
+    peak_rss_mb: float
+    idle_rss_mb: float
+    final_rss_mb: float
+    convergence: dict[str, Any]
+    steady: dict[str, Any] | None
+    cpu_convergence: dict[str, float]
+    cpu_steady: dict[str, float]
+    stages: dict[str, dict[str, float]]
+    timeline: list[dict[str, Any]]
+    operator_log_errors: list[str]
+    operator_exit: int | None
+    namespace_delete_seconds: float | None = None
+    kwok_nodes: int = 0
+
+    def writes_per_ms(self) -> float:
+        return self.convergence["operator_writes"] / self.size
+
+
+# The operator hard-codes kopf's liveness endpoint at 0.0.0.0:8080 whenever metrics are on, so a
+# second operator on the host (another engineer's, the main cluster's) makes it exit at startup with
+# "address already in use". The benchmark runs the real entry point with only that port moved.
+LAUNCHER = """
+import sys
+import kopf
+from glowplug_operator import __main__ as entry
+
+real_operator = kopf.operator
+
+def operator(*args, **kwargs):
+    if kwargs.get("liveness_endpoint"):
+        kwargs["liveness_endpoint"] = "http://127.0.0.1:" + sys.argv[1] + "/healthz"
+    return real_operator(*args, **kwargs)
+
+kopf.operator = operator
+sys.exit(entry.main())
+"""
+
+
+def start_operator(
+    kubeconfig: Path, namespace: str, port: int, log: Path, workers: int | None
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "GLOWPLUG_NAMESPACES": namespace,
+        "GLOWPLUG_METRICS_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if workers:
+        env["GLOWPLUG_RECONCILE_WORKERS"] = str(workers)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, str(free_port())],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_operator(proc: subprocess.Popen[bytes]) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def log_errors(log: Path, limit: int = 20) -> list[str]:
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    bad = [ln for ln in lines if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", ln)]
+    return bad[:limit] + ([f"... {len(bad) - limit} more"] if len(bad) > limit else [])
+
+
+def summarize(delta: Counters, size: int, seconds: float) -> dict[str, Any]:
+    return {
+        "seconds": round(seconds, 1),
+        "operator_writes": delta.operator_writes,
+        "operator_writes_by_kind": dict(sorted(delta.operator.items())),
+        "operator_writes_per_ms": round(delta.operator_writes / size, 2),
+        "reconciles": delta.reconciles,
+        "reconciles_per_ms": round(delta.reconciles / size, 2),
+        "reconcile_errors": delta.reconcile_errors,
+        "apiserver_operator_writes": delta.apiserver_operator_writes,
+        "apiserver_operator_writes_per_ms": round(delta.apiserver_operator_writes / size, 2),
+        "apiserver_all_writes": delta.apiserver_writes,
+        "apiserver_mean_latency_ms": delta.mean_latency_ms(),
+        "apiserver_writes_by_verb_resource": dict(
+            sorted(delta.apiserver.items(), key=lambda kv: -kv[1])
+        ),
+    }
+
+
+def cpu_share(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Percent of one core each process used over the window (200% = both cores of the machine)."""
+    return {k: round(100 * (after[k] - before.get(k, 0)) / max(seconds, 1e-6), 1) for k in after}
+
+
+async def run_size(kube: Kube, kubeconfig: Path, size: int, args: argparse.Namespace) -> Result:
+    namespace = f"bench-{size}-{uuid.uuid4().hex[:6]}"
+    await create_namespace(kube, namespace)
+    port = free_port()
+    watches_before = await namespaced_watches(kube)
+    log = RESULTS / f"operator-{size}.log"
+    proc = start_operator(kubeconfig, namespace, port, log, args.workers)
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    pids = {"operator": proc.pid, **cluster_pids(kubeconfig), "benchmark": os.getpid()}
+    async with httpx.AsyncClient(timeout=2) as plain:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the operator exited ({proc.returncode}); see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await plain.get(metrics_url)).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"the operator's metrics never came up; see {log}")
+    await wait_for_watches(kube, watches_before, proc, log)
+    idle_rss = proc_memory(proc.pid)[0]
+    print(f"  operator pid {proc.pid} watching {namespace}, metrics on :{port}", flush=True)
+
+    names = [f"ms-{i:04d}" for i in range(size)]
+    progress = Progress(set(names))
+    base = f"/namespaces/{namespace}"
+    managed = {"labelSelector": "app.kubernetes.io/managed-by=glowplug"}
+    watches = [
+        asyncio.create_task(
+            kube.watch(f"{GROUP_PATH}{base}/modelservers", {}, progress.on_modelserver)
+        ),
+        asyncio.create_task(
+            kube.watch(f"/apis/apps/v1{base}/deployments", managed, progress.on_deployment)
+        ),
+        asyncio.create_task(kube.watch(f"/api/v1{base}/services", managed, progress.on_service)),
+    ]
+    timeline: list[dict[str, Any]] = []
+    peak = [0.0]
+
+    async def sample() -> None:
+        while True:
+            rss, hwm = proc_memory(proc.pid)
+            peak[0] = max(peak[0], hwm)
+            timeline.append(
+                {
+                    "t": round(time.monotonic() - progress.t0, 2),
+                    "rss_mb": round(rss, 1),
+                    **progress.counts(),
+                }
+            )
+            await asyncio.sleep(args.sample_interval)
+
+    before = await snapshot(kube, metrics_url)
+    cpu0 = cpu_snapshot(pids)
+    progress.t0 = time.monotonic()
+    sampler = asyncio.create_task(sample())
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def create(name: str) -> None:
+        async with gate:
+            await kube.request(
+                "POST", f"{GROUP_PATH}{base}/modelservers", json=modelserver(name, args.gpus)
+            )
+
+    await asyncio.gather(*(create(n) for n in names))
+    creates_seconds = time.monotonic() - progress.t0
+    print(f"  created {size} ModelServers in {creates_seconds:.1f}s", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(progress.done.wait(), timeout=args.timeout)
+    converged = progress.converged_at is not None
+    window = progress.converged_at if converged else time.monotonic() - progress.t0
+    at_convergence = await snapshot(kube, metrics_url)
+    cpu1 = cpu_snapshot(pids)
+    print(
+        f"  {'converged' if converged else 'NOT converged'} after {window:.1f}s:",
+        progress.counts(),
+        flush=True,
+    )
+
+    steady = None
+    cpu2 = cpu1
+    settled, cpu1b = at_convergence, cpu1
+    if converged and args.steady_seconds > 0:
+        # The operator posts its Ready Events just after the status write the watch saw: wait
+        # until its counters stop moving (3 s without a write) before the steady window starts.
+        start, quiet_since = time.monotonic(), time.monotonic()
+        while time.monotonic() - quiet_since < 3 and time.monotonic() - start < 60:
+            await asyncio.sleep(1)
+            now = await snapshot(kube, metrics_url)
+            if now.operator_writes != settled.operator_writes:
+                quiet_since = time.monotonic()
+            settled = now
+        settle_seconds = round(time.monotonic() - start, 1)
+        cpu1b = cpu_snapshot(pids)
+        await asyncio.sleep(args.steady_seconds)
+        after = await snapshot(kube, metrics_url)
+        cpu2 = cpu_snapshot(pids)
+        steady = summarize(after.minus(settled), size, args.steady_seconds)
+        steady["settle_seconds"] = settle_seconds
+        steady["settle_writes"] = settled.minus(at_convergence).operator.copy()
+        still = progress.counts()
+        steady["still_ready"] = still["ready"]
+        print(
+            f"  steady {args.steady_seconds:.0f}s: {steady['operator_writes']:.0f} writes,",
+            still,
+            flush=True,
+        )
+    final_rss, hwm = proc_memory(proc.pid) if proc.poll() is None else (0.0, 0.0)
+    peak[0] = max(peak[0], hwm)
+    sampler.cancel()
+    for task in watches:
+        task.cancel()
+    await asyncio.gather(sampler, *watches, return_exceptions=True)
+    exit_code = stop_operator(proc)
+
+    result = Result(
+        size=size,
+        namespace=namespace,
+        converged=converged,
+        converge_seconds=round(progress.converged_at, 1) if converged else None,
+        creates_seconds=round(creates_seconds, 1),
+        children_seconds=_max_or_none(progress.all_at("deployment"), progress.all_at("service")),
+        pods_ready_seconds=_round(progress.all_at("pods_ready")),
+        peak_rss_mb=round(peak[0], 1),
+        idle_rss_mb=round(idle_rss, 1),
+        final_rss_mb=round(final_rss, 1),
+        # writes until the operator settled: its last Ready Events land just after convergence
+        convergence=summarize(settled.minus(before), size, window),
+        steady=steady,
+        cpu_convergence=cpu_share(cpu0, cpu1, window),
+        cpu_steady=cpu_share(cpu1b, cpu2, args.steady_seconds) if steady else {},
+        stages=progress.stages(),
+        timeline=timeline,
+        operator_log_errors=log_errors(log),
+        operator_exit=exit_code,
+    )
+    if not args.keep and args.kubeconfig is not None:  # an own cluster goes away instead
+        result.namespace_delete_seconds = _round(
+            await delete_namespace(kube, namespace, args.delete_timeout)
+        )
+        print(f"  namespace deleted in {result.namespace_delete_seconds}s", flush=True)
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _max_or_none(*values: float | None) -> float | None:
+    return (
+        None
+        if any(v is None for v in values)
+        else round(max(v for v in values if v is not None), 1)
+    )
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, suffix: str = "") -> str:
+    return "-" if value is None else f"{value}{suffix}"
+
+
+def table(results: list[Result], steady_seconds: float) -> str:
+    head = (
+        "| N | converged (s) | children (s) | pods Ready (s) | creates (s) | peak RSS (MB) "
+        "| writes/MS conv. (operator) | writes/MS conv. (apiserver) | reconciles/MS "
+        f"| writes in {steady_seconds:.0f}s steady (operator) | same (apiserver) "
+        "| reconcile errors | operator CPU % conv. |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for r in results:
+        c, s = r.convergence, r.steady or {}
+        converged = _fmt(r.converge_seconds) if r.converged else f"NO ({c['seconds']} s)"
+        rows.append(
+            f"| {r.size} | {converged} "
+            f"| {_fmt(r.children_seconds)} | {_fmt(r.pods_ready_seconds)} | {r.creates_seconds} "
+            f"| {r.peak_rss_mb} | {c['operator_writes_per_ms']} "
+            f"| {c['apiserver_operator_writes_per_ms']} "
+            f"| {c['reconciles_per_ms']} | {_fmt(s.get('operator_writes'))} "
+            f"| {_fmt(s.get('apiserver_operator_writes'))} "
+            f"| {c['reconcile_errors'] + s.get('reconcile_errors', 0):.0f} "
+            f"| {r.cpu_convergence.get('operator')} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def stage_table(results: list[Result]) -> str:
+    stages = ("deployment", "service", "pods_ready", "ready")
+    head = "| N | " + " | ".join(f"{s} p50 / p90 / max" for s in stages) + " |\n"
+    head += "|---:|" + "---:|" * len(stages) + "\n"
+    rows = []
+    for r in results:
+        cells = []
+        for stage in stages:
+            st = r.stages.get(stage)
+            cells.append(f"{st['p50']} / {st['p90']} / {st['max']}" if st else "-")
+        rows.append(f"| {r.size} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def details_table(results: list[Result]) -> str:
+    head = (
+        "| N | idle RSS (MB) | peak RSS (MB) | RSS at end (MB) | settle (s) | steady reconciles "
+        "| steady writes, all components (apiserver) | namespace delete (s) |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for r in results:
+        s = r.steady or {}
+        rows.append(
+            f"| {r.size} | {r.idle_rss_mb} | {r.peak_rss_mb} | {r.final_rss_mb} "
+            f"| {_fmt(s.get('settle_seconds'))} | {_fmt(s.get('reconciles'))} "
+            f"| {_fmt(s.get('apiserver_all_writes'))} | {_fmt(r.namespace_delete_seconds)} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def cpu_table(results: list[Result]) -> str:
+    names = sorted({k for r in results for k in r.cpu_convergence})
+    head = "| N | " + " | ".join(names) + " |\n|---:|" + "---:|" * len(names) + "\n"
+    return (
+        head
+        + "\n".join(
+            f"| {r.size} | " + " | ".join(_fmt(r.cpu_convergence.get(n)) for n in names) + " |"
+            for r in results
+        )
+        + "\n"
+    )
+
+
+def writes_table(results: list[Result]) -> str:
+    kinds = sorted({k for r in results for k in r.convergence["operator_writes_by_kind"]})
+    head = "| N | " + " | ".join(kinds) + " |\n|---:|" + "---:|" * len(kinds) + "\n"
+    return (
+        head
+        + "\n".join(
+            f"| {r.size} | "
+            + " | ".join(f"{r.convergence['operator_writes_by_kind'].get(k, 0):.0f}" for k in kinds)
+            + " |"
+            for r in results
+        )
+        + "\n"
+    )
+
+
+def write_report(results: list[Result], meta: dict[str, Any], steady_seconds: float) -> str:
+    text = (
+        "# Operator scale benchmark\n\n"
+        f"{meta['date']} · commit {meta['commit']} · {meta['cpus']} CPUs · load before "
+        f"{meta['loadavg']} · GPUs per ModelServer {meta['gpus']} · reconcile workers "
+        f"{meta['workers'] or 'default'} · kwok GPU nodes "
+        f"{', '.join(str(r.kwok_nodes) for r in results)}\n\n"
+        + table(results, steady_seconds)
+        + "\nTimes are seconds from the first create. *children*: every ModelServer has its "
+        "Deployment and Service; *pods Ready*: every Deployment reports a Ready replica; "
+        "*converged*: children plus `Ready=True` on every ModelServer. Writes per ModelServer come "
+        "from the operator's `glowplug_api_writes_total` and, as a cross-check, from the API "
+        "server's `apiserver_request_total` (APPLY/PATCH/DELETE of deployments, services, "
+        "persistentvolumeclaims, poddisruptionbudgets and modelservers/status; Events excluded, "
+        "other components post them too).\n\n"
+        "## When the ModelServers reached each stage (seconds after the first create)\n\n"
+        + stage_table(results)
+        + "\n## Memory and steady state\n\n"
+        + details_table(results)
+        + "\n## Operator writes during convergence, by kind\n\n"
+        + writes_table(results)
+        + "\n## CPU during convergence (% of one core; the machine has "
+        f"{meta['cpus']})\n\n" + cpu_table(results)
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "operator_scale.md").write_text(text)
+    (RESULTS / "operator_scale.json").write_text(
+        json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
+    )
+    return text
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def cluster(action: str, cluster_dir: Path) -> None:
+    env = {**os.environ, "GLOWPLUG_CLUSTER_DIR": str(cluster_dir)}
+    subprocess.run(
+        [str(ROOT / "hack" / "cluster.sh"), action], env=env, check=True, stdout=subprocess.DEVNULL
+    )
+
+
+async def bench_size(args: argparse.Namespace, kubeconfig: Path, size: int) -> Result:
+    """Prepare the cluster (CRD, nodes, Service IPs) and measure one size."""
+    kube = Kube(kubeconfig)
+    try:
+        await install_crd(kube)
+        nodes = await ensure_gpu_nodes(kube, size * args.gpus)
+        service_cidr = await ensure_service_cidr(kube)
+        print(f"N={size}: {nodes} kwok GPU nodes, extra ServiceCIDR {service_cidr}", flush=True)
+        result = await run_size(kube, kubeconfig, size, args)
+        result.kwok_nodes = nodes
+        return result
+    finally:
+        await kube.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", default="100,500,1000", type=lambda s: [int(x) for x in s.split(",")]
+    )
+    parser.add_argument("--steady-seconds", type=float, default=60)
+    parser.add_argument(
+        "--kubeconfig", type=Path, help="reuse this cluster instead of starting one"
+    )
+    parser.add_argument("--cluster-dir", type=Path, default=Path("/tmp/glowplug-bench-cluster"))
+    parser.add_argument("--keep", action="store_true", help="keep the namespaces and the cluster")
+    parser.add_argument(
+        "--gpus", type=int, default=1, help="GPUs per ModelServer (0: no kwok nodes added)"
+    )
+    parser.add_argument("--workers", type=int, help="GLOWPLUG_RECONCILE_WORKERS for the operator")
+    parser.add_argument("--concurrency", type=int, default=64, help="parallel creates")
+    parser.add_argument("--timeout", type=float, default=600, help="give up converging after this")
+    parser.add_argument("--delete-timeout", type=float, default=600)
+    parser.add_argument("--sample-interval", type=float, default=0.5)
+    args = parser.parse_args(argv)
+
+    own = args.kubeconfig is None
+    kubeconfig = (args.cluster_dir / "kubeconfig") if own else args.kubeconfig.resolve()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "cpus": os.cpu_count(),
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "gpus": args.gpus,
+        "workers": args.workers,
+        "steady_seconds": args.steady_seconds,
+        "kubeconfig": str(kubeconfig),
+    }
+    results: list[Result] = []
+    try:
+        for size in args.sizes:
+            if own:  # a fresh cluster per size: quicker than deleting 1000 ModelServers, and clean
+                if (args.cluster_dir / "pids").exists():
+                    cluster("down", args.cluster_dir)
+                print(f"starting a fresh cluster in {args.cluster_dir}", flush=True)
+                cluster("up", args.cluster_dir)
+            try:
+                results.append(asyncio.run(bench_size(args, kubeconfig, size)))
+            except Exception as error:  # report the sizes that worked, say which did not
+                print(f"N={size} FAILED: {error}", file=sys.stderr, flush=True)
+    finally:
+        if own and not args.keep:
+            cluster("down", args.cluster_dir)
+    meta["service_cidr_added"] = SERVICE_CIDR
+    if not results:
+        return 1
+    print()
+    print(write_report(results, meta, args.steady_seconds))
+    for r in results:
+        if r.operator_log_errors:
+            print(f"N={r.size}: operator log errors:\n  " + "\n  ".join(r.operator_log_errors))
+    print(f"written to {RESULTS / 'operator_scale.md'} and .json")
+    return 0 if len(results) == len(args.sizes) and all(r.converged for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
