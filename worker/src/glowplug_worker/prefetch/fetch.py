@@ -272,9 +272,10 @@ def _fetch_chunk(
             raise _Aborted()
         if time.monotonic() > s.deadline:
             raise DeadlineError(f"{p.f.path}: the overall deadline passed while downloading")
-        saved = done
+        saved = attempt_start = done
         try:
             stream = source.open_range(p.f, pos, end)
+            splice = end is not None and getattr(stream, "can_splice", False)
             try:
                 while end is None or pos < end:
                     if abort.is_set():
@@ -284,14 +285,18 @@ def _fetch_chunk(
                             f"{p.f.path}: the overall deadline passed while downloading"
                         )
                     want = BUFFER_BYTES if end is None else min(BUFFER_BYTES, end - pos)
-                    n = _fill(stream, view[:want])
+                    if splice:  # kernel-to-kernel, no copy through Python
+                        n = stream.splice_into(p.fd, pos, want)  # type: ignore[attr-defined]
+                    else:
+                        n = _fill(stream, view[:want])
+                        if n:
+                            _pwrite(p.fd, view[:n], pos, p.f.path)
                     if n == 0:
                         if end is None:
                             break
                         raise TransientError(
                             f"{p.f.path}: the body ended at byte {pos}, expected {end}"
                         )
-                    _pwrite(p.fd, view[:n], pos, p.f.path)
                     pos += n
                     done += n
                     progress.add(n)
@@ -305,7 +310,7 @@ def _fetch_chunk(
                 if done != saved and p.f.size is not None and p.f.ranges:
                     p.record(i, done, durable=False)
         except TransientError as exc:
-            failures = 1 if done > saved else failures + 1
+            failures = 1 if done > attempt_start else failures + 1
             if failures >= s.max_attempts:
                 raise TransientError(f"{exc} (gave up after {failures} attempts)") from exc
             if end is None:  # no ranges: start over

@@ -3,12 +3,19 @@ status codes mapped to the prefetcher's errors. Standard library only, so it sta
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import http.client
+import os
+import select
+import socket
 import threading
 from urllib.parse import urljoin, urlsplit
 
 from glowplug_worker.prefetch.errors import (
     CredentialsError,
+    NoSpaceError,
     NotFoundError,
     PrefetchError,
     SourceError,
@@ -16,6 +23,10 @@ from glowplug_worker.prefetch.errors import (
 )
 
 MAX_REDIRECTS = 8
+SPLICE = hasattr(os, "splice")
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_BYTES = 1024 * 1024
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -30,6 +41,7 @@ class HttpStream:
 
     def __init__(self, client: HttpClient, key: tuple[str, str], resp: http.client.HTTPResponse):
         self._client, self._key, self.resp = client, key, resp
+        self._drained = False  # http.client's read-ahead buffer emptied (splice may start)
 
     def readinto(self, buf: memoryview) -> int:
         try:
@@ -40,10 +52,57 @@ class HttpStream:
                 f"connection failed mid-body: {type(exc).__name__}: {exc}"
             ) from exc
 
+    @property
+    def can_splice(self) -> bool:
+        """Plain HTTP with a Content-Length: the body can go socket -> pipe -> file in the
+        kernel, without passing through Python (TLS bodies cannot)."""
+        return (
+            SPLICE
+            and self._key[0] == "http"
+            and not self.resp.chunked
+            and self.resp.length is not None
+            and self._client.socket(self._key) is not None
+        )
+
+    def splice_into(self, fd: int, pos: int, count: int) -> int:
+        """Move up to `count` body bytes to `fd` at `pos`; returns how many (0: body ended)."""
+        resp = self.resp
+        count = min(count, resp.length or 0)
+        if count <= 0:
+            return 0
+        try:
+            if not self._drained:
+                # Bytes http.client already read past the headers come first, through Python.
+                fp = resp.fp
+                ahead = fp.peek(1) if fp is not None else b""
+                take = min(len(ahead), count)
+                data = resp.read(take) if take else b""
+                self._drained = take == len(ahead)
+                if data:
+                    write_all(fd, data, pos)
+                return len(data)
+            return self._client.splice(self._key, fd, pos, count, resp)
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError("no space left on the destination volume") from exc
+            self._client.discard(self._key)
+            raise TransientError(
+                f"connection failed mid-body: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def close(self) -> None:
+        if self.resp.length == 0 and not self.resp.isclosed():
+            self.resp.read()  # everything spliced: marks the response done, keeps the connection
         if not self.resp.isclosed():
             self._client.discard(self._key)
         self.resp.close()
+
+
+def write_all(fd: int, data: bytes | memoryview, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
 
 
 class HttpClient:
@@ -54,6 +113,8 @@ class HttpClient:
         self.headers = dict(headers or {})
         self.timeout = timeout
         self._local = threading.local()
+        self._pipes: set[tuple[int, int]] = set()
+        self._pipes_lock = threading.Lock()
 
     def _pool(self) -> dict[tuple[str, str], http.client.HTTPConnection]:
         pool = getattr(self._local, "pool", None)
@@ -67,8 +128,71 @@ class HttpClient:
             conn.close()
 
     def close(self) -> None:
+        """Close this thread's connections and every thread's pipe (call when all are done)."""
         for key in list(self._pool()):
             self.discard(key)
+        with self._pipes_lock:
+            pipes, self._pipes = self._pipes, set()
+        for pipe in pipes:
+            for end in pipe:
+                os.close(end)
+
+    def socket(self, key: tuple[str, str]) -> socket.socket | None:
+        conn = self._pool().get(key)
+        return conn.sock if conn is not None else None
+
+    def _pipe(self) -> tuple[int, int]:
+        pipe = getattr(self._local, "pipe", None)
+        if pipe is None:
+            r, w = os.pipe()
+            with contextlib.suppress(OSError):  # a bigger pipe moves more per system call
+                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES)
+            pipe = self._local.pipe = (r, w)
+            with self._pipes_lock:
+                self._pipes.add(pipe)
+        return pipe
+
+    def _drop_pipe(self) -> None:
+        pipe = getattr(self._local, "pipe", None)
+        self._local.pipe = None
+        if pipe is not None:
+            with self._pipes_lock:
+                self._pipes.discard(pipe)
+            for end in pipe:
+                os.close(end)
+
+    def splice(
+        self, key: tuple[str, str], fd: int, pos: int, count: int, resp: http.client.HTTPResponse
+    ) -> int:
+        """socket -> pipe -> fd at pos, up to count bytes, waiting at most `timeout` for data."""
+        sock = self.socket(key)
+        if sock is None:
+            raise TransientError("connection closed mid-body")
+        r, w = self._pipe()
+        sfd = sock.fileno()
+        while True:
+            try:
+                n = os.splice(sfd, w, min(count, PIPE_BYTES), flags=SPLICE_FLAGS)
+                break
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(sfd, select.POLLIN)
+                if not poller.poll(self.timeout * 1000):
+                    raise TransientError(
+                        f"no data for {self.timeout:g}s (stalled connection); timed out"
+                    ) from None
+        if n == 0:
+            raise TransientError("the server closed the connection mid-body")
+        moved = 0
+        try:
+            while moved < n:
+                moved += os.splice(r, fd, n - moved, offset_dst=pos + moved)
+        except BaseException:
+            self._drop_pipe()  # it may still hold bytes: never reuse it
+            raise
+        if resp.length is not None:
+            resp.length -= n
+        return n
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         key = (scheme, netloc)
