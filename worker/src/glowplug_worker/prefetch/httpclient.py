@@ -10,6 +10,7 @@ import http.client
 import os
 import select
 import socket
+import ssl  # already imported by http.client
 import threading
 from urllib.parse import urljoin, urlsplit
 
@@ -243,6 +244,13 @@ class HttpClient:
             try:
                 conn.request("GET", target, headers=headers)
                 return conn.getresponse()
+            except ssl.SSLCertVerificationError as exc:
+                self.discard(key)
+                raise SourceError(
+                    f"{redact(url)}: the server's TLS certificate is not trusted "
+                    f"({exc.verify_message}); add its CA to the image or point SSL_CERT_FILE at "
+                    "a bundle that has it"
+                ) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.discard(key)
                 # A kept-alive connection the server closed: retry once on a fresh one.
