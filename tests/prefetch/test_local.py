@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
 from pathlib import Path
 
-from tests.prefetch.conftest import Model, assert_nothing_published, assert_published, run_prefetch
+from tests.prefetch.conftest import (
+    Model,
+    assert_nothing_published,
+    assert_published,
+    prefetch_cmd,
+    run_prefetch,
+)
+from tests.prefetch.servers import env_without_proxy
 
 MB = 1024 * 1024
 
@@ -81,3 +90,27 @@ def test_dest_holding_foreign_files_is_not_overwritten(tmp_path: Path) -> None:
     res = run_prefetch(["--source", f"file://{model.dir}", "--dest", str(dest)], tmp_path)
     assert res.rc == 2 and "did not write" in res.stderr
     assert (dest / "notes.txt").read_text() == "mine"
+
+
+def test_many_files_need_few_descriptors(tmp_path: Path) -> None:
+    """400 files under a 64-descriptor limit: files are open only while a worker uses them."""
+    src = tmp_path / "src"
+    files = {f"shard/{i:04d}.bin": os.urandom(200) for i in range(400)}
+    for name, data in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    dest = tmp_path / "d"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.run(
+        prefetch_cmd(["--source", f"file://{src}", "--dest", str(dest)]),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        env={**env_without_proxy(), "GLOWPLUG_TERMINATION_PATH": str(tmp_path / "r.json")},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_published(dest, Model(src, "", files))

@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -70,6 +71,7 @@ class PartFile:
         self._next = 0
         self._hashing = False
         self.fd = -1
+        self._users = 0
 
     @property
     def nchunks(self) -> int:
@@ -84,8 +86,10 @@ class PartFile:
             return 0, self.f.size
         return i * self.chunk, min(self.f.size, (i + 1) * self.chunk)
 
-    def open(self) -> int:
-        """Open (resuming when the saved state matches) and return bytes already present."""
+    def prepare(self) -> int:
+        """Create or resume the staged file; returns bytes already present. The file is closed
+        again: it is open only while a worker uses it, so a repository with thousands of files
+        holds at most `concurrency` descriptors."""
         state = _load_json(self.state_path)
         resumable = (
             state is not None
@@ -99,13 +103,31 @@ class PartFile:
             digest, done = state.get("digest"), state.get("done")
             self.digest = digest if isinstance(digest, str) else None
             self.done = {int(k): int(v) for k, v in done.items()} if isinstance(done, dict) else {}
-            self.fd = os.open(self.path, os.O_RDWR)
         else:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            if self.f.size:
-                _reserve(self.fd, self.f.size, self.f.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                if self.f.size:
+                    _reserve(fd, self.f.size, self.f.path)
+            finally:
+                os.close(fd)
             self.save()
         return sum(self.done.values())
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        """Hold the file open (shared by the workers on it) for the duration."""
+        with self.lock:
+            if self._users == 0:
+                self.fd = os.open(self.path, os.O_RDWR)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._users -= 1
+                if self._users == 0:
+                    os.close(self.fd)
+                    self.fd = -1
 
     def save(self) -> None:
         with self.lock:
@@ -171,11 +193,6 @@ class PartFile:
                 os.unlink(p)
         self.digest = None
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
 
 def fetch_files(
     source: Source,
@@ -190,26 +207,31 @@ def fetch_files(
     resumed = 0
     abort = threading.Event()
     tasks: list[tuple[PartFile, int]] = []
-    try:
-        for p in parts:
-            got = p.open()
-            resumed += got
-            progress.add_resumed(got)
-            if p.digest is not None:  # finished and verified before a restart
-                progress.file_finished()
-                continue
+    remaining = dict.fromkeys(parts, 0)
+    for p in parts:
+        got = p.prepare()
+        resumed += got
+        progress.add_resumed(got)
+        if p.digest is not None:  # finished and verified before a restart
+            progress.file_finished()
+            continue
+        with p.use():
             for i in range(p.nchunks):
                 start, end = p.bounds(i)
                 if end is not None and start + p.done.get(i, 0) >= end:
                     p.chunk_complete(i)
                 else:
                     tasks.append((p, i))
-        if resumed:
-            log(f"resuming: {resumed} bytes already in staging are reused")
-        remaining = {p: sum(1 for q, _ in tasks if q is p) for p in parts}
-        lock = threading.Lock()
+                    remaining[p] += 1
+            if remaining[p] == 0:
+                p.finish()
+                progress.file_finished()
+    if resumed:
+        log(f"resuming: {resumed} bytes already in staging are reused")
+    lock = threading.Lock()
 
-        def run(p: PartFile, i: int) -> None:
+    def run(p: PartFile, i: int) -> None:
+        with p.use():
             _fetch_chunk(source, p, i, settings, progress, abort)
             p.chunk_complete(i)
             with lock:
@@ -219,36 +241,29 @@ def fetch_files(
                 p.finish()
                 progress.file_finished()
 
-        for p in parts:
-            if p.digest is None and remaining[p] == 0:
-                p.finish()
-                progress.file_finished()
-        workers = max(1, min(settings.concurrency, len(tasks)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
-            futures = [pool.submit(run, p, i) for p, i in tasks]
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            except BaseException:  # SIGTERM/Ctrl-C in the main thread: stop the workers too
-                abort.set()
-                for fut in futures:
-                    fut.cancel()
-                raise
-            errors = [f.exception() for f in done if f.exception() is not None]
-            if errors:
-                abort.set()
-                for fut in futures:
-                    fut.cancel()
+    workers = max(1, min(settings.concurrency, len(tasks)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
+        futures = [pool.submit(run, p, i) for p, i in tasks]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # SIGTERM/Ctrl-C in the main thread: stop the workers too
+            abort.set()
+            for fut in futures:
+                fut.cancel()
+            raise
+        errors = [f.exception() for f in done if f.exception() is not None]
         if errors:
-            real = [e for e in errors if not isinstance(e, _Aborted)]
-            raise (real or errors)[0]  # type: ignore[misc]
-        return FetchResult(
-            digests={p.f.path: p.digest or "" for p in parts},
-            resumed_bytes=resumed,
-            fetched_bytes=progress.fetched,
-        )
-    finally:
-        for p in parts:
-            p.close()
+            abort.set()
+            for fut in futures:
+                fut.cancel()
+    if errors:
+        real = [e for e in errors if not isinstance(e, _Aborted)]
+        raise (real or errors)[0]  # type: ignore[misc]
+    return FetchResult(
+        digests={p.f.path: p.digest or "" for p in parts},
+        resumed_bytes=resumed,
+        fetched_bytes=progress.fetched,
+    )
 
 
 def _fetch_chunk(
