@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.prefetch.conftest import (
     Model,
@@ -114,3 +117,30 @@ def test_many_files_need_few_descriptors(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert_published(dest, Model(src, "", files))
+
+
+def test_unwritable_destination_is_explained(tmp_path: Path) -> None:
+    model = _volume(tmp_path / "src")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    env = {"GLOWPLUG_TERMINATION_PATH": str(tmp_path / "r.json")}
+    cmd = ["--source", f"file://{model.dir}", "--dest", str(ro / "d")]
+    # Root ignores directory permissions: drop to nobody for this run when we are root.
+    user = (
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.getuid() == 0 else []
+    )
+    tmp_path.chmod(0o755)
+    (tmp_path / "src").chmod(0o755)
+    if user and subprocess.run([*user, sys.executable, "-c", "import glowplug_worker"]).returncode:
+        pytest.skip("the nobody user cannot run this Python (e.g. it lives under /root)")
+    proc = subprocess.run(
+        [*user, *prefetch_cmd(cmd)],
+        capture_output=True,
+        text=True,
+        env={**env_without_proxy(), **env},
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Permission denied" in proc.stderr and "cannot write there" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ termination report on success and on failure, and a Prometheus-style summary."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -194,6 +195,9 @@ def _exit_on_sigterm(optimizations: list[str], started: float) -> None:
 
 def _report_failure(exc: BaseException, optimizations: list[str], seconds: float) -> None:
     message = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message += " (the prefetcher cannot write there: check --dest, the volume's readOnly and"
+        message += " the pod's fsGroup/runAsUser)"
     print(f"glowplug-worker prefetch: error: {message}", file=sys.stderr, flush=True)
     report.write(
         report.TerminationReport(
