@@ -37,6 +37,7 @@ class Server:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
         self.report_path = workdir / "termination.json"
         self.log_path = workdir / "server.log"
         self.ready_statuses: list[int] = []
@@ -99,7 +100,8 @@ class Server:
         return dict(json.loads(self.report_path.read_text()))
 
     def terminate(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -131,23 +131,41 @@ def test_half_initialised_module_is_detected(
         check_initialised("halfmod", ("NOPE",))
 
 
-@pytest.mark.worker
-def test_slim_imports_keeps_sklearn_out_and_transformers_working() -> None:
+def test_slim_imports_keeps_optional_packages_out() -> None:
+    # That transformers still loads and serves the model with them blocked is checked by the
+    # slim-imports server in test_flags_outputs.py.
     proc = run_python("""
         from glowplug_worker.serve.imports import apply_slim_imports
-        assert apply_slim_imports() == ["sklearn"]
+        blocked = apply_slim_imports()
+        assert blocked == ["sklearn", "scipy", "boto3"], blocked
         import importlib.util, sys
-        assert importlib.util.find_spec("sklearn") is None
+        assert importlib.util.find_spec("scipy") is None
         try:
             import sklearn
         except ModuleNotFoundError:
             pass
         else:
             raise AssertionError("sklearn imported")
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import is_sklearn_available
-        assert not is_sklearn_available()
-        import transformers.generation.candidate_generator
-        assert sys.modules["sklearn"] is None
+        from transformers.utils import is_scipy_available, is_sklearn_available
+        assert not is_sklearn_available() and not is_scipy_available()
+        assert "torch" not in sys.modules
     """)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.worker
+def test_import_phase_resolves_the_model_class_without_architectures(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import json
+    import shutil
+
+    from glowplug_worker.serve.imports import model_classes
+
+    model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    config = json.loads((model / "config.json").read_text())
+    del config["architectures"]
+    (model / "config.json").write_text(json.dumps(config))
+    assert model_classes(model, "generate") == ["LlamaForCausalLM"]
+    assert model_classes(model, "embed") == ["LlamaModel"]
+    assert model_classes(tmp_path / "missing", "generate") == []

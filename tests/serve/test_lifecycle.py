@@ -15,6 +15,7 @@ import pytest
 from glowplug_operator.reports import parse_report
 
 from tests.serve.servers import Server
+from tests.serve.test_flags_outputs import outputs
 
 pytestmark = pytest.mark.worker
 
@@ -28,12 +29,11 @@ def corrupt_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("flags", ["", "fast-load,hf-offline"])
 def test_corrupt_weights_fail_the_load_phase_with_a_report(
-    flags: str, tiny_model: Path, tmp_path: Path
+    tiny_model: Path, tmp_path: Path
 ) -> None:
     model = corrupt_copy(tiny_model, tmp_path / "model")
-    server = Server(model, tmp_path, flags=flags)
+    server = Server(model, tmp_path, flags="fast-load,hf-offline")
     try:
         assert server.wait_exit() == 1
     finally:
@@ -42,10 +42,10 @@ def test_corrupt_weights_fail_the_load_phase_with_a_report(
     report = parse_report(raw)  # the operator reads exactly this
     assert report is not None and report.failed, raw
     assert report.command == "serve" and report.phase == "load"
-    assert list(report.optimizations) == [f for f in ("hf-offline", "fast-load") if f in flags]
+    assert list(report.optimizations) == ["hf-offline", "fast-load"]
     assert report.flag is None  # corrupt weights are no flag's fault
     assert set(report.phases) == {"import", "config"}
-    assert report.error is not None and report.error.message
+    assert report.error is not None and "re-download" in report.error.message
     assert "startup failed in phase load" in server.log()
 
 
@@ -76,10 +76,11 @@ def test_bad_arguments_exit_2_before_importing_torch(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def narrow(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
-    """One request at a time, no queue, a short drain."""
+    """One request at a time, no queue, a long drain; `background-import` alone."""
     server = Server(
         tiny_model,
         tmp_path_factory.mktemp("narrow"),
+        flags="background-import",
         extra=["--max-concurrency", "1", "--max-queue", "0", "--drain-seconds", "60"],
     )
     server.wait_ready()
@@ -87,6 +88,15 @@ def narrow(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Server
 
 
 LONG = {"prompt": "Hello", "max_tokens": 1000, "temperature": 0, "ignore_eos": True}
+
+
+def test_background_import_alone_gives_the_outputs_of_no_flags(
+    narrow: Server, baseline: Server
+) -> None:
+    startup = narrow.client.get("/startup").json()
+    assert startup["optimizations"] == ["background-import"]
+    assert startup["details"]["background_import_seconds"] > 0
+    assert outputs(narrow) == outputs(baseline)
 
 
 def test_overload_answers_429_and_recovers(narrow: Server) -> None:

@@ -37,7 +37,9 @@ CHAT_TEMPLATE = (
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _write_tokenizer(out: Path, vocab_size: int) -> dict[str, int]:
+def write_tokenizer(out: Path, vocab_size: int = 384) -> dict[str, int]:
+    """Train the byte-level BPE tokenizer on `TEXT` and write it (with the chat template) into
+    `out`; returns the special tokens' ids and the vocabulary size (`_vocab`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -78,7 +80,7 @@ def make_tiny_model(
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids = _write_tokenizer(out, vocab_size=384)
+    ids = write_tokenizer(out, vocab_size=384)
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -27,12 +27,16 @@ from glowplug_worker.serve.state import FlagFailure
 
 log = logging.getLogger("glowplug.serve")
 
-# Optional packages that transformers probes with `importlib.util.find_spec` and uses only for
-# features a served model does not need (assisted-generation heuristics, training metrics).
+# Optional packages that transformers (and accelerate) probe with `importlib.util.find_spec` and
+# import only behind an availability check, for features a served model does not use:
+#   sklearn: assisted-generation heuristics (transformers.generation.candidate_generator);
+#   scipy:   Hungarian matching in the DETR-family training losses (transformers.loss.*), pulled
+#            in by modeling_utils for every model (~1 s of import on a busy CPU);
+#   boto3:   accelerate's SageMaker config helpers (accelerate.commands.config.sagemaker).
 # Blocking a package: `sys.modules[name] = None`, so `find_spec` answers "not installed" and an
-# import raises ModuleNotFoundError; transformers then treats the feature as unavailable. Only
-# names that transformers guards with an availability check belong here (see docs/worker.md).
-SLIM_BLOCKLIST: tuple[str, ...] = ("sklearn",)
+# import raises ModuleNotFoundError; the libraries then treat the feature as unavailable. Only
+# names that are guarded like this belong here (see docs/worker.md).
+SLIM_BLOCKLIST: tuple[str, ...] = ("sklearn", "scipy", "boto3")
 # Attributes that must exist on a fully initialised torch.
 TORCH_ATTRIBUTES = ("Tensor", "nn", "float32", "empty", "inference_mode", "cuda", "__version__")
 JOIN_TIMEOUT_SECONDS = 300.0
@@ -132,13 +136,28 @@ class BackgroundImport:
         return check_initialised(self.module, self.attributes)
 
 
-def architectures(model_dir: Path) -> list[str]:
-    """`architectures` from config.json, or [] when it cannot be read (the config phase reports
-    that properly)."""
+def model_classes(model_dir: Path, task: str) -> list[str]:
+    """The model class names for config.json (`architectures`, else the auto mapping of its
+    `model_type`), or [] when it cannot be read (the config phase reports that properly).
+
+    Importing the class here keeps the modeling imports (most of transformers' import cost) in
+    the import phase, where they belong, instead of inside `from_pretrained`."""
     try:
-        names = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
+        config = json.loads((model_dir / "config.json").read_text())
+        names = list(config.get("architectures") or [])
+        model_type = config.get("model_type")
+    except (OSError, ValueError, AttributeError, TypeError):
         return []
+    if not names and isinstance(model_type, str):
+        from transformers.models.auto import modeling_auto
+
+        mapping = (
+            modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            if task == "generate"
+            else modeling_auto.MODEL_MAPPING_NAMES
+        )
+        name = mapping.get(model_type)
+        names = [name] if isinstance(name, str) else []
     return [n for n in names if isinstance(n, str) and n.isidentifier()]
 
 
@@ -154,7 +173,7 @@ def import_stack(task: str, model_dir: Path) -> dict[str, Any]:
         "AutoModelForCausalLM" if task == "generate" else "AutoModel",
     ]
     found = {name: getattr(transformers, name) for name in names}
-    for arch in architectures(model_dir)[:1]:
+    for arch in model_classes(model_dir, task)[:1]:
         found["model_class"] = getattr(transformers, arch, None)
     found["torch"] = torch
     found["transformers"] = transformers
