@@ -184,6 +184,7 @@ class PartFile:
                 f"{self.f.path}: sha256 {got} does not match the source's {self.f.sha256}; "
                 "the partial file was discarded (the source or the network corrupted it)"
             )
+        os.fdatasync(self.fd)  # a resumed run trusts a recorded digest: the bytes must be on disk
         self.save()
         return self.digest
 
