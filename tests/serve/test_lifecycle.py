@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -75,7 +76,7 @@ def test_bad_arguments_exit_2_before_importing_torch(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def narrow(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
+def narrow(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One request at a time, no queue, a long drain; `background-import` alone."""
     server = Server(
         tiny_model,
@@ -83,8 +84,10 @@ def narrow(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Server
         flags="background-import",
         extra=["--max-concurrency", "1", "--max-queue", "0", "--drain-seconds", "60"],
     )
-    server.wait_ready()
-    return server
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()  # normally already stopped by the drain test
 
 
 LONG = {"prompt": "Hello", "max_tokens": 1000, "temperature": 0, "ignore_eos": True}

@@ -127,3 +127,17 @@ def test_generate_task_refuses_an_encoder(minilm: Path) -> None:
     stack = import_stack("generate", minilm)
     with pytest.raises(ValueError, match="--task embed"):
         prepare(stack, minilm, "generate", "auto", "cpu", True, None)
+
+
+def test_early_weight_stream_keeps_errors_for_the_load_phase(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from glowplug_worker.serve.fast_load import WeightStream, start_early
+
+    broken = WeightStream(tmp_path, "cpu").start()  # no weights here: must not raise yet
+    with pytest.raises(CheckpointError, match="no weight files"):
+        broken.result()
+    stream = start_early(tiny_model, "auto")  # CPU here
+    assert stream is not None
+    raw = stream.result()
+    assert "lm_head.weight" in raw and stream.seconds > 0

@@ -129,15 +129,25 @@ def _read_cpu(jobs: list[tuple[TensorEntry, Any]]) -> None:
         list(pool.map(one, parts))
 
 
-def _read_cuda(jobs: list[tuple[TensorEntry, Any]], device: Any) -> None:
-    """Stream each entry through a ring of pinned buffers into its GPU uint8 tensor."""
+def make_ring(jobs: list[tuple[TensorEntry, Any]]) -> list[tuple[Any, Any]]:
+    """The pinned buffers (and their copy-done events), allocated once per load."""
     import torch
 
     slot_bytes = min(CHUNK_BYTES, max(e.nbytes for e, _ in jobs))
-    slots = [
+    return [
         (torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True), torch.cuda.Event())
         for _ in range(RING_SLOTS)
     ]
+
+
+def _read_cuda(
+    jobs: list[tuple[TensorEntry, Any]], device: Any, ring: list[tuple[Any, Any]] | None = None
+) -> None:
+    """Stream each entry through a ring of pinned buffers into its GPU uint8 tensor."""
+    import torch
+
+    slots = ring if ring is not None else make_ring(jobs)
+    slot_bytes = int(slots[0][0].numel())
     free: queue.Queue[int] = queue.Queue()
     for i in range(RING_SLOTS):
         free.put(i)
@@ -193,22 +203,75 @@ def _read_cuda(jobs: list[tuple[TensorEntry, Any]], device: Any) -> None:
         t.join()
 
 
-def load_weights(model: Any, model_dir: Path, device: Any, dtype: Any) -> dict[str, Any]:
-    """Read the checkpoint into `model` (built with `parameters_on_meta`); returns stats."""
+class WeightStream:
+    """Streams every tensor of the checkpoint onto the device in a background thread, started
+    as soon as torch is imported so that it overlaps the transformers imports. The thread only
+    reads files (`pread`, GIL released) and issues copies; CUDA initialisation, the device
+    buffers and the pinned ring are set up by the caller's thread in `start()`. Any error is kept
+    and raised by `result()`, inside the load phase."""
+
+    def __init__(self, model_dir: Path, device: Any) -> None:
+        self.model_dir = model_dir
+        self.device = device
+        self.error: BaseException | None = None
+        self.raw: dict[str, tuple[TensorEntry, Any]] = {}
+        self.seconds = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> WeightStream:
+        import torch
+
+        try:
+            self.device = torch.device(self.device)
+            entries = read_entries(self.model_dir)
+            self.raw = {
+                e.name: (e, torch.empty(e.nbytes, dtype=torch.uint8, device=self.device))
+                for e in entries
+            }
+            jobs = [r for r in self.raw.values() if r[0].nbytes]
+            ring = make_ring(jobs) if self.device.type == "cuda" and jobs else None
+        except BaseException as exc:  # raised in the load phase by result()
+            self.error = exc
+            return self
+        self._thread = threading.Thread(
+            target=self._run, args=(jobs, ring), name="fast-load", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _run(self, jobs: list[tuple[TensorEntry, Any]], ring: Any) -> None:
+        begin = time.perf_counter()
+        try:
+            if jobs and self.device.type == "cuda":
+                _read_cuda(jobs, self.device, ring)
+            elif jobs:
+                _read_cpu(jobs)
+        except BaseException as exc:
+            self.error = exc
+        self.seconds = time.perf_counter() - begin
+
+    def result(self) -> dict[str, tuple[TensorEntry, Any]]:
+        if self._thread is not None:
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.raw
+
+
+def load_weights(
+    model: Any, model_dir: Path, device: Any, dtype: Any, stream: WeightStream | None = None
+) -> dict[str, Any]:
+    """Put the checkpoint into `model` (built with `parameters_on_meta`); returns stats. With a
+    `stream` started earlier for the same directory and device, its bytes are used."""
     import torch
 
     begin = time.perf_counter()
-    entries = read_entries(model_dir)
-    mapped = map_keys(entries, model)
     device = torch.device(device)
-    raw = []
-    for _name, entry in mapped.items():
-        raw.append((entry, torch.empty(entry.nbytes, dtype=torch.uint8, device=device)))
-    if raw:
-        if device.type == "cuda":
-            _read_cuda([r for r in raw if r[0].nbytes], device)
-        else:
-            _read_cpu([r for r in raw if r[0].nbytes])
+    if stream is None or stream.model_dir != model_dir or stream.device != device:
+        stream = WeightStream(model_dir, device).start()
+    by_name = stream.result()
+    mapped = map_keys([entry for entry, _ in by_name.values()], model)
+    raw = [(entry, by_name[entry.name][1]) for entry in mapped.values()]
     state: dict[str, Any] = {}
     for (name, entry), (_, buf) in zip(mapped.items(), raw, strict=True):
         tensor = buf.view(getattr(torch, TORCH_DTYPES[entry.dtype])).reshape(entry.shape)
@@ -230,10 +293,26 @@ def load_weights(model: Any, model_dir: Path, device: Any, dtype: Any) -> dict[s
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - begin
     total = sum(e.nbytes for e in mapped.values())
+    streamed = stream.seconds or seconds
+    stream.raw = {}  # drop the buffers of tensors the model did not take
     log.debug("fast-load: unexpected keys ignored: %s", result.unexpected_keys)
     return {
         "loader": "fast-load",
         "bytes": total,
+        "stream_seconds": round(stream.seconds, 4),
         "seconds": round(seconds, 4),
-        "gb_per_second": round(total / seconds / 1e9, 3) if seconds > 0 else None,
+        # Throughput of the byte stream (files -> device), which may have begun during imports.
+        "gb_per_second": round(total / streamed / 1e9, 3) if streamed > 0 else None,
     }
+
+
+def start_early(model_dir: Path, device: str) -> WeightStream | None:
+    """Start streaming the weights right after `import torch` (before transformers); None when
+    the device cannot be known yet (the load phase then streams itself)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return None
+    return WeightStream(model_dir, device).start()

@@ -175,13 +175,16 @@ def load_plain(stack: dict[str, Any], prep: Prepared, offline: bool) -> tuple[An
     }
 
 
-def load_fast(stack: dict[str, Any], prep: Prepared) -> tuple[Any, dict[str, Any]]:
+def load_fast(
+    stack: dict[str, Any], prep: Prepared, stream: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """`fast-load`; `stream` is a `WeightStream` started during the import phase, if any."""
     from glowplug_worker.serve.fast_load import load_weights, parameters_on_meta
 
     cls = stack["AutoModelForCausalLM" if prep.task == "generate" else "AutoModel"]
     with parameters_on_meta():
         model = cls.from_config(prep.config, dtype=prep.dtype)
-    stats = load_weights(model, prep.model_dir, prep.device, prep.dtype)
+    stats = load_weights(model, prep.model_dir, prep.device, prep.dtype, stream)
     return model.eval(), stats
 
 

@@ -65,7 +65,7 @@ def run(opts: Options) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     # -- import phase (begins at process start, see cli.main) ----------------------------------
-    prefetcher = background = None
+    prefetcher = background = weight_stream = None
     blocked: list[str] = []
     try:
         with state.phase("import", begin=opts.started):
@@ -91,12 +91,17 @@ def run(opts: Options) -> int:
             if background is not None:
                 background.join()
                 state.details["background_import_seconds"] = round(background.seconds or 0, 4)
+            if F.FAST_LOAD in opts.flags:
+                # torch only: the weights stream to the device while transformers imports.
+                from glowplug_worker.serve.fast_load import start_early
+
+                weight_stream = start_early(opts.model, opts.device)
             stack = import_stack(opts.task, opts.model)
     except StartupError as err:
         return fail(state, err, prefetcher)
     if stop.is_set():
         return finish(state, None, None, "startup interrupted by a signal")
-    return serve_after_import(opts, state, stack, http, stop, prefetcher)
+    return serve_after_import(opts, state, stack, http, stop, prefetcher, weight_stream)
 
 
 def serve_after_import(
@@ -106,6 +111,7 @@ def serve_after_import(
     http: Any,
     stop: threading.Event,
     prefetcher: Any,
+    weight_stream: Any,
 ) -> int:
     from glowplug_worker.serve.engine import Engine
     from glowplug_worker.serve.model_loading import load_fast, load_plain, prepare
@@ -123,7 +129,7 @@ def serve_after_import(
                 prefetcher.stop()
                 state.details["prefetch"] = prefetcher.summary()
             if F.FAST_LOAD in opts.flags:
-                model, stats = load_fast(stack, prep)
+                model, stats = load_fast(stack, prep, weight_stream)
             else:
                 model, stats = load_plain(stack, prep, offline)
             state.details["load"] = stats
