@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -27,7 +27,7 @@ from glowplug_worker.prefetch.retry import sleep_before_retry
 from glowplug_worker.prefetch.safepath import join_inside
 
 BUFFER_BYTES = 1024 * 1024
-SAVE_EVERY = 16 * 1024 * 1024
+CHECKPOINT_S = 0.5  # how often resume state is made durable (off the download threads)
 PARTS_DIR = ".glowplug-parts"
 
 
@@ -72,6 +72,7 @@ class PartFile:
         self._hashing = False
         self.fd = -1
         self._users = 0
+        self._dirty = False
 
     @property
     def nchunks(self) -> int:
@@ -129,21 +130,41 @@ class PartFile:
                     os.close(self.fd)
                     self.fd = -1
 
-    def save(self) -> None:
+    def save(self, done: dict[int, int] | None = None) -> None:
         with self.lock:
-            body = {"identity": self.identity, "done": dict(self.done), "digest": self.digest}
+            body = {
+                "identity": self.identity,
+                "done": dict(self.done) if done is None else done,
+                "digest": self.digest,
+            }
         tmp = self.state_path + ".tmp"
         with self._save_lock:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(body, fh)
             os.replace(tmp, self.state_path)
 
-    def record(self, i: int, done: int, durable: bool) -> None:
-        if durable:
-            os.fdatasync(self.fd)  # data before the state that vouches for it
+    def record(self, i: int, done: int) -> None:
+        """Note progress in memory; checkpoint() makes it durable."""
         with self.lock:
             self.done[i] = done
-        self.save()
+            self._dirty = True
+
+    def checkpoint(self) -> None:
+        """fdatasync the bytes behind the progress noted so far, then save that progress: the
+        saved state never vouches for bytes that are not on disk."""
+        with self.lock:
+            if not self._dirty:
+                return
+            snapshot, self._dirty = dict(self.done), False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:  # discarded meanwhile
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.save(snapshot)
 
     def chunk_complete(self, i: int) -> None:
         """Mark chunk i done and hash every newly contiguous chunk (one hashing thread a file)."""
@@ -243,6 +264,42 @@ def fetch_files(
                 progress.file_finished()
 
     workers = max(1, min(settings.concurrency, len(tasks)))
+    stop = threading.Event()
+    checkpointer = threading.Thread(
+        target=_checkpoint_loop, args=(parts, stop), name="prefetch-checkpoint", daemon=True
+    )
+    checkpointer.start()
+    try:
+        errors = _run_pool(workers, tasks, run, abort)
+    finally:
+        stop.set()
+        checkpointer.join()
+        for p in parts:  # what was fetched before an error is kept for the rerun
+            p.checkpoint()
+    if errors:
+        real = [e for e in errors if not isinstance(e, _Aborted)]
+        raise (real or errors)[0]
+    return FetchResult(
+        digests={p.f.path: p.digest or "" for p in parts},
+        resumed_bytes=resumed,
+        fetched_bytes=progress.fetched,
+    )
+
+
+def _checkpoint_loop(parts: list[PartFile], stop: threading.Event) -> None:
+    while not stop.wait(CHECKPOINT_S):
+        for p in parts:
+            p.checkpoint()
+
+
+def _run_pool(
+    workers: int,
+    tasks: list[tuple[PartFile, int]],
+    run: Callable[[PartFile, int], None],
+    abort: threading.Event,
+) -> list[BaseException]:
+    """Run the chunk tasks; on the first error stop the others. Returns the errors."""
+    errors: list[BaseException] = []
     with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
         futures = [pool.submit(run, p, i) for p, i in tasks]
         try:
@@ -252,19 +309,12 @@ def fetch_files(
             for fut in futures:
                 fut.cancel()
             raise
-        errors = [f.exception() for f in done if f.exception() is not None]
+        errors = [e for f in done if (e := f.exception()) is not None]
         if errors:
             abort.set()
             for fut in futures:
                 fut.cancel()
-    if errors:
-        real = [e for e in errors if not isinstance(e, _Aborted)]
-        raise (real or errors)[0]  # type: ignore[misc]
-    return FetchResult(
-        digests={p.f.path: p.digest or "" for p in parts},
-        resumed_bytes=resumed,
-        fetched_bytes=progress.fetched,
-    )
+    return errors
 
 
 def _fetch_chunk(
@@ -276,7 +326,8 @@ def _fetch_chunk(
     abort: threading.Event,
 ) -> None:
     start, end = p.bounds(i)
-    done = p.done.get(i, 0) if p.f.ranges and p.f.size is not None else 0
+    resumable = p.f.ranges and p.f.size is not None
+    done = p.done.get(i, 0) if resumable else 0
     buf = bytearray(BUFFER_BYTES)
     view = memoryview(buf)
     failures = 0
@@ -288,7 +339,7 @@ def _fetch_chunk(
             raise _Aborted()
         if time.monotonic() > s.deadline:
             raise DeadlineError(f"{p.f.path}: the overall deadline passed while downloading")
-        saved = attempt_start = done
+        attempt_start = done
         try:
             stream = source.open_range(p.f, pos, end)
             splice = end is not None and getattr(stream, "can_splice", False)
@@ -316,15 +367,12 @@ def _fetch_chunk(
                     pos += n
                     done += n
                     progress.add(n)
-                    if done - saved >= SAVE_EVERY:
-                        p.record(i, done, durable=True)
-                        saved = done
+                    if resumable:
+                        p.record(i, done)
                 if end is None:
                     break
             finally:
                 stream.close()
-                if done != saved and p.f.size is not None and p.f.ranges:
-                    p.record(i, done, durable=False)
         except TransientError as exc:
             failures = 1 if done > attempt_start else failures + 1
             if failures >= s.max_attempts:
