@@ -349,9 +349,16 @@ async def install_crd(kube: Kube) -> None:
         body = await kube.request("GET", path)
         conditions = (body.get("status") or {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise RuntimeError("the ModelServer CRD did not become Established")
+    for _ in range(300):  # until its storage is ready too (before that, lists answer 429)
+        listing = await kube.request("GET", f"{GROUP_PATH}/modelservers", ok=(429,))
+        if isinstance(listing, dict) and listing.get("kind") == "ModelServerList":
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError("the ModelServer CRD did not become Established")
+    raise RuntimeError("the ModelServer CRD's storage did not become ready")
 
 
 async def ensure_gpu_nodes(kube: Kube, gpus_needed: int) -> int:
@@ -623,9 +630,17 @@ def stop_operator(proc: subprocess.Popen[bytes]) -> int | None:
 
 
 def log_errors(log: Path, limit: int = 20) -> list[str]:
+    """The operator's error lines, grouped: each distinct message (names and numbers masked) with
+    how often it came, and the exception each traceback ended in."""
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    bad = [ln for ln in lines if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", ln)]
-    return bad[:limit] + ([f"... {len(bad) - limit} more"] if len(bad) > limit else [])
+    seen: Counter[str] = Counter()
+    for i, line in enumerate(lines):
+        if line.startswith(("Traceback", "  ", "The above exception", "During handling")):
+            continue
+        is_exception = i > 0 and lines[i - 1].startswith("    ") and re.match(r"^[\w.]+", line)
+        if is_exception or re.search(r"(?i)\b(error|critical|failed|exception)\b", line):
+            seen[re.sub(r"\b\d+(\.\d+)?\b", "N", line)[:300]] += 1
+    return [f"{count}x {line}" for line, count in seen.most_common(limit)]
 
 
 def summarize(delta: Counters, size: int, seconds: float) -> dict[str, Any]:
@@ -901,7 +916,9 @@ def writes_table(results: list[Result]) -> str:
     )
 
 
-def write_report(results: list[Result], meta: dict[str, Any], steady_seconds: float) -> str:
+def write_report(
+    results: list[Result], meta: dict[str, Any], steady_seconds: float, name: str
+) -> str:
     text = (
         "# Operator scale benchmark\n\n"
         f"{meta['date']} · commit {meta['commit']} · {meta['cpus']} CPUs · load before "
@@ -926,8 +943,8 @@ def write_report(results: list[Result], meta: dict[str, Any], steady_seconds: fl
         f"{meta['cpus']})\n\n" + cpu_table(results)
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "operator_scale.md").write_text(text)
-    (RESULTS / "operator_scale.json").write_text(
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(
         json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
     )
     return text
@@ -977,6 +994,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="give up converging after this")
     parser.add_argument("--delete-timeout", type=float, default=600)
     parser.add_argument("--sample-interval", type=float, default=0.5)
+    parser.add_argument(
+        "--output", default="operator_scale", help="name of the .md/.json in bench/results/"
+    )
     args = parser.parse_args(argv)
 
     own = args.kubeconfig is None
@@ -1013,11 +1033,11 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         return 1
     print()
-    print(write_report(results, meta, args.steady_seconds))
+    print(write_report(results, meta, args.steady_seconds, args.output))
     for r in results:
         if r.operator_log_errors:
             print(f"N={r.size}: operator log errors:\n  " + "\n  ".join(r.operator_log_errors))
-    print(f"written to {RESULTS / 'operator_scale.md'} and .json")
+    print(f"written to {RESULTS / args.output}.md and .json")
     return 0 if len(results) == len(args.sizes) and all(r.converged for r in results) else 1
 
 
