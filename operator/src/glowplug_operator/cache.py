@@ -14,6 +14,24 @@ Key = tuple[str, str]  # (namespace, name)
 Body = dict[str, Any]
 
 
+def slim(body: Body) -> Body:
+    """The body without what the operator never reads (managedFields, the last-applied
+    annotation); at a thousand ModelServers this is most of the cache's memory."""
+    meta = body.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        annotations = meta.get("annotations")
+        if annotations:
+            annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    return body
+
+
+def slim_pod(body: Body) -> Body:
+    """A pod as the rollback logic reads it: metadata and status (the spec is the template's)."""
+    slim(body)
+    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "status") if k in body}
+
+
 def key_of(body: Body) -> Key:
     meta = body["metadata"]
     return meta["namespace"], meta["name"]
@@ -33,7 +51,7 @@ class Cache:
     pods: defaultdict[Key, dict[str, Body]] = field(default_factory=lambda: defaultdict(dict))
 
     def put_modelserver(self, body: Body) -> None:
-        self.modelservers[key_of(body)] = body
+        self.modelservers[key_of(body)] = slim(body)
 
     def drop_modelserver(self, key: Key) -> None:
         self.modelservers.pop(key, None)
@@ -41,7 +59,7 @@ class Cache:
 
     def put_child(self, kind: str, body: Body) -> None:
         namespace, name = key_of(body)
-        self.children[kind, namespace, name] = body
+        self.children[kind, namespace, name] = slim(body)
 
     def drop_child(self, kind: str, body: Body) -> None:
         namespace, name = key_of(body)
@@ -51,7 +69,7 @@ class Cache:
         return self.children.get((kind, namespace, name))
 
     def put_pod(self, owner: Key, body: Body) -> None:
-        self.pods[owner][body["metadata"]["name"]] = body
+        self.pods[owner][body["metadata"]["name"]] = slim_pod(body)
 
     def drop_pod(self, owner: Key, body: Body) -> None:
         pods = self.pods.get(owner)
