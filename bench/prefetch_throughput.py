@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -175,18 +174,25 @@ def run_curl(base: str, names: list[str], dest: Path) -> None:
         )
 
 
+HF_STYLE = """
+import os, sys
+from concurrent.futures import ThreadPoolExecutor
+from huggingface_hub.file_download import http_get
+base, dest, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+def one(name):
+    with open(os.path.join(dest, name), "wb") as fh:
+        http_get(f"{base}/{name}", fh, displayed_filename=name)
+with ThreadPoolExecutor(8) as pool:  # snapshot_download's default max_workers
+    list(pool.map(one, names))
+"""
+
+
 def run_hf_style(base: str, names: list[str], dest: Path) -> None:
-    from huggingface_hub.file_download import http_get
-
+    """In a child process, so that its keep-alive connections close when it is done and do not
+    count against the next tool's limit_conn."""
     dest.mkdir(parents=True)
-
-    def one(name: str) -> None:
-        with open(dest / name, "wb") as fh:
-            http_get(f"{base}/{name}", fh, displayed_filename=name)
-
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    with ThreadPoolExecutor(8) as pool:  # snapshot_download's default max_workers
-        list(pool.map(one, names))
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    subprocess.run([sys.executable, "-c", HF_STYLE, base, str(dest), *names], check=True, env=env)
 
 
 def run_prefetch(base: str, dest: Path, concurrency: int) -> None:
