@@ -163,8 +163,12 @@ def build_checkpoint(out: Path, preset: str, device: str) -> Path:
 def make_cold(model: Path, method: str) -> None:
     if method == "drop_caches":
         subprocess.run(["sync"], check=False)
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    elif method == "fadvise":
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            return
+        except OSError as exc:  # not privileged (a container): evict the weights at least
+            print(f"  drop_caches failed ({exc}); using fadvise on the weights", flush=True)
+    if method in ("fadvise", "drop_caches"):
         for p in model.glob("*.safetensors"):
             fd = os.open(p, os.O_RDONLY)
             try:
