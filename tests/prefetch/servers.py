@@ -80,6 +80,8 @@ class Nginx:
         server_extra: str = "",
         locations: str = "",
     ) -> None:
+        if not os.path.exists(NGINX):
+            raise RuntimeError("the prefetch tests need nginx: apt-get install -y nginx-light")
         self.root, self.run_dir = root, run
         self.port = free_port()
         run.mkdir(parents=True, exist_ok=True)
