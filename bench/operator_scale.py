@@ -14,7 +14,7 @@ GLOWPLUG_CLUSTER_DIR, default /tmp/glowplug-bench-cluster; about 15 s, where del
 ModelServers' namespace took 50 s) and stops it at the end unless --keep. With --kubeconfig the
 sizes share that cluster and each size's namespace is deleted (and timed) unless --keep. Each size
 has its own namespace and a fresh operator process watching only that namespace. The harness adds
-kwok GPU nodes (8 GPUs each) and a ServiceCIDR, since cluster.sh's /24 holds only ~250 ClusterIPs.
+kwok GPU nodes (8 GPUs each).
 See bench/README.md.
 """
 
@@ -52,7 +52,6 @@ RESULTS = ROOT / "bench" / "results"
 GROUP_PATH = "/apis/glowplug.dev/v1alpha1"
 MANAGER = "glowplug-bench"
 GPUS_PER_NODE = 8
-SERVICE_CIDR_NAME, SERVICE_CIDR = "glowplug-bench", "10.96.0.0/20"
 OPERATOR_WATCHES = ("modelservers", "deployments", "services", "pods")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The operator's writes as the API server counts them (apiserver_request_total has no user label,
@@ -403,28 +402,6 @@ async def ensure_gpu_nodes(kube: Kube, gpus_needed: int) -> int:
     raise RuntimeError(f"only {len(usable)} of {len(nodes)} kwok nodes became Ready and untainted")
 
 
-async def ensure_service_cidr(kube: Kube) -> str:
-    """hack/cluster.sh gives Services 10.0.0.0/24, about 250 ClusterIPs: too few for 1000
-    ModelServers. A second ServiceCIDR (networking.k8s.io/v1) makes room, as on a real cluster."""
-    path = f"/apis/networking.k8s.io/v1/servicecidrs/{SERVICE_CIDR_NAME}"
-    await kube.apply(
-        path,
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "ServiceCIDR",
-            "metadata": {"name": SERVICE_CIDR_NAME},
-            "spec": {"cidrs": [SERVICE_CIDR]},
-        },
-    )
-    for _ in range(300):
-        body = await kube.request("GET", path)
-        conditions = (body.get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-            return SERVICE_CIDR
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"ServiceCIDR {SERVICE_CIDR} did not become Ready")
-
-
 def modelserver(name: str, gpus: int) -> dict[str, Any]:
     """examples/modelserver.yaml with a small footprint, so that a node takes 8 of them."""
     body = yaml.safe_load((ROOT / "examples" / "modelserver.yaml").read_text())
@@ -575,26 +552,6 @@ class Result:
         return self.convergence["operator_writes"] / self.size
 
 
-# The operator hard-codes kopf's liveness endpoint at 0.0.0.0:8080 whenever metrics are on, so a
-# second operator on the host (another engineer's, the main cluster's) makes it exit at startup with
-# "address already in use". The benchmark runs the real entry point with only that port moved.
-LAUNCHER = """
-import sys
-import kopf
-from glowplug_operator import __main__ as entry
-
-real_operator = kopf.operator
-
-def operator(*args, **kwargs):
-    if kwargs.get("liveness_endpoint"):
-        kwargs["liveness_endpoint"] = "http://127.0.0.1:" + sys.argv[1] + "/healthz"
-    return real_operator(*args, **kwargs)
-
-kopf.operator = operator
-sys.exit(entry.main())
-"""
-
-
 def start_operator(
     kubeconfig: Path, namespace: str, port: int, log: Path, workers: int | None
 ) -> subprocess.Popen[bytes]:
@@ -603,13 +560,14 @@ def start_operator(
         "KUBECONFIG": str(kubeconfig),
         "GLOWPLUG_NAMESPACES": namespace,
         "GLOWPLUG_METRICS_PORT": str(port),
+        "GLOWPLUG_HEALTH_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
     if workers:
         env["GLOWPLUG_RECONCILE_WORKERS"] = str(workers)
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(free_port())],
+            [sys.executable, "-m", "glowplug_operator"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -961,13 +919,12 @@ def cluster(action: str, cluster_dir: Path) -> None:
 
 
 async def bench_size(args: argparse.Namespace, kubeconfig: Path, size: int) -> Result:
-    """Prepare the cluster (CRD, nodes, Service IPs) and measure one size."""
+    """Prepare the cluster (CRD, nodes) and measure one size."""
     kube = Kube(kubeconfig)
     try:
         await install_crd(kube)
         nodes = await ensure_gpu_nodes(kube, size * args.gpus)
-        service_cidr = await ensure_service_cidr(kube)
-        print(f"N={size}: {nodes} kwok GPU nodes, extra ServiceCIDR {service_cidr}", flush=True)
+        print(f"N={size}: {nodes} kwok GPU nodes", flush=True)
         result = await run_size(kube, kubeconfig, size, args)
         result.kwok_nodes = nodes
         return result
@@ -1029,7 +986,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own and not args.keep:
             cluster("down", args.cluster_dir)
-    meta["service_cidr_added"] = SERVICE_CIDR
     if not results:
         return 1
     print()

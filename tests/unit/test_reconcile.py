@@ -29,8 +29,9 @@ class RecordingKube:
         self.events: list[tuple[str, str, str]] = []
         self.deleted: list[tuple[str, str]] = []
 
-    async def apply(self, manifest: dict[str, Any]) -> None:
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.applied.append(copy.deepcopy(manifest))
+        return copy.deepcopy(manifest)
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self.deleted.append((kind, name))

@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
@@ -38,18 +39,21 @@ class Kube:
     @property
     def client(self) -> AsyncClient:
         if self._client is None:
-            self._client = AsyncClient(field_manager=self.field_manager)
+            # Generous: under load (a thousand ModelServers at once) an apply can take seconds.
+            self._client = AsyncClient(
+                field_manager=self.field_manager, timeout=httpx2.Timeout(30.0)
+            )
         return self._client
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
 
-    async def apply(self, manifest: dict[str, Any]) -> None:
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the operator's one field manager, taking over conflicting
-        fields (a hand edit of a field the operator owns is undone)."""
+        fields (a hand edit of a field the operator owns is undone). Returns the live object."""
         meta = manifest["metadata"]
-        await self.client.patch(
+        live = await self.client.patch(
             _RESOURCES[manifest["kind"]],
             meta["name"],
             manifest,
@@ -58,6 +62,7 @@ class Kube:
             field_manager=self.field_manager,
             force=True,
         )
+        return cast(dict[str, Any], live.to_dict())
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         try:
