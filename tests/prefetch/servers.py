@@ -275,5 +275,10 @@ class FaultProxy:
 
 
 def env_without_proxy() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    return env
+    """The test process's environment without proxies and without Hugging Face settings (a
+    test sets the HF_* it needs; an outer HF_HUB_OFFLINE=1 would turn online tests offline)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith("HF_")
+    }

@@ -4,7 +4,6 @@ tests."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,13 @@ import pytest
 
 from tests.serve.servers import Server
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline() -> Iterator[None]:
+    """No model-hub traffic from the model-server tests (set for them only, not at import)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(scope="session")
