@@ -17,6 +17,7 @@ from glowplug_operator.cache import Cache, Key
 from glowplug_operator.kube import Kube
 from glowplug_operator.metrics import Metrics
 from glowplug_operator.observations import (
+    PodObservation,
     flag_fingerprint,
     observe_deployment_progress,
     observe_pod,
@@ -92,7 +93,7 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         spec: ModelServerSpec,
-        observations: list[Any],
+        observations: list[PodObservation],
         deployment: Mapping[str, Any] | None,
         now: datetime,
     ) -> Decision:
@@ -199,7 +200,7 @@ class Reconciler:
         self,
         spec: ModelServerSpec,
         status: Mapping[str, Any],
-        observations: list[Any],
+        observations: list[PodObservation],
         now: datetime,
     ) -> float | None:
         """When to look again without an event: while pods start, at the first startup budget
