@@ -128,10 +128,8 @@ def ready(name: str, selector: list[Expr], delay_ms: int = 500) -> dict[str, Any
     return _stage(name, [_INITIALIZED, *selector, _NOT_RUNNING_YET], delay_ms, _READY_TEMPLATE)
 
 
-def _crash_template(exit_code: int, reason: str, message: str) -> str:
-    quoted = json.dumps(message)
-    return (
-        """\
+# A pod whose containers run (or restart) but are not ready; each template goes on per container.
+_NOT_READY_HEADER = """\
 {{ $now := Now }}
 conditions:
 - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
@@ -146,6 +144,14 @@ containerStatuses:
   name: {{ $item.name | Quote }}
   ready: false
   started: false
+"""
+
+
+def _crash_template(exit_code: int, reason: str, message: str) -> str:
+    quoted = json.dumps(message)
+    return (
+        _NOT_READY_HEADER
+        + """\
   {{ $s := index $.status.containerStatuses $index }}
   {{ $rc := int (dig "restartCount" 0 $s) }}
   {{ $backoff := eq (dig "state" "waiting" "reason" "" $s) "CrashLoopBackOff" }}
@@ -194,27 +200,16 @@ def crash_loop(
     )
 
 
-_RUNNING_NOT_READY_TEMPLATE = """\
-{{ $now := Now }}
-conditions:
-- {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
-- {type: Ready, status: "False", reason: ContainersNotReady, lastTransitionTime: {{ $now | Quote }}}
-- type: ContainersReady
-  status: "False"
-  reason: ContainersNotReady
-  lastTransitionTime: {{ $now | Quote }}
-containerStatuses:
-{{ range $index, $item := .spec.containers }}
-- image: {{ $item.image | Quote }}
-  name: {{ $item.name | Quote }}
-  ready: false
-  started: false
+_RUNNING_NOT_READY_TEMPLATE = (
+    _NOT_READY_HEADER
+    + """\
   restartCount: {{ or (index $.status.containerStatuses $index).restartCount 0 }}
   state:
     running: {startedAt: {{ $now | Quote }}}
 {{ end }}
 phase: Running
 """
+)
 
 
 def never_ready(name: str, selector: list[Expr], delay_ms: int = 300) -> dict[str, Any]:
