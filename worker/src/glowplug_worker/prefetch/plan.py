@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -35,7 +35,6 @@ class Plan:
     archive: bool = False
     # pvc:// and file:// in in-place mode: nothing is fetched, files are linked.
     in_place_root: str | None = None
-    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:

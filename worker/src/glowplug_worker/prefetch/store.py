@@ -150,12 +150,6 @@ class Destination:
                 "or narrow --include"
             )
 
-    def staged_bytes(self, rel: str) -> int:
-        try:
-            return os.path.getsize(os.path.join(self.staging, *rel.split("/")))
-        except OSError:
-            return 0
-
     # -- publication -----------------------------------------------------------------------
     def publish(self, record: dict[str, Any], files: list[str]) -> None:
         """fsync the staged files, add the record, and make them visible at dest atomically."""
