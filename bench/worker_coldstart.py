@@ -18,7 +18,7 @@ baselines) or `fadvise` (POSIX_FADV_DONTNEED on the weight files only: the polit
 shared machine; imports stay warm). Default: drop_caches on CUDA when root, else fadvise.
 
 Targets (GPU): time to ready <= 0.5x naive in the same run, warm and cold; load >= 10 GB/s.
-Prints a table and writes it to bench/results/worker_coldstart_<device>.md.
+Prints a table and writes it to bench/results/worker_coldstart_<device>.md (every run in .json).
 """
 
 from __future__ import annotations
@@ -356,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=1, help="rounds; medians are reported")
     ap.add_argument("--cold", choices=("auto", "drop_caches", "fadvise", "skip"), default="auto")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    ap.add_argument("--caches", default="warm,cold", help="warm, cold or both (default: warm,cold)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
@@ -374,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGS if c in args.configs.split(",")]
     if "naive" not in configs:
         configs.insert(0, "naive")
-    caches = ["warm"] + ([] if cold == "skip" else [f"cold ({cold})"])
+    wanted = args.caches.split(",")
+    caches = (["warm"] if "warm" in wanted else []) + (
+        [f"cold ({cold})"] if "cold" in wanted and cold != "skip" else []
+    )
     model = build_checkpoint(
         args.model_dir or Path(f"/tmp/glowplug-bench-{preset}"), preset, device
     )
@@ -427,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     dest = args.out / f"worker_coldstart_{'cuda' if device.startswith('cuda') else 'cpu'}.md"
     dest.write_text(text)
-    print(f"wrote {dest}")
+    raw = {f"{cache} | {config}": runs for (cache, config), runs in results.items()}
+    dest.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    print(f"wrote {dest} and its runs as {dest.with_suffix('.json').name}")
     return 0 if same else 1
 
 
