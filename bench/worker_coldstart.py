@@ -32,6 +32,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -199,24 +200,26 @@ def env_for(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def run_naive(model: Path, device: str) -> dict[str, Any]:
     """Wall time to the RESULT line (the first token is done), not to interpreter exit."""
-    begin = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", NAIVE, str(model), device],
-        env=env_for(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    wall, result = None, None
-    for line in proc.stdout:
-        if line.startswith("RESULT "):
-            wall = time.perf_counter() - begin
-            result = json.loads(line[7:])
-            break
-    _, err = proc.communicate(timeout=900)
-    if wall is None or result is None:
-        return {"error": (err or "")[-600:]}
+    with tempfile.TemporaryFile(mode="w+") as log:
+        begin = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", NAIVE, str(model), device],
+            env=env_for(),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        assert proc.stdout is not None
+        wall, result = None, None
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                wall = time.perf_counter() - begin
+                result = json.loads(line[7:])
+                break
+        proc.communicate(timeout=900)
+        if wall is None or result is None:
+            log.seek(0)
+            return {"error": log.read()[-600:]}
     return {"wall": wall, "phases": result, "gbps": None}
 
 
@@ -238,12 +241,14 @@ def run_worker(model: Path, device: str, flags: str) -> dict[str, Any]:
         "--optimizations",
         flags,
     ]
+    # The log goes to a file: an unread pipe fills up and blocks the worker's logging.
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in the finally below)
     begin = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
         env=env_for({"GLOWPLUG_TERMINATION_PATH": os.devnull}),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -261,25 +266,39 @@ def run_worker(model: Path, device: str, flags: str) -> dict[str, Any]:
                 time.sleep(0.01)
             if wall is None:
                 proc.kill()
-                return {"error": (proc.communicate(timeout=30)[1] or "")[-600:]}
+                proc.wait(30)
+                log.seek(0)
+                return {"error": log.read()[-600:]}
             startup = client.get("/startup").json()
             out = client.post(
                 "/v1/completions", json={"prompt": "Hello", "max_tokens": 8, "temperature": 0}
             ).json()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        exit_seconds = stop(proc)
+        log.close()
     load = startup["details"].get("load", {})
     return {
         "wall": wall,
         "phases": startup["phases"],
         "gbps": load.get("gb_per_second"),
         "text": out["choices"][0]["text"],
+        "exit_after_sigterm": exit_seconds,
     }
+
+
+def stop(proc: subprocess.Popen[str], grace: float = 30.0) -> float | None:
+    """SIGTERM, as the kubelet sends it; seconds until the worker exited (None: killed)."""
+    if proc.poll() is not None:
+        return 0.0
+    begin = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+        return time.perf_counter() - begin
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 def machine(device: str) -> str:
@@ -405,9 +424,12 @@ def main(argv: list[str] | None = None) -> int:
                     if "text" in r:
                         texts[config] = r["text"]
                 results.setdefault((cache, config), []).append(r)
+                exit_note = ""
+                if "exit_after_sigterm" in r:
+                    exit_note = f"(exit after SIGTERM: {fmt(r['exit_after_sigterm'])} s) "
                 print(
                     f"  {cache:22s} {config:18s} "
-                    f"{fmt(r.get('wall'))} s {r.get('error', '')[-200:]}",
+                    f"{fmt(r.get('wall'))} s {exit_note}{r.get('error', '')[-200:]}",
                     flush=True,
                 )
 
