@@ -3,6 +3,7 @@ scikit-learn out without breaking transformers, and nothing heavy is imported be
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -169,3 +170,35 @@ def test_import_phase_resolves_the_model_class_without_architectures(
     assert model_classes(model, "generate") == ["LlamaForCausalLM"]
     assert model_classes(model, "embed") == ["LlamaModel"]
     assert model_classes(tmp_path / "missing", "generate") == []
+
+
+def test_bytecode_cached_tells_whether_a_start_compiles_sources(tmp_path: Path) -> None:
+    """An image without .pyc files (or one whose user cannot write __pycache__) compiles torch and
+    transformers on every start; the worker reports it without importing anything."""
+    package = tmp_path / "src" / "glowplug_probe_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    env = {
+        **os.environ,
+        "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "src"), *sys.path]),
+    }
+    probe = (
+        "import sys; from glowplug_worker.serve.imports import bytecode_cached; "
+        "print(bytecode_cached('glowplug_probe_pkg'), bytecode_cached('no_such_package_here'), "
+        "'glowplug_probe_pkg' in sys.modules)"
+    )
+
+    def ask() -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert ask() == "False None False"
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(tmp_path / "src")], env=env, check=True
+    )
+    assert ask() == "True None False"

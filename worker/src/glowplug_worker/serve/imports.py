@@ -13,8 +13,10 @@ half-initialised.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -40,6 +42,18 @@ SLIM_BLOCKLIST: tuple[str, ...] = ("sklearn", "scipy", "boto3")
 # Attributes that must exist on a fully initialised torch.
 TORCH_ATTRIBUTES = ("Tensor", "nn", "float32", "empty", "inference_mode", "cuda", "__version__")
 JOIN_TIMEOUT_SECONDS = 300.0
+
+
+def bytecode_cached(package: str = "transformers") -> bool | None:
+    """Whether `package` has compiled bytecode where this interpreter looks for it (honouring
+    PYTHONPYCACHEPREFIX), checked without importing it; None when it is not installed. Without
+    it, every start compiles the sources again: about 2.5x the import time for torch and
+    transformers (an image installed without bytecode, run by a user who cannot write
+    __pycache__)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.cached:
+        return None
+    return os.path.exists(spec.cached)
 
 
 def apply_slim_imports(blocklist: tuple[str, ...] = SLIM_BLOCKLIST) -> list[str]:

@@ -69,6 +69,15 @@ def run(opts: Options) -> int:
     blocked: list[str] = []
     try:
         with state.phase("import", begin=opts.started):
+            from glowplug_worker.serve.imports import bytecode_cached
+
+            cached = state.details["bytecode_cached"] = bytecode_cached()
+            if cached is False:
+                log.warning(
+                    "no compiled bytecode for transformers: this start compiles the Python "
+                    "sources of torch and transformers (imports ~2.5x slower); build the image "
+                    "with compiled bytecode (pip does by default, uv with --compile-bytecode)"
+                )
             if F.SLIM_IMPORTS in opts.flags:
                 from glowplug_worker.serve.imports import apply_slim_imports
 
