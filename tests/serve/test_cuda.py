@@ -96,3 +96,24 @@ def test_served_on_cuda_all_flags_answer_as_no_flags(cuda_servers: dict[str, Ser
     assert cuda_servers["all"].client.get("/startup").json()["details"]["load"]["loader"] == (
         "fast-load"
     )
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_native_model_on_cuda_generates_as_transformers(tiny_model: Path, dtype: str) -> None:
+    from glowplug_worker.serve.engine import Engine, Sampling
+    from glowplug_worker.serve.imports import import_native_stack
+    from glowplug_worker.serve.model_loading import load_native
+
+    plain, _ = loaded(tiny_model, "generate", fast=False, dtype=dtype)
+    stack = import_native_stack()
+    prep = prepare(stack, tiny_model, "generate", dtype, "cuda", True, None)
+    native, stats = load_native(stack, prep)
+    assert stats["loader"] == "native-model"
+    engines = [
+        Engine(torch, m, prep.tokenizer, prep.device, "generate", prep.max_model_len)
+        for m in (plain, native)
+    ]
+    ids = engines[0].encode("The quick brown fox")
+    sampling = Sampling(max_tokens=30, temperature=0.0, ignore_eos=True)
+    first, second = (list(e.generate(ids, sampling)) for e in engines)
+    assert first == second

@@ -32,6 +32,7 @@ def test_serve_modules_import_nothing_heavy() -> None:
         import glowplug_worker.serve.engine, glowplug_worker.serve.fast_load
         import glowplug_worker.serve.model_loading, glowplug_worker.serve.prefetch
         import glowplug_worker.serve.imports, glowplug_worker.devtools.tiny_model
+        import glowplug_worker.serve.native_support, glowplug_worker.serve.native_tokenizer
         import sys, threading
         heavy = [m for m in ("torch", "transformers", "safetensors") if m in sys.modules]
         assert not heavy, heavy

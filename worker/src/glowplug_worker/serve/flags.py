@@ -18,6 +18,7 @@ BACKGROUND_IMPORT = "background-import"
 SLIM_IMPORTS = "slim-imports"
 HF_OFFLINE = "hf-offline"
 FAST_LOAD = "fast-load"
+NATIVE_MODEL = "native-model"
 
 FLAG_PHASES: dict[str, str] = {
     PREFETCH_WEIGHTS: "import",
@@ -25,6 +26,9 @@ FLAG_PHASES: dict[str, str] = {
     SLIM_IMPORTS: "import",
     HF_OFFLINE: "config",
     FAST_LOAD: "load",
+    # Decided before the imports; its model is built and filled in `load` (where it is blamed;
+    # a failure of its tokenizer or forward pass in another phase is left to bisection).
+    NATIVE_MODEL: "load",
 }
 KNOWN_FLAGS: tuple[str, ...] = tuple(FLAG_PHASES)
 ENV_VAR = "GLOWPLUG_OPTIMIZATIONS"

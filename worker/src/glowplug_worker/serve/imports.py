@@ -192,3 +192,17 @@ def import_stack(task: str, model_dir: Path) -> dict[str, Any]:
     found["torch"] = torch
     found["transformers"] = transformers
     return found
+
+
+def import_native_stack() -> dict[str, Any]:
+    """`native-model`: torch and glowplug's own Llama code; transformers is never imported."""
+    import torch
+
+    from glowplug_worker.serve import native_llama
+
+    return {
+        "torch": torch,
+        "native": native_llama,
+        "AutoConfig": native_llama.NativeConfig,
+        "AutoTokenizer": native_llama.NativeTokenizerLoader,
+    }

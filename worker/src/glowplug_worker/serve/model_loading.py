@@ -188,12 +188,24 @@ def load_fast(
     return model.eval(), stats
 
 
+def load_native(
+    stack: dict[str, Any], prep: Prepared, stream: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """`native-model`: glowplug's own Llama module, filled by the fast-load streaming loader."""
+    from glowplug_worker.serve.fast_load import load_weights
+
+    model = stack["native"].build(prep.model_dir, prep.config)
+    stats = load_weights(model, prep.model_dir, prep.device, prep.dtype, stream)
+    return model.eval(), {**stats, "loader": "native-model"}
+
+
 __all__ = [
     "DTYPE_CHOICES",
     "CheckpointError",
     "ModelConfigError",
     "Prepared",
     "load_fast",
+    "load_native",
     "load_plain",
     "prepare",
 ]

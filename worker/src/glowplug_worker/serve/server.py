@@ -78,6 +78,15 @@ def run(opts: Options) -> int:
                     "sources of torch and transformers (imports ~2.5x slower); build the image "
                     "with compiled bytecode (pip does by default, uv with --compile-bytecode)"
                 )
+            native = False
+            if F.NATIVE_MODEL in opts.flags:
+                from glowplug_worker.serve.native_support import unsupported_reason
+
+                reason = unsupported_reason(opts.model, opts.task)
+                native = reason is None
+                state.details["native_model"] = {"used": native, "reason": reason}
+                if reason:
+                    log.info("%s: %s; loading with transformers", F.NATIVE_MODEL, reason)
             if F.SLIM_IMPORTS in opts.flags:
                 from glowplug_worker.serve.imports import apply_slim_imports
 
@@ -95,7 +104,7 @@ def run(opts: Options) -> int:
                 http = start_http(opts, state)  # disjoint work: no torch, no transformers
             except OSError as exc:
                 raise StartupError("serve", exc) from exc
-            from glowplug_worker.serve.imports import import_stack
+            from glowplug_worker.serve.imports import import_native_stack, import_stack
 
             if background is not None:
                 background.join()
@@ -105,7 +114,7 @@ def run(opts: Options) -> int:
                 from glowplug_worker.serve.fast_load import start_early
 
                 weight_stream = start_early(opts.model, opts.device)
-            stack = import_stack(opts.task, opts.model)
+            stack = import_native_stack() if native else import_stack(opts.task, opts.model)
     except StartupError as err:
         return fail(state, err, prefetcher)
     if stop.is_set():
@@ -123,7 +132,7 @@ def serve_after_import(
     weight_stream: Any,
 ) -> int:
     from glowplug_worker.serve.engine import Engine
-    from glowplug_worker.serve.model_loading import load_fast, load_plain, prepare
+    from glowplug_worker.serve.model_loading import load_fast, load_native, load_plain, prepare
 
     offline = F.HF_OFFLINE in opts.flags or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
@@ -137,7 +146,9 @@ def serve_after_import(
             if prefetcher is not None:
                 prefetcher.stop()
                 state.details["prefetch"] = prefetcher.summary()
-            if F.FAST_LOAD in opts.flags:
+            if "native" in stack:
+                model, stats = load_native(stack, prep, weight_stream)
+            elif F.FAST_LOAD in opts.flags:
                 model, stats = load_fast(stack, prep, weight_stream)
             else:
                 model, stats = load_plain(stack, prep, offline)

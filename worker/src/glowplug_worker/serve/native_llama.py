@@ -1,0 +1,235 @@
+"""`native-model`: Llama-family causal LMs served by glowplug's own torch code, so that a start
+imports torch but not transformers (whose modeling imports pull torch._dynamo,
+torch.distributed.tensor and sympy: most of a warm start on an H100, see docs/worker.md).
+
+The forward pass repeats transformers' LlamaForCausalLM operation by operation (RMSNorm in
+float32, rotary embedding computed in float32, SDPA with grouped KV heads, logits for every
+position), and the state-dict names are the checkpoint's, so `fast_load.load_weights` fills it.
+Anything this code does not reproduce makes `native_support.unsupported_reason` answer, and the
+worker then loads with transformers as without the flag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from glowplug_worker.serve.native_support import read_config, rope_theta
+from glowplug_worker.serve.native_tokenizer import NativeTokenizer
+
+
+def load_config(model_dir: Path) -> SimpleNamespace:
+    """config.json as attributes, with the defaults of transformers' LlamaConfig."""
+    raw = read_config(model_dir)
+    heads = raw["num_attention_heads"]
+    return SimpleNamespace(
+        **{
+            "num_key_value_heads": heads,
+            "head_dim": raw["hidden_size"] // heads,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 2048,
+            **raw,
+            "dtype": raw.get("dtype") or raw.get("torch_dtype"),
+            "rope_base": rope_theta(raw),
+        }
+    )
+
+
+def generation_config(model_dir: Path, config: SimpleNamespace) -> SimpleNamespace:
+    path = model_dir / "generation_config.json"
+    values = json.loads(path.read_text()) if path.is_file() else {}
+    return SimpleNamespace(
+        eos_token_id=values.get("eos_token_id", getattr(config, "eos_token_id", None))
+    )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size, device="meta"))
+        self.eps = eps
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        hidden = hidden.to(torch.float32)
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        hidden = hidden * torch.rsqrt(variance + self.eps)
+        return self.weight * hidden.to(dtype)
+
+
+class Linear(nn.Module):
+    """`nn.Linear` without bias and without its random init: on the meta device that init goes
+    through torch's reference ops and imports sympy (1.6 s on a 2-core CPU)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_out, n_in, device="meta"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.linear(x, self.weight)
+
+
+class Embedding(nn.Module):
+    def __init__(self, count: int, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(count, size, device="meta"))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return functional.embedding(ids, self.weight)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Keys and values per layer, grown by concatenation."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[2] if self.layers else 0
+
+    def update(self, index: int, key: torch.Tensor, value: torch.Tensor) -> tuple[Any, Any]:
+        if index == len(self.layers):
+            self.layers.append((key, value))
+        else:
+            old_key, old_value = self.layers[index]
+            self.layers[index] = (
+                torch.cat([old_key, key], dim=-2),
+                torch.cat([old_value, value], dim=-2),
+            )
+        return self.layers[index]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: SimpleNamespace, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.head_dim = config.head_dim
+        self.groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = Linear(config.hidden_size, config.num_attention_heads * self.head_dim)
+        self.k_proj = Linear(config.hidden_size, config.num_key_value_heads * self.head_dim)
+        self.v_proj = Linear(config.hidden_size, config.num_key_value_heads * self.head_dim)
+        self.o_proj = Linear(config.num_attention_heads * self.head_dim, config.hidden_size)
+
+    def forward(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        shape = (*hidden.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden).view(shape).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        query = (query * cos) + (rotate_half(query) * sin)
+        key = (key * cos) + (rotate_half(key) * sin)
+        key, value = cache.update(self.index, key, value)
+        length = query.shape[2]
+        out = functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            scale=self.scaling,
+            is_causal=length > 1,
+            enable_gqa=self.groups > 1,
+        )
+        out = out.transpose(1, 2).contiguous().reshape(*hidden.shape[:-1], -1)
+        return self.o_proj(out)  # type: ignore[no-any-return]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: SimpleNamespace, index: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, index)
+        self.mlp = nn.Module()
+        self.mlp.gate_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.mlp.up_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.mlp.down_proj = Linear(config.intermediate_size, config.hidden_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, cache)
+        mlp, x = self.mlp, self.post_attention_layernorm(hidden)
+        return hidden + mlp.down_proj(functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor
+    past_key_values: KVCache
+
+
+class LlamaForCausalLM(nn.Module):
+    """Parameters are created on the meta device; `fast_load.load_weights` assigns them."""
+
+    base_model_prefix = "model"
+
+    def __init__(self, config: SimpleNamespace) -> None:
+        super().__init__()
+        self.config = config
+        self.model = nn.Module()
+        self.model.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.model.layers = nn.ModuleList(
+            DecoderLayer(config, i) for i in range(config.num_hidden_layers)
+        )
+        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        exponents = torch.arange(0, config.head_dim, 2, dtype=torch.float) / config.head_dim
+        self.register_buffer("inv_freq", 1.0 / (config.rope_base**exponents), persistent=False)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        use_cache: bool = True,
+        past_key_values: KVCache | None = None,
+    ) -> Output:
+        cache = past_key_values if past_key_values is not None else KVCache()
+        hidden = self.model.embed_tokens(input_ids)
+        positions = torch.arange(input_ids.shape[1], device=hidden.device) + cache.length
+        freqs = positions[None, :, None].float() * self.inv_freq.to(hidden.device, torch.float)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = angles.cos().to(hidden.dtype), angles.sin().to(hidden.dtype)
+        for layer in self.model.layers:
+            hidden = layer(hidden, cos, sin, cache)
+        return Output(logits=self.lm_head(self.model.norm(hidden)), past_key_values=cache)
+
+
+class NativeConfig:
+    """`AutoConfig` for `model_loading.prepare`."""
+
+    @staticmethod
+    def from_pretrained(model_dir: Path, **_: Any) -> SimpleNamespace:
+        return load_config(Path(model_dir))
+
+
+class NativeTokenizerLoader:
+    """`AutoTokenizer` for `model_loading.prepare`."""
+
+    @staticmethod
+    def from_pretrained(model_dir: Path, **_: Any) -> NativeTokenizer:
+        return NativeTokenizer(Path(model_dir))
+
+
+def build(model_dir: Path, config: SimpleNamespace) -> LlamaForCausalLM:
+    model = LlamaForCausalLM(config)
+    model.generation_config = generation_config(model_dir, config)
+    return model
