@@ -166,6 +166,7 @@ class TestFullSpec:
             "fast-load",
             "slim-imports",
             "hf-offline",
+            "native-model",
             "prefetch-page-cache",
         )
         raw = body(startup={"optimizations": [{"name": n} for n in BUILTIN_OPTIMIZATIONS]})

@@ -38,6 +38,7 @@ FLAG_PHASES: Mapping[str, str] = MappingProxyType(
         "slim-imports": "import",
         "hf-offline": "config",
         "fast-load": "load",
+        "native-model": "load",
     }
 )
 

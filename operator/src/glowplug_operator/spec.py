@@ -21,6 +21,7 @@ BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
     "fast-load",
     "slim-imports",
     "hf-offline",
+    "native-model",
     "prefetch-page-cache",
 )
 """Startup flags the operator and the worker implement; any other name is a custom flag."""
