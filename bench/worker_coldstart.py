@@ -40,7 +40,14 @@ from typing import Any
 import httpx
 
 HERE = Path(__file__).resolve().parent
-FLAGS = ["prefetch-weights", "background-import", "slim-imports", "hf-offline", "fast-load"]
+FLAGS = [
+    "prefetch-weights",
+    "background-import",
+    "slim-imports",
+    "hf-offline",
+    "fast-load",
+    "native-model",
+]
 CONFIGS = ["naive", "none", *FLAGS, "all"]
 PRESETS: dict[str, dict[str, Any]] = {
     "7b": dict(
