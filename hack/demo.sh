@@ -51,7 +51,7 @@ $run glowplug-worker prefetch --source "file://$work/source" --dest "$work/model
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 HF_HUB_OFFLINE=1 GLOWPLUG_TERMINATION_PATH=$work/termination.json \
   $run glowplug-worker serve --model "$work/models/tiny" --port "$port" --device cpu \
-  --optimizations prefetch-weights,fast-load,hf-offline >"$work/serve.log" 2>&1 &
+  --optimizations prefetch-weights,fast-load,hf-offline,native-model >"$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 300); do
   curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
