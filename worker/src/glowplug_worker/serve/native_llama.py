@@ -29,14 +29,18 @@ def load_config(model_dir: Path) -> SimpleNamespace:
     """config.json as attributes, with the defaults of transformers' LlamaConfig."""
     raw = read_config(model_dir)
     heads = raw["num_attention_heads"]
+    defaults = {
+        "num_key_value_heads": heads,
+        "head_dim": raw["hidden_size"] // heads,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 2048,
+    }
+    given = {k: v for k, v in raw.items() if v is not None}  # `"head_dim": null` means default
     return SimpleNamespace(
         **{
-            "num_key_value_heads": heads,
-            "head_dim": raw["hidden_size"] // heads,
-            "rms_norm_eps": 1e-6,
-            "tie_word_embeddings": False,
-            "max_position_embeddings": 2048,
-            **raw,
+            **defaults,
+            **given,
             "dtype": raw.get("dtype") or raw.get("torch_dtype"),
             "rope_base": rope_theta(raw),
         }
