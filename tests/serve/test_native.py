@@ -134,3 +134,48 @@ def test_an_unsupported_model_is_served_by_transformers(minilm: Path, tmp_path: 
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
     finally:
         server.stop()
+
+
+# A Llama 3-style template: BOS from the template, a system default, loop variables, a
+# namespace, raise_exception and tojson.
+RICH_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='You are terse.') %}"
+    "{% if messages[0]['role'] == 'system' %}{% set ns.system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% endif %}"
+    "<|system|>\n{{ ns.system }}<|end|>\n"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] | trim }}<|end|>\n"
+    "{% if loop.last and add_generation_prompt %}<|assistant|>\n{% endif %}"
+    "{% endfor %}{{ {'n': messages | length} | tojson }}"
+)
+
+
+def test_llama3_style_tokenizer_and_template_equal_transformers(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """BOS added by tokenizer.json's post-processor (as Llama 3 ships it), not by
+    tokenizer_config.json; the chat template uses jinja2 features real templates use."""
+    from tokenizers import Tokenizer, processors
+
+    model = edited_copy(tiny_model, tmp_path / "m", chat_template=RICH_TEMPLATE)
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    tok.save(str(model / "tokenizer.json"))
+    assert unsupported_reason(model, "generate") is None
+    plain, native = engines(model)
+    for text in TEXTS:
+        ids = plain.encode(text)
+        assert ids[:1] == [bos] and native.encode(text) == ids, text
+        assert native.decode(ids) == plain.decode(ids), text
+    for messages in (
+        [{"role": "user", "content": "  Pack my box  "}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "東京?"}],
+    ):
+        assert native.chat_prompt(messages) == plain.chat_prompt(messages)
+    with pytest.raises(Exception, match="unknown role tool"):
+        native.chat_prompt([{"role": "tool", "content": "x"}])
