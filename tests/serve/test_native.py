@@ -53,6 +53,36 @@ def test_logits_and_greedy_tokens_equal_transformers(
     assert list(native.generate(ids, sampling)) == list(plain.generate(ids, sampling))
 
 
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,  # small: the tiny head's wavelengths span all 3 bands
+}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"rope_parameters": LLAMA3_ROPE}, {"rope_parameters": None, "rope_scaling": LLAMA3_ROPE}],
+    ids=["rope_parameters", "rope_scaling"],
+)
+def test_llama3_rope_equals_transformers(
+    tiny_model: Path, tmp_path: Path, config: dict[str, Any]
+) -> None:
+    """Llama 3.1-3.3 checkpoints scale RoPE with `rope_type: llama3` (transformers 5 writes it
+    in `rope_parameters`, 4.x in `rope_scaling`)."""
+    model = edited_copy(tiny_model, tmp_path / "m", config)
+    assert unsupported_reason(model, "generate") is None
+    plain, native = engines(model)
+    ids = plain.encode("The operator watches readiness " * 6)  # positions past 64
+    with torch.inference_mode():
+        expected = plain.model(input_ids=torch.tensor([ids]), use_cache=True).logits
+        got = native.model(input_ids=torch.tensor([ids])).logits
+    assert torch.equal(got, expected)
+
+
 def test_tokenizer_and_chat_template_equal_transformers(tiny_model: Path) -> None:
     plain, native = engines(tiny_model)
     for text in TEXTS:
@@ -106,7 +136,8 @@ def edited_copy(src: Path, dst: Path, config: dict[str, Any] | None = None, **to
     [
         (None, {}, None),
         ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, {}, "architecture"),
-        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, {}, "scaled RoPE"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0}}, {}, "yarn"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, {}, "llama3"),  # no keys
         ({"attention_bias": True}, {}, "attention_bias"),
         (None, {"tokenizer_class": "LlamaTokenizer"}, "tokenizer_class LlamaTokenizer"),
         (None, {"add_bos_token": True}, "add_bos_token"),

@@ -12,6 +12,7 @@ worker then loads with transformers as without the flag.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from glowplug_worker.serve.native_support import read_config, rope_theta
+from glowplug_worker.serve.native_support import read_config, rope_parameters
 from glowplug_worker.serve.native_tokenizer import NativeTokenizer
 
 
@@ -42,7 +43,7 @@ def load_config(model_dir: Path) -> SimpleNamespace:
             **defaults,
             **given,
             "dtype": raw.get("dtype") or raw.get("torch_dtype"),
-            "rope_base": rope_theta(raw),
+            "rope": rope_parameters(raw),
         }
     )
 
@@ -53,6 +54,23 @@ def generation_config(model_dir: Path, config: SimpleNamespace) -> SimpleNamespa
     return SimpleNamespace(
         eos_token_id=values.get("eos_token_id", getattr(config, "eos_token_id", None))
     )
+
+
+def inverse_frequencies(config: SimpleNamespace) -> torch.Tensor:
+    """RoPE's inverse frequencies, computed as transformers computes them (default or llama3)."""
+    rope, dim = config.rope, config.head_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim
+    inv_freq = 1.0 / (rope["rope_theta"] ** exponents)
+    if rope["rope_type"] != "llama3":
+        return inv_freq
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_context = rope["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_context / high) * ~(wavelen > old_context / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 class RMSNorm(nn.Module):
@@ -193,8 +211,7 @@ class LlamaForCausalLM(nn.Module):
         )
         self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
-        exponents = torch.arange(0, config.head_dim, 2, dtype=torch.float) / config.head_dim
-        self.register_buffer("inv_freq", 1.0 / (config.rope_base**exponents), persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(config), persistent=False)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

@@ -23,17 +23,26 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return dict(json.loads((model_dir / "config.json").read_text()))
 
 
-def rope_theta(config: dict[str, Any]) -> float | None:
-    """The RoPE base when the RoPE type is the default one (transformers 5 writes
-    `rope_parameters`, 4.x `rope_theta` and `rope_scaling`); None for any scaled RoPE."""
+ROPE_TYPES = ("default", "llama3")
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def rope_parameters(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The RoPE settings as transformers 5 writes them (`rope_parameters`: rope_type, rope_theta
+    and the type's keys; 4.x wrote `rope_theta` and `rope_scaling`), or None when this
+    implementation does not reproduce them (only default and llama3 RoPE, whole head)."""
     params = config.get("rope_parameters")
-    if isinstance(params, dict):
-        if params.get("rope_type", "default") != "default":
-            return None
-        return float(params.get("rope_theta", 10000.0))
-    if config.get("rope_scaling"):
+    if not isinstance(params, dict):
+        params = dict(config.get("rope_scaling") or {})
+        if "type" in params:
+            params.setdefault("rope_type", params.pop("type"))
+        params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    params = {"rope_type": "default", "rope_theta": 10000.0, **params}
+    if params["rope_type"] not in ROPE_TYPES or params.get("partial_rotary_factor", 1.0) != 1.0:
         return None
-    return float(config.get("rope_theta", 10000.0))
+    if params["rope_type"] == "llama3" and not all(k in params for k in LLAMA3_KEYS):
+        return None
+    return params
 
 
 def unsupported_reason(model_dir: Path, task: str) -> str | None:
@@ -50,6 +59,7 @@ def unsupported_reason(model_dir: Path, task: str) -> str | None:
     for key, value in REQUIRED_VALUES.items():
         if config.get(key, value) != value:
             return f"config {key}={config.get(key)!r}"
-    if rope_theta(config) is None:
-        return "scaled RoPE (rope_scaling / rope_parameters.rope_type)"
+    if rope_parameters(config) is None:
+        rope = config.get("rope_parameters") or config.get("rope_scaling")
+        return f"RoPE {rope} (native-model: {', '.join(ROPE_TYPES)})"
     return native_tokenizer.unsupported_reason(model_dir)
