@@ -69,24 +69,8 @@ def run(opts: Options) -> int:
     blocked: list[str] = []
     try:
         with state.phase("import", begin=opts.started):
-            from glowplug_worker.serve.imports import bytecode_cached
-
-            cached = state.details["bytecode_cached"] = bytecode_cached()
-            if cached is False:
-                log.warning(
-                    "no compiled bytecode for transformers: this start compiles the Python "
-                    "sources of torch and transformers (imports ~2.5x slower); build the image "
-                    "with compiled bytecode (pip does by default, uv with --compile-bytecode)"
-                )
-            native = False
-            if F.NATIVE_MODEL in opts.flags:
-                from glowplug_worker.serve.native_support import unsupported_reason
-
-                reason = unsupported_reason(opts.model, opts.task)
-                native = reason is None
-                state.details["native_model"] = {"used": native, "reason": reason}
-                if reason:
-                    log.info("%s: %s; loading with transformers", F.NATIVE_MODEL, reason)
+            check_bytecode(state)
+            native = F.NATIVE_MODEL in opts.flags and native_model_fits(opts, state)
             if F.SLIM_IMPORTS in opts.flags:
                 from glowplug_worker.serve.imports import apply_slim_imports
 
@@ -120,6 +104,31 @@ def run(opts: Options) -> int:
     if stop.is_set():
         return finish(state, None, None, "startup interrupted by a signal")
     return serve_after_import(opts, state, stack, http, stop, prefetcher, weight_stream)
+
+
+def check_bytecode(state: StartupState) -> None:
+    """Record (and warn) when this start will compile the Python sources of the ML stack."""
+    from glowplug_worker.serve.imports import bytecode_cached
+
+    cached = state.details["bytecode_cached"] = bytecode_cached()
+    if cached is False:
+        log.warning(
+            "no compiled bytecode for transformers: this start compiles the Python sources of "
+            "torch and transformers (imports ~2.5x slower); build the image with compiled "
+            "bytecode (pip does by default, uv with --compile-bytecode)"
+        )
+
+
+def native_model_fits(opts: Options, state: StartupState) -> bool:
+    """`native-model`: whether glowplug's own code can serve this model (else transformers does,
+    as without the flag); decided from the model's files before anything heavy is imported."""
+    from glowplug_worker.serve.native_support import unsupported_reason
+
+    reason = unsupported_reason(opts.model, opts.task)
+    state.details["native_model"] = {"used": reason is None, "reason": reason}
+    if reason:
+        log.info("%s: %s; loading with transformers", F.NATIVE_MODEL, reason)
+    return reason is None
 
 
 def serve_after_import(
