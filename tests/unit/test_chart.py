@@ -89,6 +89,13 @@ def test_the_dashboard_is_valid_json_and_uses_the_operator_metrics() -> None:
         assert metric in exprs
     rollbacks = next(p for p in dashboard["panels"] if "rollbacks" in p["title"].lower())
     assert "by (flag" in rollbacks["targets"][0]["expr"]
+    # The worker's own metric (scraped through the PodMonitor), by the name the worker exports.
+    from glowplug_worker.serve.metrics import Metrics
+
+    phases = next(p for p in dashboard["panels"] if "phases" in p["title"].lower())
+    exported = {m.name for m in Metrics().registry.collect()}
+    assert "glowplug_worker_startup_phase_seconds" in exported
+    assert "glowplug_worker_startup_phase_seconds{" in phases["targets"][0]["expr"]
 
 
 @needs_helm
@@ -277,6 +284,37 @@ def test_service_monitor_scrapes_the_metrics_port_when_enabled() -> None:
     monitor = one(render("serviceMonitor.enabled=true"), "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("namespaces", "selector"), [("", {"any": True}), ("{ml}", {"matchNames": ["ml"]})]
+)
+def test_pod_monitor_scrapes_the_model_server_pods_the_operator_builds(
+    namespaces: str, selector: dict[str, Any]
+) -> None:
+    """The PodMonitor's selector, port and relabeling fit the Deployment the operator renders
+    for examples/modelserver.yaml (the worker serves /metrics on its `http` port)."""
+    from tests.unit.test_builders import deployment, example
+
+    sets = ["podMonitor.enabled=true"] + ([f"namespaces={namespaces}"] if namespaces else [])
+    monitor = one(render(*sets), "PodMonitor")
+    pod = deployment(example("modelserver"))["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == selector
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    worker = next(c for c in pod["spec"]["containers"] if c["name"] == "worker")
+    assert endpoint["port"] in {p["name"] for p in worker["ports"]}
+    assert endpoint["path"] == "/metrics"
+    (relabel,) = endpoint["relabelings"]
+    label = relabel["sourceLabels"][0].removeprefix("__meta_kubernetes_pod_label_")
+    assert {k.replace(".", "_").replace("/", "_") for k in pod["metadata"]["labels"]} >= {label}
+    assert relabel["targetLabel"] == "modelserver"
+
+
+@needs_helm
+def test_no_pod_monitor_unless_enabled() -> None:
+    assert not [d for d in render() if d["kind"] == "PodMonitor"]
 
 
 @needs_helm
