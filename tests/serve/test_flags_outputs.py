@@ -73,6 +73,8 @@ def test_greedy_outputs_identical_to_no_flags(
 def test_each_flag_leaves_its_trace(flag_servers: dict[str, Server]) -> None:
     details = {c: s.client.get("/startup").json()["details"] for c, s in flag_servers.items()}
     assert details["fast-load"]["load"]["loader"] == "fast-load"
+    assert details["native-model"]["load"]["loader"] == "native-model"
+    assert details["native-model"]["native_model"] == {"used": True, "reason": None}
     assert details["hf-offline"]["load"]["loader"] == "transformers"
     assert details["prefetch-weights"]["prefetch"]["files"] == 4
     assert details[COMBOS[-1]]["background_import_seconds"] > 0

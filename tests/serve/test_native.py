@@ -161,6 +161,8 @@ def test_an_unsupported_model_is_served_by_transformers(minilm: Path, tmp_path: 
             "reason": "task embed (native-model serves generate only)",
         }
         assert startup["details"]["load"]["loader"] == "transformers"
+        metrics = server.client.get("/metrics").text
+        assert 'glowplug_worker_optimization_active{flag="native-model"} 0.0' in metrics
         r = server.client.post("/v1/embeddings", json={"input": "hello"})
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
     finally:

@@ -88,6 +88,8 @@ def run(opts: Options) -> int:
                 http = start_http(opts, state)  # disjoint work: no torch, no transformers
             except OSError as exc:
                 raise StartupError("serve", exc) from exc
+            if F.NATIVE_MODEL in opts.flags and not native:  # asked for, but does not apply
+                http.service.metrics.optimization.labels(F.NATIVE_MODEL).set(0)
             from glowplug_worker.serve.imports import import_native_stack, import_stack
 
             if background is not None:
