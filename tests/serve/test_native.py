@@ -212,3 +212,23 @@ def test_llama3_style_tokenizer_and_template_equal_transformers(
         assert native.chat_prompt(messages) == plain.chat_prompt(messages)
     with pytest.raises(Exception, match="unknown role tool"):
         native.chat_prompt([{"role": "tool", "content": "x"}])
+
+
+def test_a_checkpoint_the_native_model_cannot_take_blames_native_model(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from glowplug_worker.serve.state import FlagFailure
+
+    from tests.serve.test_loading import rewrite_header
+
+    model = edited_copy(tiny_model, tmp_path / "m")
+
+    def rename(header: dict[str, Any]) -> None:
+        header["model.nrm_.weight"] = header.pop("model.norm.weight")  # same length
+
+    rewrite_header(model / "model.safetensors", rename)
+    stack = import_native_stack()
+    prep = prepare(stack, model, "generate", "auto", "cpu", True, None)
+    with pytest.raises(FlagFailure, match=r"no place in LlamaForCausalLM.*nrm_") as err:
+        load_native(stack, prep)
+    assert err.value.flag == "native-model"

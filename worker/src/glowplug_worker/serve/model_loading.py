@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from glowplug_worker.serve.safetensors_io import FLOAT_DTYPES, TORCH_DTYPES, CheckpointError
+from glowplug_worker.serve.state import FlagFailure
 
 log = logging.getLogger("glowplug.serve")
 
@@ -193,9 +194,13 @@ def load_native(
 ) -> tuple[Any, dict[str, Any]]:
     """`native-model`: glowplug's own Llama module, filled by the fast-load streaming loader."""
     from glowplug_worker.serve.fast_load import load_weights
+    from glowplug_worker.serve.flags import NATIVE_MODEL
 
     model = stack["native"].build(prep.model_dir, prep.config)
-    stats = load_weights(model, prep.model_dir, prep.device, prep.dtype, stream)
+    try:
+        stats = load_weights(model, prep.model_dir, prep.device, prep.dtype, stream)
+    except FlagFailure as exc:  # the loader blames fast-load; here the model is native-model's
+        raise FlagFailure(NATIVE_MODEL, str(exc)) from exc
     return model.eval(), {**stats, "loader": "native-model"}
 
 
