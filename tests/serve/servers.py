@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,18 @@ class Server:
                     continue
                 data = line[len("data: ") :]
                 yield "[DONE]" if data == "[DONE]" else json.loads(data)
+
+
+@contextmanager
+def all_running(servers: dict[str, Server]) -> Iterator[dict[str, Server]]:
+    """Wait until every server is ready; stop them all on the way out (their shutdowns
+    overlap: SIGTERM to all first)."""
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.terminate()
+        for server in servers.values():
+            server.stop()

@@ -14,7 +14,7 @@ from glowplug_worker.serve.flags import KNOWN_FLAGS
 from glowplug_worker.serve.imports import import_stack
 from glowplug_worker.serve.model_loading import load_fast, load_plain, prepare
 
-from tests.serve.servers import Server
+from tests.serve.servers import Server, all_running
 from tests.serve.test_flags_outputs import outputs
 
 pytestmark = [
@@ -79,13 +79,8 @@ def cuda_servers(
         )
         for name, flags in combos.items()
     }
-    try:
-        for server in servers.values():
-            server.wait_ready()
+    with all_running(servers):
         yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
 
 
 def test_served_on_cuda_all_flags_answer_as_no_flags(cuda_servers: dict[str, Server]) -> None:

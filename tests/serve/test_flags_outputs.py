@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from glowplug_worker.serve.flags import KNOWN_FLAGS
 
-from tests.serve.servers import Server
+from tests.serve.servers import Server, all_running
 
 pytestmark = pytest.mark.worker
 
@@ -33,15 +33,8 @@ def flag_servers(
         )
         for combo in COMBOS
     }
-    try:
-        for server in servers.values():
-            server.wait_ready()
+    with all_running(servers):
         yield servers
-    finally:
-        for server in servers.values():
-            server.terminate()  # all at once: their shutdowns overlap
-        for server in servers.values():
-            server.stop()
 
 
 def outputs(server: Server) -> list[str]:
