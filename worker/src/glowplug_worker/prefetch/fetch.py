@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ from glowplug_worker.prefetch.plan import RemoteFile, Source
 from glowplug_worker.prefetch.progress import Progress, log
 from glowplug_worker.prefetch.retry import sleep_before_retry
 from glowplug_worker.prefetch.safepath import join_inside
+from glowplug_worker.prefetch.store import read_json, write_json
 
 BUFFER_BYTES = 1024 * 1024
 CHECKPOINT_S = 0.5  # how often resume state is made durable (off the download threads)
@@ -91,7 +91,7 @@ class PartFile:
         """Create or resume the staged file; returns bytes already present. The file is closed
         again: it is open only while a worker uses it, so a repository with thousands of files
         holds at most `concurrency` descriptors."""
-        state = _load_json(self.state_path)
+        state = read_json(self.state_path)
         resumable = (
             state is not None
             and state.get("identity") == self.identity
@@ -137,11 +137,8 @@ class PartFile:
                 "done": dict(self.done) if done is None else done,
                 "digest": self.digest,
             }
-        tmp = self.state_path + ".tmp"
         with self._save_lock:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(body, fh)
-            os.replace(tmp, self.state_path)
+            write_json(self.state_path, body)
 
     def record(self, i: int, done: int) -> None:
         """Note progress in memory; checkpoint() makes it durable."""
@@ -420,15 +417,6 @@ def _reserve(fd: int, size: int, name: str) -> None:
                 f"{name}: cannot reserve {size} bytes, no space left on the destination volume"
             ) from exc
         # EOPNOTSUPP/EINVAL: filesystems without fallocate; the free-space check still ran.
-
-
-def _load_json(path: str) -> dict[str, object] | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            body = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _mkparents(root: str, rel: str) -> str:
