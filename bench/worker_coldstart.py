@@ -38,16 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from glowplug_worker.serve.flags import KNOWN_FLAGS
 
 HERE = Path(__file__).resolve().parent
-FLAGS = [
-    "prefetch-weights",
-    "background-import",
-    "slim-imports",
-    "hf-offline",
-    "fast-load",
-    "native-model",
-]
+FLAGS = list(KNOWN_FLAGS)
 CONFIGS = ["naive", "none", *FLAGS, "all"]
 PRESETS: dict[str, dict[str, Any]] = {
     "7b": dict(
