@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the local control plane's binaries from the Go module proxy, once per machine.
+# Builds the local cluster's binaries from the Go module proxy, once per machine: the control plane,
+# the real node's kubelet, kube-proxy and containerd, kwok and helm.
 # Output: $GLOWPLUG_CACHE/bin/<tool>-<version>/<binary>; a tool whose directory is complete is skipped.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,6 +37,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
     go mod tidy -e >/dev/null 2>&1 || true
@@ -46,7 +49,7 @@ GO
       ldflags+=" -X $pkg.gitMinor=$(cut -d. -f2 <<<"$KUBERNETES_VERSION") -X $pkg.gitTreeState=clean"
     done
     mkdir -p "$out"
-    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
       log "  go build $cmd"
       go build -trimpath -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
     done
@@ -88,7 +91,21 @@ go_install() {  # name version package binary
   touch "$out/.complete"
 }
 
+build_containerd() {
+  local out="$cache/bin/containerd-$CONTAINERD_VERSION"
+  [[ -f "$out/.complete" ]] && { log "containerd $CONTAINERD_VERSION cached"; return; }
+  log "installing containerd $CONTAINERD_VERSION (containerd, ctr, containerd-shim-runc-v2)"
+  mkdir -p "$out"
+  local pkg=github.com/containerd/containerd/v2/cmd
+  GOBIN="$out" go install -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    "$pkg/containerd@$CONTAINERD_VERSION" "$pkg/ctr@$CONTAINERD_VERSION" \
+    "$pkg/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+  touch "$out/.complete"
+}
+
 build_etcd
+build_containerd
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 build_kubernetes
