@@ -912,7 +912,8 @@ def write_report(
 
 
 def cluster(action: str, cluster_dir: Path) -> None:
-    env = {**os.environ, "GLOWPLUG_CLUSTER_DIR": str(cluster_dir)}
+    # kwok nodes only: the real node's bridge belongs to the main cluster.
+    env = {**os.environ, "GLOWPLUG_CLUSTER_DIR": str(cluster_dir), "GLOWPLUG_REAL_NODE": "0"}
     subprocess.run(
         [str(ROOT / "hack" / "cluster.sh"), action], env=env, check=True, stdout=subprocess.DEVNULL
     )

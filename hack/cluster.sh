@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
-# (fake GPU nodes), all on 127.0.0.1, state under .cluster/.
+# The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (simulated
+# GPU nodes) and one real node (hack/node.sh: containerd, kubelet, kube-proxy), state under .cluster/.
 #   cluster.sh up      start it, or reuse a healthy one
-#   cluster.sh down    stop every process it started and remove its state
+#   cluster.sh down    stop every process it started, remove its state, undo its host changes
 #   cluster.sh status  exit 0 when it is up and healthy
-# GLOWPLUG_CLUSTER_DIR puts a second, independent cluster elsewhere (benchmarks do).
+# GLOWPLUG_CLUSTER_DIR puts a second, independent cluster elsewhere (benchmarks do);
+# GLOWPLUG_REAL_NODE=0 leaves the real node out (a second cluster must: there is one pod bridge).
+# With the real node the API server listens on the node's bridge address (pods reach it there,
+# through the `kubernetes` Service); without it, on 127.0.0.1.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +20,10 @@ k8s_bin=$cache/bin/kubernetes-$KUBERNETES_VERSION
 etcd_bin=$cache/bin/etcd-$ETCD_VERSION/etcd
 kwok_bin=$cache/bin/kwok-$KWOK_VERSION/kwok
 kubectl="$k8s_bin/kubectl --kubeconfig=$kubeconfig"
+real_node=${GLOWPLUG_REAL_NODE:-1}
+# The real node's bridge address (hack/node.sh NODE_IP).
+NODE_IP=10.88.0.1
+if [[ $real_node == 1 ]]; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -40,9 +47,13 @@ alive() {  # every recorded process still runs
   done
 }
 
+kwok_ready() {
+  [[ $($kubectl get nodes -l type=kwok --no-headers 2>/dev/null | grep -c ' Ready ') -ge 2 ]]
+}
+
 healthy() {
-  [[ -f $kubeconfig ]] && alive && $kubectl get --raw /readyz >/dev/null 2>&1 \
-    && [[ $($kubectl get nodes -l type=kwok --no-headers 2>/dev/null | grep -c ' Ready ') -ge 2 ]]
+  [[ -f $kubeconfig ]] && alive && $kubectl get --raw /readyz >/dev/null 2>&1 && kwok_ready \
+    && { [[ $real_node != 1 ]] || $kubectl get nodes -l glowplug.dev/real-node --no-headers 2>/dev/null | grep -q ' Ready '; }
 }
 
 untainted() {  # the node lifecycle controller has lifted the not-ready taint
@@ -79,7 +90,7 @@ make_pki() {
       -days 3650 -extfile "$ext" -out "$pki/$1.crt" 2>/dev/null
   }
   cert apiserver "/CN=kube-apiserver" \
-    "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "IP:127.0.0.1,IP:$NODE_IP,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   cert admin "/O=system:masters/CN=glowplug-admin"
   cert controller-manager "/CN=system:kube-controller-manager"
   cert scheduler "/CN=system:kube-scheduler"
@@ -95,7 +106,7 @@ kind: Config
 clusters:
 - name: glowplug-local
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$APISERVER_HOST:$APISERVER_PORT
     certificate-authority: $pki/ca.crt
 users:
 - name: $2
@@ -121,10 +132,11 @@ up() {
   done
   mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
   make_pki
+  if [[ $real_node == 1 ]]; then "$root/hack/node.sh" bridge; fi
   local etcd_port etcd_peer kcm_port sched_port kwok_port
   etcd_port=$(free_port) etcd_peer=$(free_port) APISERVER_PORT=$(free_port)
   kcm_port=$(free_port) sched_port=$(free_port) kwok_port=$(free_port)
-  echo "APISERVER_PORT=$APISERVER_PORT" >"$dir/ports"
+  printf 'APISERVER_HOST=%s\nAPISERVER_PORT=%s\n' "$APISERVER_HOST" "$APISERVER_PORT" >"$dir/ports"
   local pki=$dir/pki
 
   start etcd "$etcd_bin" --name local --data-dir "$dir/etcd" \
@@ -135,9 +147,12 @@ up() {
 
   start kube-apiserver "$k8s_bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --bind-address "$APISERVER_HOST" --advertise-address "$APISERVER_HOST" --secure-port "$APISERVER_PORT" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
+    --kubelet-certificate-authority "$pki/ca.crt" \
+    --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
@@ -147,7 +162,7 @@ up() {
     --max-requests-inflight 0 --max-mutating-requests-inflight 0 --enable-priority-and-fairness=false \
     --watch-cache=true --event-ttl 2h
   wait_for 60 kube-apiserver curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-    "https://127.0.0.1:$APISERVER_PORT/readyz"
+    "https://$APISERVER_HOST:$APISERVER_PORT/readyz"
 
   write_kubeconfig "$kubeconfig" admin
   write_kubeconfig "$dir/controller-manager.kubeconfig" controller-manager
@@ -185,11 +200,12 @@ EOF
     --enable-crds Stage --server-address "127.0.0.1:$kwok_port" \
     --node-lease-duration-seconds 40 --cidr 10.244.0.0/16 --node-ip 127.0.0.1
   $kubectl apply -f "$root/hack/kwok/nodes.yaml" >/dev/null
-  wait_for 60 "two Ready kwok nodes" healthy
+  wait_for 60 "two Ready kwok nodes" kwok_ready
   wait_for 60 "schedulable kwok nodes" untainted
   # ServiceAccount admission needs each namespace's "default" ServiceAccount.
   wait_for 30 "the default ServiceAccount" $kubectl -n default get serviceaccount default
-  log "up: $($kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') on https://127.0.0.1:$APISERVER_PORT"
+  if [[ $real_node == 1 ]]; then "$root/hack/node.sh" up; fi
+  log "up: $($kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') on https://$APISERVER_HOST:$APISERVER_PORT"
   print_env
 }
 
@@ -199,6 +215,8 @@ print_env() {
 
 down() {
   local f pid
+  # The real node first: it deletes its pods through the API server.
+  "$root/hack/node.sh" down
   for f in "$dir"/pids/*; do
     [[ -e $f ]] || continue
     pid=$(cat "$f")
