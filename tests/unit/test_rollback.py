@@ -191,7 +191,7 @@ class Sim:
 
     def template(self) -> tuple[tuple[str, ...], str, str | None]:
         if self.decision is None:
-            from glowplug_operator.observations import flag_set_hash
+            from glowplug_operator.contract import flag_set_hash
 
             return tuple(self.spec), flag_set_hash(self.spec, self.fingerprints), None
         d = self.decision

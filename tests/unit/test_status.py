@@ -19,7 +19,8 @@ import jsonschema
 import pytest
 import yaml
 from glowplug_operator.builders import Owner, endpoint, label_selector
-from glowplug_operator.observations import flag_set_hash, observe_pod
+from glowplug_operator.contract import flag_set_hash
+from glowplug_operator.observations import observe_pod
 from glowplug_operator.rollback import Decision, decide
 from glowplug_operator.rollback_state import FlagState, Rollout, iso
 from glowplug_operator.spec import InvalidSpec, parse_spec

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from glowplug_operator.builders import MODELSERVER_LABEL
+from glowplug_operator.contract import MODELSERVER_LABEL
 
 Key = tuple[str, str]  # (namespace, name)
 Body = dict[str, Any]

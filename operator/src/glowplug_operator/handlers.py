@@ -14,6 +14,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from glowplug_operator.cache import Cache, Key, key_of, owner_of
+from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
 from glowplug_operator.kube import Kube
 from glowplug_operator.metrics import Metrics
 from glowplug_operator.reconcile import Reconciler
@@ -21,8 +22,6 @@ from glowplug_operator.settings import Settings
 from glowplug_operator.workqueue import WorkQueue
 
 log = logging.getLogger("glowplug")
-MANAGED = {"app.kubernetes.io/managed-by": "glowplug"}
-GROUP, VERSION = "glowplug.dev", "v1alpha1"
 
 
 class Runtime:
@@ -91,7 +90,7 @@ def _body(event: kopf.RawEvent) -> dict[str, Any]:
     return cast(dict[str, Any], event["object"])
 
 
-@kopf.on.event(GROUP, VERSION, "modelservers")
+@kopf.on.event(GROUP, VERSION, PLURAL)
 def modelserver_event(event: kopf.RawEvent, **_: Any) -> None:
     body = _body(event)
     key = key_of(body)
@@ -115,27 +114,27 @@ def _child_event(kind: str, event: kopf.RawEvent) -> None:
         runtime.queue.add(owner)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
 def deployment_event(event: kopf.RawEvent, **_: Any) -> None:
     _child_event("Deployment", event)
 
 
-@kopf.on.event("", "v1", "services", labels=MANAGED)
+@kopf.on.event("", "v1", "services", labels=MANAGED_BY)
 def service_event(event: kopf.RawEvent, **_: Any) -> None:
     _child_event("Service", event)
 
 
-@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED_BY)
 def claim_event(event: kopf.RawEvent, **_: Any) -> None:
     _child_event("PersistentVolumeClaim", event)
 
 
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_BY)
 def disruption_budget_event(event: kopf.RawEvent, **_: Any) -> None:
     _child_event("PodDisruptionBudget", event)
 
 
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
 def pod_event(event: kopf.RawEvent, **_: Any) -> None:
     body = _body(event)
     owner = owner_of(body)

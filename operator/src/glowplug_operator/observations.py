@@ -3,51 +3,31 @@
 Pure: a raw object as the API returns it (a plain dict) plus `now` in, an observation out. The
 rollback decision (`glowplug_operator.rollback`) reads only these observations.
 
-The pod template carries its effective flag set in the annotation `glowplug.dev/optimizations`
-(comma-separated names, "" for none) and a hash of it in the label
-`glowplug.dev/optimizations-hash` (render it with `flag_set_hash`). The init container is named
-`prefetch`, the worker container `worker`.
+The labels, annotations and container names read here are the builders' own, from `contract`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from glowplug_operator.contract import (
+    FLAGS_ANNOTATION,
+    FLAGS_HASH_LABEL,
+    INIT_CONTAINER,
+    TRIAL_ANNOTATION,
+    WORKER_CONTAINER,
+    flag_set_hash,
+)
 from glowplug_operator.reports import Report, parse_report
-
-FLAGS_ANNOTATION = "glowplug.dev/optimizations"
-FLAGS_HASH_LABEL = "glowplug.dev/optimizations-hash"
-TRIAL_ANNOTATION = "glowplug.dev/trial"
-INIT_CONTAINER = "prefetch"
-WORKER_CONTAINER = "worker"
 
 # Waiting reasons that mean the container cannot even be created: not a flag problem.
 IMAGE_PULL_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 )
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-
-
-def flag_set_hash(flags: Sequence[str], fingerprints: Mapping[str, str] | None = None) -> str:
-    """The label value for a flag set: order-insensitive, 16 hex characters.
-
-    `fingerprints` (flag name -> hash of its definition, see `flag_fingerprint`) makes a changed
-    env/args of a flag a different flag set.
-    """
-    prints = fingerprints or {}
-    canonical = ",".join(f"{name}={prints.get(name, '')}" for name in sorted(set(flags)))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def flag_fingerprint(definition: Mapping[str, Any]) -> str:
-    """A short hash of one spec.startup.optimizations[] entry (name, env, args...)."""
-    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from typing import Any
 
 from glowplug_operator import builders
 from glowplug_operator.cache import Cache, Key
+from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_fingerprint
 from glowplug_operator.kube import Kube
 from glowplug_operator.metrics import Metrics
 from glowplug_operator.observations import (
     PodObservation,
-    flag_fingerprint,
     observe_deployment_progress,
     observe_pod,
     startup_deadline,
@@ -30,7 +30,6 @@ from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
 from glowplug_operator.status import Observed, invalid_spec_status, modelserver_status
 
 log = logging.getLogger(__name__)
-RETRY_ANNOTATION = "glowplug.dev/retry-optimizations"
 
 
 @dataclass
@@ -132,7 +131,7 @@ class Reconciler:
         }
         writes = []
         for kind, manifest in wanted.items():
-            name = f"{owner.name}-cache" if kind == "PersistentVolumeClaim" else owner.name
+            name = child_name(kind, owner.name)
             live = self.cache.child(kind, owner.namespace, name)
             if manifest is None:
                 if live is not None and _owned_by(live, owner) and kind != "PersistentVolumeClaim":

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from glowplug_operator.bisection import Verdict, judge_trial, new_bisection, next_step
+from glowplug_operator.contract import flag_set_hash
 from glowplug_operator.flag_changes import (
     Draft,
     apply_trial,
@@ -32,7 +33,7 @@ from glowplug_operator.flag_changes import (
     promote,
     roll_back,
 )
-from glowplug_operator.observations import DeploymentProgress, PodObservation, flag_set_hash
+from glowplug_operator.observations import DeploymentProgress, PodObservation
 from glowplug_operator.reports import phase_of_flag
 from glowplug_operator.rollback_outputs import (
     NOT_A_FLAG_PROBLEM,
@@ -129,7 +130,7 @@ def decide(
     """Decide which flags the pod template runs now, and what status says about them.
 
     `spec_flags`: the flag names in spec order. `fingerprints` (optional): flag name -> hash of
-    its definition (`observations.flag_fingerprint`); a changed fingerprint brings a rolled-back
+    its definition (`contract.flag_fingerprint`); a changed fingerprint brings a rolled-back
     flag back to Trial. `retry_token`: the glowplug.dev/retry-optimizations annotation.
     """
     if now.tzinfo is None:

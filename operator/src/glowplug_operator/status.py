@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from glowplug_operator.builders import FLAGS_HASH_LABEL, INIT_CONTAINER, WORKER_CONTAINER
+from glowplug_operator.contract import FLAGS_HASH_LABEL, INIT_CONTAINER, WORKER_CONTAINER
 from glowplug_operator.observations import PodObservation
 from glowplug_operator.reports import parse_report
 from glowplug_operator.rollback import Decision
