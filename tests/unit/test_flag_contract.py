@@ -3,7 +3,7 @@ every built-in flag of the API has one."""
 
 from __future__ import annotations
 
-from glowplug_operator.reports import FLAG_PHASES as OPERATOR_PHASES
+from glowplug_operator.rollback.reports import FLAG_PHASES as OPERATOR_PHASES
 from glowplug_operator.spec import BUILTIN_OPTIMIZATIONS
 from glowplug_worker.report import PHASES
 from glowplug_worker.serve.flags import FLAG_PHASES as SERVE_PHASES

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from glowplug_operator.contract import flag_fingerprint, flag_set_hash
-from glowplug_operator.observations import (
+from glowplug_operator.rollback.observations import (
     observe_deployment_progress,
     observe_pod,
     startup_deadline,

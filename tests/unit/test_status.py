@@ -20,9 +20,7 @@ import pytest
 import yaml
 from glowplug_operator.builders import Owner, endpoint, label_selector
 from glowplug_operator.contract import flag_set_hash
-from glowplug_operator.observations import observe_pod
-from glowplug_operator.rollback import Decision, decide
-from glowplug_operator.rollback_state import FlagState, Rollout, iso
+from glowplug_operator.rollback import Decision, FlagState, Rollout, decide, observe_pod
 from glowplug_operator.spec import InvalidSpec, parse_spec
 from glowplug_operator.status import (
     Cond,
@@ -32,6 +30,7 @@ from glowplug_operator.status import (
     modelserver_status,
     prune,
 )
+from glowplug_operator.timestamps import iso
 from glowplug_worker.report import DownloadSummary, ErrorInfo, TerminationReport
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -14,10 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from glowplug_operator.contract import FLAGS_HASH_LABEL, INIT_CONTAINER, WORKER_CONTAINER
-from glowplug_operator.observations import PodObservation
-from glowplug_operator.reports import parse_report
-from glowplug_operator.rollback import Decision
-from glowplug_operator.rollback_state import iso, parse_iso
+from glowplug_operator.rollback import Decision, PodObservation, parse_report
+from glowplug_operator.timestamps import iso, parse_time
 
 Status = dict[str, Any]
 
@@ -222,8 +220,8 @@ def _cold_start(
         if status.get("name") == INIT_CONTAINER and terminated:
             report = parse_report(terminated.get("message"))
             start, end = (
-                parse_iso(terminated.get("startedAt", "")),
-                parse_iso(terminated.get("finishedAt", "")),
+                parse_time(terminated.get("startedAt")),
+                parse_time(terminated.get("finishedAt")),
             )
             if report and "download" in report.phases:
                 phases["download"] = round(report.phases["download"], 3)

@@ -19,23 +19,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from glowplug_operator.bisection import Verdict, judge_trial, new_bisection, next_step
 from glowplug_operator.contract import flag_set_hash
-from glowplug_operator.flag_changes import (
-    Draft,
-    apply_trial,
-    count_per_flag,
-    degraded_event,
-    effective_flags,
-    end_bisection,
-    follow_spec,
-    honour_retry,
-    promote,
-    roll_back,
-)
-from glowplug_operator.observations import DeploymentProgress, PodObservation
-from glowplug_operator.reports import phase_of_flag
-from glowplug_operator.rollback_outputs import (
+from glowplug_operator.rollback.bisection import Verdict, judge_trial, new_bisection, next_step
+from glowplug_operator.rollback.observations import DeploymentProgress, PodObservation
+from glowplug_operator.rollback.outputs import (
     NOT_A_FLAG_PROBLEM,
     Condition,
     Degraded,
@@ -47,34 +34,29 @@ from glowplug_operator.rollback_outputs import (
     names,
     trial_note,
 )
-from glowplug_operator.rollback_state import (
+from glowplug_operator.rollback.reports import phase_of_flag
+from glowplug_operator.rollback.start_counting import absorb
+from glowplug_operator.rollback.state import (
     Bisection,
     FlagState,
     Outcome,
     Rollout,
     SetRecord,
-    iso,
-    parse_iso,
     truncate,
 )
-from glowplug_operator.start_counting import absorb
-
-__all__ = [
-    "CHURN_BUDGET_CHANGES",
-    "CHURN_WINDOW",
-    "INTERMITTENT_FAILURES",
-    "INTERMITTENT_WINDOW",
-    "Condition",
-    "Decision",
-    "Degraded",
-    "Event",
-    "FlagState",
-    "Policy",
-    "Rollback",
-    "Rollout",
-    "decide",
-    "flag_states_from_status",
-]
+from glowplug_operator.rollback.transitions import (
+    Draft,
+    apply_trial,
+    count_per_flag,
+    degraded_event,
+    effective_flags,
+    end_bisection,
+    follow_spec,
+    honour_retry,
+    promote,
+    roll_back,
+)
+from glowplug_operator.timestamps import iso, parse_time
 
 CHURN_BUDGET_CHANGES = 8  # template changes allowed ...
 CHURN_WINDOW = timedelta(minutes=30)  # ... within this window
@@ -171,7 +153,7 @@ def decide(
     recent_changes = tuple(
         c
         for c in work.rollout.changes
-        if (t := parse_iso(c)) is not None and now - t < CHURN_WINDOW
+        if (t := parse_time(c)) is not None and now - t < CHURN_WINDOW
     )
     own_change = tuple(effective) != tuple(before) or nonce != work.rollout.nonce
     if own_change and len(recent_changes) >= CHURN_BUDGET_CHANGES:
@@ -307,7 +289,7 @@ def _automatic(
         window = [
             o
             for o in flag_failures
-            if (t := parse_iso(o.at)) is not None and now - t <= INTERMITTENT_WINDOW
+            if (t := parse_time(o.at)) is not None and now - t <= INTERMITTENT_WINDOW
         ]
         if len(window) < INTERMITTENT_FAILURES:
             return

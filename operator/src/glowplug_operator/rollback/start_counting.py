@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from glowplug_operator.observations import PodObservation, startup_deadline
-from glowplug_operator.rollback_state import (
+from glowplug_operator.rollback.observations import PodObservation, startup_deadline
+from glowplug_operator.rollback.state import (
     KEPT_POD_RECORDS,
     KEPT_SET_RECORDS,
     OUTCOME_ERROR_CHARS,
@@ -23,9 +23,9 @@ from glowplug_operator.rollback_state import (
     PodRecord,
     Rollout,
     SetRecord,
-    iso,
     truncate,
 )
+from glowplug_operator.timestamps import iso
 
 
 def absorb(

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from glowplug_operator.rollback_state import Bisection, Mode, Outcome, iso
+from glowplug_operator.rollback.state import Bisection, Mode, Outcome
+from glowplug_operator.timestamps import iso
 
 # Starts a trial must pass (Ready, no failure in between) before it counts as passed.
 FAILING_TRIAL_STARTS = 1

@@ -1,7 +1,7 @@
 """What a Pod (or the Deployment) says about a start, as frozen observations.
 
 Pure: a raw object as the API returns it (a plain dict) plus `now` in, an observation out. The
-rollback decision (`glowplug_operator.rollback`) reads only these observations.
+rollback decision (`glowplug_operator.rollback.decide`) reads only these observations.
 
 The labels, annotations and container names read here are the builders' own, from `contract`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from glowplug_operator.contract import (
@@ -21,7 +21,8 @@ from glowplug_operator.contract import (
     WORKER_CONTAINER,
     flag_set_hash,
 )
-from glowplug_operator.reports import Report, parse_report
+from glowplug_operator.rollback.reports import Report, parse_report
+from glowplug_operator.timestamps import parse_time
 
 # Waiting reasons that mean the container cannot even be created: not a flag problem.
 IMAGE_PULL_REASONS = frozenset(
@@ -187,14 +188,14 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
         flags=flags,
         flags_hash=flags_hash,
         trial=trial if isinstance(trial, str) else None,
-        created=_time(meta.get("creationTimestamp")),
+        created=parse_time(meta.get("creationTimestamp")),
         scheduled=(
-            _time(scheduled.get("lastTransitionTime"))
+            parse_time(scheduled.get("lastTransitionTime"))
             if scheduled.get("status") == "True"
             else None
         ),
         ready=is_ready,
-        ready_since=_time(ready.get("lastTransitionTime")) if is_ready else None,
+        ready_since=parse_time(ready.get("lastTransitionTime")) if is_ready else None,
         phase=str(status.get("phase") or "Unknown"),
         deleting=meta.get("deletionTimestamp") is not None,
         observed_at=now,
@@ -214,7 +215,7 @@ def observe_deployment_progress(deployment: Mapping[str, Any]) -> DeploymentProg
                 stuck=condition.get("status") == "False" and reason == "ProgressDeadlineExceeded",
                 reason=reason if isinstance(reason, str) else None,
                 message=message if isinstance(message, str) else None,
-                last_update=_time(condition.get("lastUpdateTime")),
+                last_update=parse_time(condition.get("lastUpdateTime")),
             )
     return None
 
@@ -248,7 +249,7 @@ def _observe_container(raw: Mapping[str, Any]) -> ContainerObservation:
         name=str(raw.get("name", "")),
         restarts=restarts if isinstance(restarts, int) and restarts >= 0 else 0,
         running=bool(state.get("running") is not None),
-        started_at=_time(running.get("startedAt")),
+        started_at=parse_time(running.get("startedAt")),
         waiting_reason=reason if isinstance(reason, str) else None,
         terminated_reason=term_reason if isinstance(term_reason, str) else None,
         exit_code=exit_code if isinstance(exit_code, int) else None,
@@ -263,15 +264,3 @@ def _dict(value: Any) -> Mapping[str, Any]:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

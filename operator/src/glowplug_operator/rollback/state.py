@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
+
+from glowplug_operator.timestamps import iso
 
 State = Literal["Active", "Trial", "RolledBack", "Disabled"]
 STATES: tuple[State, ...] = ("Active", "Trial", "RolledBack", "Disabled")
@@ -32,18 +34,6 @@ KEPT_SET_RECORDS = 16
 
 def truncate(text: str, limit: int = MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

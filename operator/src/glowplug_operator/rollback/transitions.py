@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from glowplug_operator.observations import PodObservation
-from glowplug_operator.rollback_outputs import Degraded, Event, Rollback, trial_note
-from glowplug_operator.rollback_state import Bisection, FlagState, Rollout, iso, truncate
+from glowplug_operator.rollback.observations import PodObservation
+from glowplug_operator.rollback.outputs import Degraded, Event, Rollback, trial_note
+from glowplug_operator.rollback.state import Bisection, FlagState, Rollout, truncate
+from glowplug_operator.timestamps import iso
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from glowplug_operator.rollback_state import Bisection, FlagState, Outcome, truncate
+from glowplug_operator.rollback.state import Bisection, FlagState, Outcome, truncate
 
 Policy = Literal["Automatic", "Off"]
 ConditionStatus = Literal["True", "False", "Unknown"]
