@@ -5,7 +5,7 @@ torch.distributed.tensor and sympy: most of a warm start on an H100, see docs/wo
 The forward pass repeats transformers' LlamaForCausalLM operation by operation (RMSNorm in
 float32, rotary embedding computed in float32, SDPA with grouped KV heads, logits for every
 position), and the state-dict names are the checkpoint's, so `fast_load.load_weights` fills it.
-Anything this code does not reproduce makes `native_support.unsupported_reason` answer, and the
+Anything this code does not reproduce makes `native.support.unsupported_reason` answer, and the
 worker then loads with transformers as without the flag.
 """
 
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from glowplug_worker.serve.native_support import read_config, rope_parameters
-from glowplug_worker.serve.native_tokenizer import NativeTokenizer
+from glowplug_worker.serve.native.support import read_config, rope_parameters
+from glowplug_worker.serve.native.tokenizer import NativeTokenizer
 
 
 def load_config(model_dir: Path) -> SimpleNamespace:
