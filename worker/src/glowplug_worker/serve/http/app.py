@@ -235,18 +235,28 @@ class Routes:
         self, run: GenerationRun, stack: AsyncExitStack, req: GenerationRequest, chat: bool
     ) -> AsyncIterator[str]:
         """A generation as server-sent events; the slot is held until the last one."""
-        ids = {"chat": chat, "rid": run.id, "model": self.svc.model_name}
+        model = self.svc.model_name
+
+        def piece(delta: str | None, finish: str | None, first: bool = False) -> str:
+            body = openai.chunk(
+                chat=chat, rid=run.id, model=model, delta=delta, finish=finish, first=first
+            )
+            return openai.event(body)
+
         try:
             async with stack:
                 if chat:
-                    yield openai.event(openai.chunk(**ids, delta=None, finish=None, first=True))
+                    yield piece(None, None, first=True)
                 async for kind, value in run.events():
                     if kind == "delta" and value:
-                        yield openai.event(openai.chunk(**ids, delta=value, finish=None))
+                        yield piece(value, None)
                     elif kind == "done":
-                        yield openai.event(openai.chunk(**ids, delta=None, finish=value))
+                        yield piece(None, value)
                 if req.include_usage:
-                    body = openai.usage_chunk(**ids, prompt_n=len(run.prompt_ids), n=run.tokens)
+                    prompt_n = len(run.prompt_ids)
+                    body = openai.usage_chunk(
+                        chat=chat, rid=run.id, model=model, prompt_n=prompt_n, n=run.tokens
+                    )
                     yield openai.event(body)
         except RequestTimeout:
             yield openai.event(timed_out().body())

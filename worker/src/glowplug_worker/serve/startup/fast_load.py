@@ -60,7 +60,7 @@ def parameters_on_meta() -> Iterator[None]:
             cls = type(param)
             module._parameters[name] = cls(param.to("meta"), requires_grad=param.requires_grad)
 
-    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
