@@ -20,10 +20,16 @@ import pytest
 import yaml
 from glowplug_operator.builders import Owner, endpoint, label_selector
 from glowplug_operator.contract import flag_set_hash
-from glowplug_operator.rollback import Decision, FlagState, Rollout, decide, observe_pod
+from glowplug_operator.rollback import (
+    Condition,
+    Decision,
+    FlagState,
+    Rollout,
+    decide,
+    observe_pod,
+)
 from glowplug_operator.spec import InvalidSpec, parse_spec
 from glowplug_operator.status import (
-    Cond,
     Observed,
     conditions,
     invalid_spec_status,
@@ -283,14 +289,16 @@ class TestConditions:
     @pytest.mark.parametrize(
         ("wanted", "since"),
         [
-            (Cond("Ready", "False", "Starting", "0/1 replicas ready"), at(0)),
-            (Cond("Ready", "False", "ImagePullFailed", "pod x: ErrImagePull"), at(0)),
-            (Cond("Ready", "True", "Serving", "1/1 replicas serve the model"), iso(NOW)),
-            (Cond("Ready", "Unknown", "Evaluating", ""), iso(NOW)),
+            (Condition("Ready", "False", "Starting", "0/1 replicas ready"), at(0)),
+            (Condition("Ready", "False", "ImagePullFailed", "pod x: ErrImagePull"), at(0)),
+            (Condition("Ready", "True", "Serving", "1/1 replicas serve the model"), iso(NOW)),
+            (Condition("Ready", "Unknown", "Evaluating", ""), iso(NOW)),
         ],
         ids=["unchanged", "new-reason-same-status", "status-changed", "to-unknown"],
     )
-    def test_transition_time_moves_only_with_the_status(self, wanted: Cond, since: str) -> None:
+    def test_transition_time_moves_only_with_the_status(
+        self, wanted: Condition, since: str
+    ) -> None:
         (out,) = conditions(self.BEFORE, [wanted], 4, self.NOW)
         assert out == {
             "type": wanted.type,
@@ -302,12 +310,14 @@ class TestConditions:
         }
 
     def test_a_new_condition_starts_now_and_a_dropped_one_goes(self) -> None:
-        out = conditions(self.BEFORE, [Cond("Degraded", "False", "AsExpected", "")], 4, self.NOW)
+        out = conditions(
+            self.BEFORE, [Condition("Degraded", "False", "AsExpected", "")], 4, self.NOW
+        )
         assert [(c["type"], c["lastTransitionTime"]) for c in out] == [("Degraded", iso(self.NOW))]
 
     def test_garbage_in_the_stored_conditions_is_ignored(self) -> None:
         previous: list[Any] = ["Ready", None, {"status": "True"}]
-        (out,) = conditions(previous, [Cond("Ready", "True", "Serving", "")], 1, self.NOW)
+        (out,) = conditions(previous, [Condition("Ready", "True", "Serving", "")], 1, self.NOW)
         assert out["lastTransitionTime"] == iso(self.NOW)
 
 

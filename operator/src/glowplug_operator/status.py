@@ -14,22 +14,17 @@ from datetime import datetime
 from typing import Any
 
 from glowplug_operator.contract import FLAGS_HASH_LABEL, INIT_CONTAINER, WORKER_CONTAINER
-from glowplug_operator.rollback import Decision, PodObservation, parse_report
+from glowplug_operator.rollback import Condition, Decision, PodObservation, parse_report
 from glowplug_operator.timestamps import iso, parse_time
 
 Status = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Cond:
-    type: str
-    status: str  # "True" | "False" | "Unknown"
-    reason: str
-    message: str
-
-
 def conditions(
-    previous: Sequence[Mapping[str, Any]], wanted: Sequence[Cond], generation: int, now: datetime
+    previous: Sequence[Mapping[str, Any]],
+    wanted: Sequence[Condition],
+    generation: int,
+    now: datetime,
 ) -> list[dict[str, Any]]:
     """metav1.Conditions; lastTransitionTime moves only when a condition's status changes."""
     before = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
@@ -56,9 +51,9 @@ def invalid_spec_status(body: Mapping[str, Any], field: str, message: str, now: 
     generation = body["metadata"].get("generation", 0)
     text = f"{field}: {message}"
     wanted = [
-        Cond("Ready", "False", "InvalidSpec", text),
-        Cond("Progressing", "False", "InvalidSpec", "fix the spec; nothing is rolled out"),
-        Cond("Stalled", "True", "InvalidSpec", text),
+        Condition("Ready", "False", "InvalidSpec", text),
+        Condition("Progressing", "False", "InvalidSpec", "fix the spec; nothing is rolled out"),
+        Condition("Stalled", "True", "InvalidSpec", text),
     ]
     keep = {k: v for k, v in old.items() if k not in ("conditions", "observedGeneration")}
     return _prune_status(
@@ -100,12 +95,7 @@ def modelserver_status(
         _ready(ready, desired, decision),
         _progressing(ready, desired, current, decision),
         _weights(observed.pods, observed.flags_hash),
-        Cond(
-            "OptimizationsHealthy",
-            decision.condition.status,
-            decision.condition.reason,
-            decision.condition.message,
-        ),
+        decision.condition,
         _degraded(decision),
     ]
     cold_start = _cold_start(observed.pods, observed.observations) or previous.get("coldStart")
@@ -126,39 +116,41 @@ def modelserver_status(
     )
 
 
-def _ready(ready: int, desired: int, decision: Decision) -> Cond:
+def _ready(ready: int, desired: int, decision: Decision) -> Condition:
     if desired == 0:
-        return Cond("Ready", "True", "ScaledToZero", "no replicas requested")
+        return Condition("Ready", "True", "ScaledToZero", "no replicas requested")
     if ready >= desired:
-        return Cond("Ready", "True", "Serving", f"{ready}/{desired} replicas serve the model")
+        return Condition("Ready", "True", "Serving", f"{ready}/{desired} replicas serve the model")
     if decision.degraded:
-        return Cond("Ready", "False", decision.degraded.reason, decision.degraded.message)
-    return Cond("Ready", "False", "Starting", f"{ready}/{desired} replicas ready")
+        return Condition("Ready", "False", decision.degraded.reason, decision.degraded.message)
+    return Condition("Ready", "False", "Starting", f"{ready}/{desired} replicas ready")
 
 
 def _progressing(
     ready: int, desired: int, current: Sequence[PodObservation], decision: Decision
-) -> Cond:
+) -> Condition:
     if decision.degraded:
-        return Cond("Progressing", "False", decision.degraded.reason, decision.degraded.message)
+        return Condition(
+            "Progressing", "False", decision.degraded.reason, decision.degraded.message
+        )
     if ready >= desired:
-        return Cond("Progressing", "False", "Converged", "the rollout is complete")
+        return Condition("Progressing", "False", "Converged", "the rollout is complete")
     note = "rolling out new startup flags" if decision.template_changed else "pods are starting"
-    return Cond(
+    return Condition(
         "Progressing", "True", "RollingOut", f"{note}: {ready}/{desired} ready, {len(current)} pods"
     )
 
 
-def _degraded(decision: Decision) -> Cond:
+def _degraded(decision: Decision) -> Condition:
     if decision.degraded:
-        return Cond("Degraded", "True", decision.degraded.reason, decision.degraded.message)
-    return Cond("Degraded", "False", "AsExpected", "")
+        return Condition("Degraded", "True", decision.degraded.reason, decision.degraded.message)
+    return Condition("Degraded", "False", "AsExpected", "")
 
 
-def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Cond:
+def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Condition:
     """WeightsReady from the prefetch init containers of the pods."""
     if not pods:
-        return Cond("WeightsReady", "Unknown", "NoPods", "no pod has started yet")
+        return Condition("WeightsReady", "Unknown", "NoPods", "no pod has started yet")
     current = [
         p for p in pods if (p["metadata"].get("labels") or {}).get(FLAGS_HASH_LABEL) == flags_hash
     ]
@@ -172,7 +164,7 @@ def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Cond:
                 report = parse_report(terminated.get("message"))
                 reused = bool(report and report.download and report.download.reused)
                 how = "reused from the cache" if reused else "downloaded"
-                return Cond(
+                return Condition(
                     "WeightsReady", "True", "Reused" if reused else "Downloaded", f"weights {how}"
                 )
             last = (status.get("lastState") or {}).get("terminated") or terminated
@@ -183,10 +175,12 @@ def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Cond:
                     if report and report.error
                     else str(last.get("message") or "")
                 )
-                failure = Cond("WeightsReady", "False", "DownloadFailed", message[:512])
+                failure = Condition("WeightsReady", "False", "DownloadFailed", message[:512])
         if _worker_started(pod):
-            return Cond("WeightsReady", "True", "Downloaded", "weights are on the pod's volume")
-    return failure or Cond(
+            return Condition(
+                "WeightsReady", "True", "Downloaded", "weights are on the pod's volume"
+            )
+    return failure or Condition(
         "WeightsReady", "False", "Downloading", "the prefetch init container is running"
     )
 

@@ -39,9 +39,9 @@ from glowplug_operator.rollback.start_counting import absorb
 from glowplug_operator.rollback.state import (
     Bisection,
     FlagState,
-    Outcome,
     Rollout,
     SetRecord,
+    StartResult,
     truncate,
 )
 from glowplug_operator.rollback.transitions import (
@@ -226,7 +226,7 @@ def _blocked(
 
 
 def _report_only(
-    work: Draft, flags: Sequence[str], trial: Sequence[Outcome], now: datetime
+    work: Draft, flags: Sequence[str], trial: Sequence[StartResult], now: datetime
 ) -> None:
     """policy Off: end any bisection (its flags come back), blame in words only."""
     if work.rollout.bisection:
@@ -257,7 +257,7 @@ def _automatic(
     work: Draft,
     order: Sequence[str],
     flags: Sequence[str],
-    trial: Sequence[Outcome],
+    trial: Sequence[StartResult],
     record: SetRecord | None,
     now: datetime,
 ) -> None:
@@ -324,27 +324,27 @@ def _continue_bisection(
     work: Draft,
     order: Sequence[str],
     bisection: Bisection,
-    trial: Sequence[Outcome],
+    trial: Sequence[StartResult],
     now: datetime,
 ) -> None:
     verdict = judge_trial(bisection, trial)
     if verdict is Verdict.PENDING:
         work.note = trial_note(bisection)
         return
-    outcome = next_step(bisection, verdict, now)
-    if outcome.blame is not None:
+    step = next_step(bisection, verdict, now)
+    if step.blame is not None:
         last_failure = next((o for o in reversed(trial) if not o.ok), None)
         end_bisection(work, now)
         roll_back(
             work,
-            outcome.blame,
+            step.blame,
             "Bisected" if bisection.mode == "Failing" else "IntermittentFailures",
             f"starts fail with it on and succeed without it (bisection, {bisection.step} trials)"
             + (f"; last error {last_failure.error}" if last_failure and last_failure.error else ""),
             now,
         )
         return
-    if outcome.inconclusive:
+    if step.inconclusive:
         end_bisection(work, now)
         work.events.append(
             Event(
@@ -355,18 +355,18 @@ def _continue_bisection(
             )
         )
         return
-    if outcome.bisection is None:
+    if step.bisection is None:
         end_bisection(work, now)
         work.rollout = replace(work.rollout, not_flag_problem=True)
         work.degraded = NOT_A_FLAG_PROBLEM
         return
-    work.rollout = replace(work.rollout, bisection=outcome.bisection)
-    apply_trial(work, outcome.bisection, now)
-    work.note = trial_note(outcome.bisection)
+    work.rollout = replace(work.rollout, bisection=step.bisection)
+    apply_trial(work, step.bisection, now)
+    work.note = trial_note(step.bisection)
     work.events.append(Event("Normal", "BisectionStep", work.note))
 
 
-def _evidence(flags: Sequence[str], failure: Outcome) -> list[str]:
+def _evidence(flags: Sequence[str], failure: StartResult) -> list[str]:
     """Flags a failure report points at: its own `flag`, else the flags of its failed phase."""
     if failure.flag and failure.flag in flags:
         return [failure.flag]
@@ -384,7 +384,7 @@ def _unproven(work: Draft, flags: Sequence[str], mode: str) -> list[str]:
     return unproven or list(flags)
 
 
-def _nonce(work: Draft, trial: Sequence[Outcome]) -> str | None:
+def _nonce(work: Draft, trial: Sequence[StartResult]) -> str | None:
     """An intermittent trial needs several starts: a new nonce after each Ready start."""
     bisection = work.rollout.bisection
     if bisection is None or bisection.mode != "Intermittent":

@@ -22,7 +22,7 @@ from glowplug_operator.timestamps import iso
 
 State = Literal["Active", "Trial", "RolledBack", "Disabled"]
 STATES: tuple[State, ...] = ("Active", "Trial", "RolledBack", "Disabled")
-OutcomeKind = Literal["ready", "failed", "timeout", "oom"]
+StartKind = Literal["ready", "failed", "timeout", "oom"]
 Mode = Literal["Failing", "Intermittent"]
 
 MESSAGE_CHARS = 256
@@ -90,12 +90,12 @@ class FlagState:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class StartResult:
     """One start of a flag set: it became Ready, or it failed (and how)."""
 
     seq: int
     at: str
-    kind: OutcomeKind
+    kind: StartKind
     flag: str | None = None  # the report's own blame
     phase: str | None = None  # the report's failed phase
     error: str = ""  # "Type: message" from the report, or the termination reason
@@ -115,7 +115,7 @@ class Outcome:
         }
 
     @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> Outcome | None:
+    def from_status(cls, raw: Mapping[str, Any]) -> StartResult | None:
         kind = raw.get("kind")
         if kind not in ("ready", "failed", "timeout", "oom"):
             return None
@@ -140,7 +140,7 @@ class SetRecord:
     successes: int = 0
     reached_ready: bool = False
     last_seq: int = 0
-    recent: tuple[Outcome, ...] = ()
+    recent: tuple[StartResult, ...] = ()
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -169,7 +169,7 @@ class SetRecord:
             last_seq=_int(raw.get("lastSeq")),
             recent=tuple(
                 o
-                for o in (Outcome.from_status(r) for r in _dicts(raw.get("recent")))
+                for o in (StartResult.from_status(r) for r in _dicts(raw.get("recent")))
                 if o is not None
             ),
         )
