@@ -214,7 +214,7 @@ def _resources(spec: ModelServerSpec, *, gpus: bool) -> Manifest:
     return out
 
 
-def _http_probe(path: str, port: int, period: int, failures: int, timeout: int = 2) -> Manifest:
+def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Manifest:
     return {
         "httpGet": {"path": path, "port": "http"},
         "periodSeconds": period,
@@ -251,9 +251,9 @@ def _worker_container(
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "volumeMounts": [*_mounts(spec, settings), {"name": "dshm", "mountPath": "/dev/shm"}],
         "resources": _resources(spec, gpus=True),
-        "startupProbe": _http_probe("/ready", serving.port, period, failures),
-        "readinessProbe": _http_probe("/ready", serving.port, 5, 3),
-        "livenessProbe": _http_probe("/health", serving.port, 10, 3, timeout=5),
+        "startupProbe": _http_probe("/ready", period, failures),
+        "readinessProbe": _http_probe("/ready", 5, 3),
+        "livenessProbe": _http_probe("/health", 10, 3, timeout=5),
         "securityContext": _container_security(),
         "terminationMessagePath": TERMINATION_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
