@@ -1,13 +1,15 @@
 """How the flag states move: following the spec, retries, trials, rollbacks, promotion.
 
-Helpers of `rollback.decide`, working on a `Draft` (the decision being built).
+Each step of `rollback.decide` is a function from one `Work` (the decision so far, immutable) to
+the next, so the order of the changes is the order of the calls in `decide`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from glowplug_operator.rollback.observations import PodObservation
 from glowplug_operator.rollback.outputs import Degraded, Event, Rollback, trial_note
@@ -15,102 +17,121 @@ from glowplug_operator.rollback.state import Bisection, FlagState, Rollout, trun
 from glowplug_operator.timestamps import iso
 
 
-@dataclass
-class Draft:
-    """The decision being built (private, mutable while deciding)."""
+@dataclass(frozen=True)
+class Work:
+    """The decision so far: flag states by name, the kept rollout, what to tell the user."""
 
-    states: dict[str, FlagState]
     rollout: Rollout
-    events: list[Event]
-    rollbacks: list[Rollback]
+    states: Mapping[str, FlagState] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+    rollbacks: tuple[Rollback, ...] = ()
     degraded: Degraded | None = None
     note: str = ""  # what is going on, for the condition message
 
+    def with_states(self, changed: Mapping[str, FlagState]) -> Work:
+        return replace(self, states={**self.states, **changed}) if changed else self
 
-def effective_flags(work: Draft, order: Sequence[str]) -> list[str]:
+    def with_rollout(self, **changes: Any) -> Work:
+        return replace(self, rollout=replace(self.rollout, **changes))
+
+    def with_events(self, *events: Event) -> Work:
+        return replace(self, events=(*self.events, *events))
+
+
+def effective_flags(work: Work, order: Sequence[str]) -> list[str]:
     return [name for name in order if work.states[name].on]
 
 
 def follow_spec(
-    work: Draft,
+    work: Work,
     order: Sequence[str],
     prints: Mapping[str, str],
     flag_states: Sequence[FlagState],
     now: datetime,
-) -> None:
+) -> Work:
     """New spec flags enter as Trial; removed ones disappear; a changed definition retries."""
     old = {s.name: s for s in flag_states}
     known = work.rollout.fingerprints
+    states: dict[str, FlagState] = {}
     reset: list[str] = []
     added: list[str] = []
     for name in order:
         state = old.get(name)
         if state is None:
             added.append(name)
-            work.states[name] = FlagState(name, "Trial", "Added", "new in the spec", 0, 0, iso(now))
+            states[name] = FlagState(name, "Trial", "Added", "new in the spec", 0, 0, iso(now))
         elif name in known and known[name] != prints[name]:
-            work.states[name] = FlagState(
+            states[name] = FlagState(
                 name, "Trial", "SpecChanged", "its definition changed in the spec", 0, 0, iso(now)
             )
             reset.append(name)
         else:
-            work.states[name] = state
+            states[name] = state
+    work = replace(work, states=states)
     gone = set(old) - set(order)
     bisection = work.rollout.bisection
     if bisection and (added or (set(reset) | gone) & set(bisection.origin)):
-        end_bisection(work, now)
-    forget(work, reset + added)
-    work.rollout = replace(work.rollout, fingerprints=dict(prints))
+        work = end_bisection(work, now)
+    work = forget(work, reset + added)
+    return work.with_rollout(fingerprints=dict(prints))
 
 
-def forget(work: Draft, flags: Sequence[str]) -> None:
+def forget(work: Work, flags: Sequence[str]) -> Work:
     """Drop the history of flag sets that contain any of `flags` (a fresh trial for them)."""
-    if flags:
-        drop = set(flags)
-        sets = tuple(s for s in work.rollout.sets if not drop & set(s.flags))
-        work.rollout = replace(work.rollout, sets=sets, not_flag_problem=False)
+    if not flags:
+        return work
+    drop = set(flags)
+    sets = tuple(s for s in work.rollout.sets if not drop & set(s.flags))
+    return work.with_rollout(sets=sets, not_flag_problem=False)
 
 
-def honour_retry(work: Draft, order: Sequence[str], token: str | None, now: datetime) -> None:
+def honour_retry(work: Work, order: Sequence[str], token: str | None, now: datetime) -> Work:
     """glowplug.dev/retry-optimizations: "all" or names; each distinct value is honoured once."""
     token = (token or "").strip()
     if not token or token == work.rollout.retry_honoured:
-        return
+        return work
     names = set(order) if token == "all" else {n.strip() for n in token.split(",")}
     retried = [
         n for n in order if n in names and work.states[n].state in ("RolledBack", "Disabled")
     ]
     if work.rollout.bisection and retried:
-        end_bisection(work, now)
-    for name in retried:
-        work.states[name] = replace(
-            work.states[name].moved("Trial", "RetryRequested", "a retry was requested", now),
-            failures=0,
-            successes=0,
-        )
-        work.events.append(Event("Normal", "RetryingOptimization", f"retrying flag {name}"))
-    forget(work, retried)
-    work.rollout = replace(work.rollout, retry_honoured=token, changes=())
+        work = end_bisection(work, now)
+    work = work.with_states(
+        {
+            name: replace(
+                work.states[name].moved("Trial", "RetryRequested", "a retry was requested", now),
+                failures=0,
+                successes=0,
+            )
+            for name in retried
+        }
+    )
+    work = work.with_events(
+        *(Event("Normal", "RetryingOptimization", f"retrying flag {name}") for name in retried)
+    )
+    work = forget(work, retried)
+    return work.with_rollout(retry_honoured=token, changes=())
 
 
 def count_per_flag(
-    work: Draft,
+    work: Work,
     failed_sets: Sequence[Sequence[str]],
     ready_sets: Sequence[Sequence[str]],
-) -> None:
+) -> Work:
+    """Each flag's failures and successes, from the starts just counted."""
+    states = dict(work.states)
     for flags in failed_sets:
         for name in flags:
-            if name in work.states:
-                s = work.states[name]
-                work.states[name] = replace(s, failures=s.failures + 1)
+            if name in states:
+                states[name] = replace(states[name], failures=states[name].failures + 1)
     for flags in ready_sets:
         for name in flags:
-            if name in work.states:
-                s = work.states[name]
-                work.states[name] = replace(s, successes=s.successes + 1)
+            if name in states:
+                states[name] = replace(states[name], successes=states[name].successes + 1)
+    return replace(work, states=states)
 
 
-def apply_trial(work: Draft, bisection: Bisection, now: datetime) -> None:
+def apply_trial(work: Work, bisection: Bisection, now: datetime) -> Work:
     """Make the flags of `origin` run exactly the trial set.
 
     Flags off for the trial are Disabled/Bisecting (not RolledBack); suspects on are
@@ -118,63 +139,78 @@ def apply_trial(work: Draft, bisection: Bisection, now: datetime) -> None:
     """
     message = trial_note(bisection)
     trial = bisection.trial
+    changed: dict[str, FlagState] = {}
     for name in bisection.origin:
         s = work.states.get(name)
         if s is None or s.state == "RolledBack":
             continue
         if name not in trial:
-            work.states[name] = s.moved("Disabled", "Bisecting", message, now)
+            changed[name] = s.moved("Disabled", "Bisecting", message, now)
         elif name in bisection.suspects or s.state == "Disabled":
-            work.states[name] = s.moved("Trial", "Bisecting", message, now)
+            changed[name] = s.moved("Trial", "Bisecting", message, now)
+    return work.with_states(changed)
 
 
-def end_bisection(work: Draft, now: datetime) -> None:
+def start_trial(work: Work, bisection: Bisection, now: datetime) -> Work:
+    """`bisection` becomes the ongoing one and its flags run its trial set."""
+    return apply_trial(work.with_rollout(bisection=bisection), bisection, now)
+
+
+def end_bisection(work: Work, now: datetime) -> Work:
     """Flags switched off only for a trial come back as Trial."""
-    for name, s in list(work.states.items()):
-        if s.state == "Disabled" or s.reason == "Bisecting":
-            work.states[name] = s.moved("Trial", "BisectionEnded", "back on after bisection", now)
-    work.rollout = replace(work.rollout, bisection=None)
+    back = {
+        name: s.moved("Trial", "BisectionEnded", "back on after bisection", now)
+        for name, s in work.states.items()
+        if s.state == "Disabled" or s.reason == "Bisecting"
+    }
+    return work.with_states(back).with_rollout(bisection=None)
 
 
-def roll_back(work: Draft, name: str, reason: str, message: str, now: datetime) -> None:
+def roll_back(work: Work, name: str, reason: str, message: str, now: datetime) -> Work:
     if work.rollout.bisection is not None:
-        end_bisection(work, now)
-    work.states[name] = work.states[name].moved("RolledBack", reason, message, now)
-    work.rollbacks.append(Rollback(name, reason))
-    work.events.append(
+        work = end_bisection(work, now)
+    work = work.with_states({name: work.states[name].moved("RolledBack", reason, message, now)})
+    work = replace(work, rollbacks=(*work.rollbacks, Rollback(name, reason)))
+    return work.with_events(
         Event("Warning", "OptimizationRolledBack", truncate(f"rolled back flag {name}: {message}"))
     )
 
 
 def promote(
-    work: Draft,
+    work: Work,
     effective: Sequence[str],
     pods: Sequence[PodObservation],
     digest: str,
     now: datetime,
-) -> None:
+) -> Work:
     """Pods of the effective set are Ready: its Trial flags become Active (not mid-bisection)."""
     if work.rollout.bisection is not None:
-        return
+        return work
     if not any(p.ready and not p.deleting and p.flags_hash == digest for p in pods):
-        return
+        return work
     promoted = [name for name in effective if work.states[name].state == "Trial"]
-    for name in promoted:
-        s = work.states[name]
-        work.states[name] = s.moved("Active", "StartupSucceeded", "pods became Ready", now)
-    if promoted:
-        work.events.append(
-            Event(
-                "Normal",
-                "OptimizationsActive",
-                truncate(f"pods became Ready with {', '.join(promoted)}: active"),
-            )
+    if not promoted:
+        return work
+    work = work.with_states(
+        {
+            name: work.states[name].moved("Active", "StartupSucceeded", "pods became Ready", now)
+            for name in promoted
+        }
+    )
+    return work.with_events(
+        Event(
+            "Normal",
+            "OptimizationsActive",
+            truncate(f"pods became Ready with {', '.join(promoted)}: active"),
         )
+    )
 
 
-def degraded_event(work: Draft) -> None:
+def degraded_event(work: Work) -> Work:
+    """A Warning Event when the Degraded reason changes to a new one; the reason is kept."""
     reason = work.degraded.reason if work.degraded else None
-    if reason != work.rollout.degraded:
-        if work.degraded is not None:
-            work.events.append(Event("Warning", work.degraded.reason, work.degraded.message))
-        work.rollout = replace(work.rollout, degraded=reason)
+    if reason == work.rollout.degraded:
+        return work
+    if work.degraded is not None:
+        work = work.with_events(Event("Warning", work.degraded.reason, work.degraded.message))
+    return work.with_rollout(degraded=reason)
