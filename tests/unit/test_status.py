@@ -251,7 +251,6 @@ def status(
         generation=4,
         desired_replicas=replicas,
         deployment=deployment,
-        pods=pods,
         observations=[observe_pod(p, now) for p in pods],
         flags_hash=chosen.flags_hash,
         selector=label_selector(OWNER),

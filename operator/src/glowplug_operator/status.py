@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from glowplug_operator.contract import FLAGS_HASH_LABEL, INIT_CONTAINER, WORKER_CONTAINER
-from glowplug_operator.rollback import Condition, Decision, PodObservation, parse_report
-from glowplug_operator.timestamps import iso, parse_time
+from glowplug_operator.rollback import Condition, Decision, PodObservation
+from glowplug_operator.timestamps import iso
 
 Status = dict[str, Any]
 
@@ -72,7 +71,6 @@ class Observed:
     generation: int
     desired_replicas: int
     deployment: Mapping[str, Any] | None
-    pods: Sequence[Mapping[str, Any]]
     observations: Sequence[PodObservation]
     flags_hash: str
     selector: str
@@ -94,11 +92,11 @@ def modelserver_status(
     wanted = [
         _ready(ready, desired, decision),
         _progressing(ready, desired, current, decision),
-        _weights(observed.pods, observed.flags_hash),
+        _weights(observed.observations, observed.flags_hash),
         decision.condition,
         _degraded(decision),
     ]
-    cold_start = _cold_start(observed.pods, observed.observations) or previous.get("coldStart")
+    cold_start = _cold_start(observed.observations) or previous.get("coldStart")
     return _prune_status(
         {
             "observedGeneration": observed.generation,
@@ -147,36 +145,27 @@ def _degraded(decision: Decision) -> Condition:
     return Condition("Degraded", "False", "AsExpected", "")
 
 
-def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Condition:
-    """WeightsReady from the prefetch init containers of the pods."""
-    if not pods:
+def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Condition:
+    """WeightsReady from the prefetch init containers of the pods (those of the flag set in
+    force first)."""
+    if not observations:
         return Condition("WeightsReady", "Unknown", "NoPods", "no pod has started yet")
-    current = [
-        p for p in pods if (p["metadata"].get("labels") or {}).get(FLAGS_HASH_LABEL) == flags_hash
-    ]
+    current = [o for o in observations if o.flags_hash == flags_hash]
     failure = None
-    for pod in current or pods:
-        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") != INIT_CONTAINER:
-                continue
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if terminated and terminated.get("exitCode") == 0:
-                report = parse_report(terminated.get("message"))
+    for pod in current or observations:
+        init = pod.init
+        if init is not None:
+            if init.succeeded_now:
+                report = init.final_report
                 reused = bool(report and report.download and report.download.reused)
                 how = "reused from the cache" if reused else "downloaded"
                 return Condition(
                     "WeightsReady", "True", "Reused" if reused else "Downloaded", f"weights {how}"
                 )
-            last = (status.get("lastState") or {}).get("terminated") or terminated
-            if last and last.get("exitCode"):
-                report = parse_report(last.get("message"))
-                message = (
-                    report.error.message
-                    if report and report.error
-                    else str(last.get("message") or "")
-                )
-                failure = Condition("WeightsReady", "False", "DownloadFailed", message[:512])
-        if _worker_started(pod):
+            if init.last_failure_message is not None:
+                message = init.last_failure_message[:512]
+                failure = Condition("WeightsReady", "False", "DownloadFailed", message)
+        if pod.worker is not None and pod.worker.has_started:
             return Condition(
                 "WeightsReady", "True", "Downloaded", "weights are on the pod's volume"
             )
@@ -185,18 +174,7 @@ def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Condition:
     )
 
 
-def _worker_started(pod: Mapping[str, Any]) -> bool:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == WORKER_CONTAINER and (
-            (status.get("state") or {}).get("running") or status.get("restartCount")
-        ):
-            return True
-    return False
-
-
-def _cold_start(
-    pods: Sequence[Mapping[str, Any]], observations: Sequence[PodObservation]
-) -> dict[str, Any] | None:
+def _cold_start(observations: Sequence[PodObservation]) -> dict[str, Any] | None:
     """The most recent start that reached Ready: seconds from scheduling to Ready, and phases
     (schedule wait, the prefetcher's download, the worker's start) where the pod shows them."""
     ready = [o for o in observations if o.ready and o.ready_since and o.scheduled]
@@ -207,21 +185,15 @@ def _cold_start(
     phases: dict[str, float] = {}
     if latest.created:
         phases["schedule"] = _seconds(latest.scheduled - latest.created)
-    pod = next((p for p in pods if p["metadata"].get("uid") == latest.uid), None)
+    init = latest.init
     worker_started = None
-    for status in ((pod or {}).get("status") or {}).get("initContainerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated") or {}
-        if status.get("name") == INIT_CONTAINER and terminated:
-            report = parse_report(terminated.get("message"))
-            start, end = (
-                parse_time(terminated.get("startedAt")),
-                parse_time(terminated.get("finishedAt")),
-            )
-            if report and "download" in report.phases:
-                phases["download"] = round(report.phases["download"], 3)
-            elif start and end:
-                phases["download"] = _seconds(end - start)
-            worker_started = end
+    if init is not None and init.terminated_now:
+        report, start, end = init.final_report, init.terminated_started_at, init.finished_at
+        if report and "download" in report.phases:
+            phases["download"] = round(report.phases["download"], 3)
+        elif start and end:
+            phases["download"] = _seconds(end - start)
+        worker_started = end
     if worker_started:
         phases["start"] = _seconds(latest.ready_since - worker_started)
     return {"lastSeconds": _seconds(latest.ready_since - latest.scheduled), "phases": phases}

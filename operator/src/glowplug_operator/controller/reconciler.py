@@ -53,8 +53,7 @@ class Reconciler:
             await self._invalid(body, error, now)
             return None
         owner = builders.Owner(key[1], key[0], body["metadata"]["uid"])
-        pods = self.store.pods_of(key)
-        observations = [observe_pod(p, now) for p in pods]
+        observations = [observe_pod(p, now) for p in self.store.pods_of(key)]
         deployment = self.store.child("Deployment", key[0], key[1])
         decision = self._decide(body, spec, observations, deployment, now)
 
@@ -66,7 +65,6 @@ class Reconciler:
                 generation=body["metadata"].get("generation", 0),
                 desired_replicas=spec.replicas,
                 deployment=deployment,
-                pods=pods,
                 observations=observations,
                 flags_hash=decision.flags_hash,
                 selector=builders.label_selector(owner),

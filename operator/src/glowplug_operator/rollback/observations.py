@@ -42,6 +42,23 @@ class ContainerObservation:
     exit_code: int | None  # current state, else last state
     terminated_now: bool  # the current state is terminated (not only the last state)
     report: Report | None  # the most recent failure report of this container
+    # The current terminated state's run and report (any exit code), for the cold start.
+    terminated_started_at: datetime | None = None
+    finished_at: datetime | None = None
+    final_report: Report | None = None
+    # The failure message of the last terminated run (the last state first, else the current
+    # one) when it exited non-zero: the report's error message, else the raw message.
+    last_failure_message: str | None = None
+
+    @property
+    def succeeded_now(self) -> bool:
+        """The current state is a run that ended with exit code 0."""
+        return self.terminated_now and self.exit_code == 0
+
+    @property
+    def has_started(self) -> bool:
+        """It runs or has run (a restart count means an earlier run)."""
+        return self.running or self.restarts > 0
 
     @property
     def failed_now(self) -> bool:
@@ -245,6 +262,16 @@ def _observe_container(raw: Mapping[str, Any]) -> ContainerObservation:
     restarts = raw.get("restartCount")
     reason = waiting.get("reason")
     term_reason = terminated.get("reason")
+    final_report = parse_report(terminated_now.get("message")) if terminated_now else None
+    last_run = terminated_last or terminated_now
+    last_failure_message = None
+    if last_run and last_run.get("exitCode"):
+        last_report = parse_report(last_run.get("message"))
+        last_failure_message = (
+            last_report.error.message
+            if last_report and last_report.error
+            else str(last_run.get("message") or "")
+        )
     return ContainerObservation(
         name=str(raw.get("name", "")),
         restarts=restarts if isinstance(restarts, int) and restarts >= 0 else 0,
@@ -255,6 +282,10 @@ def _observe_container(raw: Mapping[str, Any]) -> ContainerObservation:
         exit_code=exit_code if isinstance(exit_code, int) else None,
         terminated_now=bool(terminated_now),
         report=report,
+        terminated_started_at=parse_time(terminated_now.get("startedAt")),
+        finished_at=parse_time(terminated_now.get("finishedAt")),
+        final_report=final_report,
+        last_failure_message=last_failure_message,
     )
 
 
