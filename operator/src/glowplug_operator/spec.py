@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from glowplug_operator.quantity import parse_quantity
+
 BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
     "prefetch-weights",
     "background-import",
@@ -29,10 +31,6 @@ BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
 SCHEMES: tuple[str, ...] = ("hf", "s3", "https", "http", "pvc", "file")
 """URI schemes ``spec.model.source`` may use."""
 
-_QUANTITY = re.compile(
-    r"^\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-    r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
-)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -285,11 +283,12 @@ def _check_model(model: ModelSource) -> None:
 def _check_quantity(field: str, value: str | None, *, positive: bool) -> None:
     if value is None:
         return
-    if not _QUANTITY.match(value):
+    amount = parse_quantity(value)
+    if amount is None or amount < 0:
         raise InvalidSpec(
             field, f"{value!r} is not a Kubernetes quantity; write it like 48Gi, 512Mi, 8 or 500m"
         )
-    if positive and float(re.sub(r"[^0-9.].*$", "", value) or "0") == 0:
+    if positive and amount == 0:
         raise InvalidSpec(field, f"{value!r} must be greater than zero, such as 40Gi")
 
 

@@ -3,29 +3,9 @@ applied still contained in the live object"."""
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIXES: dict[str, Decimal] = {
-    "": Decimal(1), "m": Decimal("0.001"),
-    **{s: Decimal(10) ** (3 * i) for i, s in enumerate("kMGTPE", 1)},
-    **{f"{s}i": Decimal(2) ** (10 * i) for i, s in enumerate("KMGTPE", 1)},
-}  # fmt: skip
-
-
-def parse_quantity(value: Any) -> Decimal | None:
-    """A Kubernetes quantity's value, or None for anything that is not one."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    match = _QUANTITY.match(str(value))
-    if not match or match.group(2) not in _SUFFIXES:
-        return None
-    try:
-        return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
-    except InvalidOperation:
-        return None
+from glowplug_operator.quantity import parse_quantity
 
 
 def contains(live: Any, wanted: Any) -> bool:
