@@ -66,15 +66,18 @@ def _secret_names(value: Any) -> Any:
 Quantity = Annotated[str, BeforeValidator(_int_to_str)]
 
 
+# The resource's JSON is camelCase, the code's names snake_case: the spec's models and the status
+# records (rollback/state.py) share this configuration.
+CAMEL_CASE = ConfigDict(
+    extra="ignore",
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+)
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True,
-        extra="ignore",
-        strict=True,
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-    )
+    model_config = ConfigDict(**CAMEL_CASE, frozen=True, strict=True)
 
 
 class SecretRef(_Model):

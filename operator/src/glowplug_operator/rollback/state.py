@@ -14,10 +14,14 @@ Two parts, both plain JSON once serialised:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError, field_serializer
+from pydantic.dataclasses import dataclass
+
+from glowplug_operator.spec import CAMEL_CASE
 from glowplug_operator.timestamps import iso
 
 State = Literal["Active", "Trial", "RolledBack", "Disabled"]
@@ -31,55 +35,103 @@ RECENT_OUTCOMES = 10  # per flag set: the window of starts for intermittent fail
 KEPT_POD_RECORDS = 32  # records of pods no longer observed, kept against double counting
 KEPT_SET_RECORDS = 16
 
+# The status is written by this code but kept in an object anyone can edit: reading it back is
+# tolerant. A field of the wrong type reads as its empty value; a record without what identifies
+# it (a name, a hash, a uid, a kind) is dropped; a mangled status.rollout reads as empty.
+_CONFIG = ConfigDict(**CAMEL_CASE)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list | tuple) else ()
+
+
+def _yes(value: Any) -> bool:
+    return value is True
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+OptionalText = Annotated[str | None, BeforeValidator(_text_or_none)]
+Count = Annotated[int, BeforeValidator(_count)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+Yes = Annotated[bool, BeforeValidator(_yes)]
+
+_adapters: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+    if cls not in _adapters:
+        _adapters[cls] = TypeAdapter(cls)
+    return _adapters[cls]
+
+
+class _Record:
+    """JSON in and out of the status: the same camelCase as the spec."""
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = _adapter(type(self)).dump_python(self, by_alias=True, mode="json")
+        return out
+
+    @classmethod
+    def from_status(cls, raw: Any) -> Self | None:
+        """`raw` as stored, or None when it is not a record of this kind."""
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            record: Self = _adapter(cls).validate_python(dict(raw))
+        except ValidationError:
+            return None
+        return record
+
+
+def _records(cls: type[_Record]) -> BeforeValidator:
+    """A list of records as stored: the ones that read, in order."""
+
+    def read(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list | tuple):
+            return ()
+        found = (v if isinstance(v, cls) else cls.from_status(v) for v in value)
+        return tuple(r for r in found if r is not None)
+
+    return BeforeValidator(read)
+
 
 def truncate(text: str, limit: int = MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
 
 
-@dataclass(frozen=True)
-class FlagState:
+@dataclass(frozen=True, config=_CONFIG)
+class FlagState(_Record):
     """One entry of status.optimizations[]."""
 
     name: str
     state: State
-    reason: str = ""
-    message: str = ""
-    failures: int = 0
-    successes: int = 0
-    last_transition_time: str = ""
+    reason: Text = ""
+    message: Text = ""
+    failures: Count = 0
+    successes: Count = 0
+    last_transition_time: Text = ""
 
     @property
     def on(self) -> bool:
         return self.state in ("Active", "Trial")
 
     def to_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "state": self.state,
-            "reason": self.reason,
-            "message": self.message,
-            "failures": self.failures,
-            "successes": self.successes,
-        }
-        if self.last_transition_time:  # the CRD wants a date-time, never ""
-            out["lastTransitionTime"] = self.last_transition_time
+        out = super().to_status()
+        if not self.last_transition_time:  # the CRD wants a date-time, never ""
+            del out["lastTransitionTime"]
         return out
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> FlagState | None:
-        name = raw.get("name")
-        state = raw.get("state")
-        if not isinstance(name, str) or state not in STATES:
-            return None
-        return cls(
-            name=name,
-            state=state,
-            reason=_str(raw.get("reason")),
-            message=_str(raw.get("message")),
-            failures=_int(raw.get("failures")),
-            successes=_int(raw.get("successes")),
-            last_transition_time=_str(raw.get("lastTransitionTime")),
-        )
 
     def moved(self, state: State, reason: str, message: str, now: datetime) -> FlagState:
         """This flag in a new state; the transition time changes only when the state does."""
@@ -89,128 +141,53 @@ class FlagState:
         )
 
 
-@dataclass(frozen=True)
-class StartResult:
+@dataclass(frozen=True, config=_CONFIG)
+class StartResult(_Record):
     """One start of a flag set: it became Ready, or it failed (and how)."""
 
-    seq: int
-    at: str
+    seq: Count
+    at: Text
     kind: StartKind
-    flag: str | None = None  # the report's own blame
-    phase: str | None = None  # the report's failed phase
-    error: str = ""  # "Type: message" from the report, or the termination reason
+    flag: OptionalText = None  # the report's own blame
+    phase: OptionalText = None  # the report's failed phase
+    error: Text = ""  # "Type: message" from the report, or the termination reason
 
     @property
     def ok(self) -> bool:
         return self.kind == "ready"
 
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "kind": self.kind,
-            "flag": self.flag,
-            "phase": self.phase,
-            "error": self.error,
-        }
 
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> StartResult | None:
-        kind = raw.get("kind")
-        if kind not in ("ready", "failed", "timeout", "oom"):
-            return None
-        return cls(
-            seq=_int(raw.get("seq")),
-            at=_str(raw.get("at")),
-            kind=kind,
-            flag=_str(raw.get("flag")) or None,
-            phase=_str(raw.get("phase")) or None,
-            error=_str(raw.get("error")),
-        )
-
-
-@dataclass(frozen=True)
-class SetRecord:
+@dataclass(frozen=True, config=_CONFIG)
+class SetRecord(_Record):
     """What was seen of one flag set (one hash)."""
 
     hash: str
-    flags: tuple[str, ...]
-    starts: int = 0
-    failures: int = 0
-    successes: int = 0
-    reached_ready: bool = False
-    last_seq: int = 0
-    recent: tuple[StartResult, ...] = ()
-
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "hash": self.hash,
-            "flags": list(self.flags),
-            "starts": self.starts,
-            "failures": self.failures,
-            "successes": self.successes,
-            "reachedReady": self.reached_ready,
-            "lastSeq": self.last_seq,
-            "recent": [o.to_status() for o in self.recent],
-        }
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> SetRecord | None:
-        digest = raw.get("hash")
-        if not isinstance(digest, str):
-            return None
-        return cls(
-            hash=digest,
-            flags=_strs(raw.get("flags")),
-            starts=_int(raw.get("starts")),
-            failures=_int(raw.get("failures")),
-            successes=_int(raw.get("successes")),
-            reached_ready=raw.get("reachedReady") is True,
-            last_seq=_int(raw.get("lastSeq")),
-            recent=tuple(
-                o
-                for o in (StartResult.from_status(r) for r in _dicts(raw.get("recent")))
-                if o is not None
-            ),
-        )
+    flags: Names
+    starts: Count = 0
+    failures: Count = 0
+    successes: Count = 0
+    reached_ready: Yes = False
+    last_seq: Count = 0
+    recent: Annotated[tuple[StartResult, ...], _records(StartResult)] = ()
 
 
-@dataclass(frozen=True)
-class PodRecord:
+def _ready_attempt(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class PodRecord(_Record):
     """What was already counted of one pod: failed starts, and the start last seen Ready."""
 
     uid: str
-    hash: str
-    failed: int = 0
-    ready_attempt: int = -1
-    last_seq: int = 0
-
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "hash": self.hash,
-            "failed": self.failed,
-            "readyAttempt": self.ready_attempt,
-            "lastSeq": self.last_seq,
-        }
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> PodRecord | None:
-        uid = raw.get("uid")
-        if not isinstance(uid, str):
-            return None
-        ready = raw.get("readyAttempt")
-        return cls(
-            uid=uid,
-            hash=_str(raw.get("hash")),
-            failed=_int(raw.get("failed")),
-            ready_attempt=ready if isinstance(ready, int) else -1,
-            last_seq=_int(raw.get("lastSeq")),
-        )
+    hash: Text
+    failed: Count = 0
+    ready_attempt: Annotated[int, BeforeValidator(_ready_attempt)] = -1
+    last_seq: Count = 0
 
 
-@dataclass(frozen=True)
-class Bisection:
+@dataclass(frozen=True, config=_CONFIG)
+class Bisection(_Record):
     """An ongoing search for the flag to blame among `suspects`.
 
     Known: `origin` failed. The culprit is believed to be in `suspects`; `base` (the other flags
@@ -218,132 +195,69 @@ class Bisection:
     """
 
     mode: Mode
-    origin: tuple[str, ...]
-    suspects: tuple[str, ...]
-    base: tuple[str, ...]
-    off: tuple[str, ...]
-    step: int = 1
-    base_proven: bool = False  # base (with something) reached Ready in a trial
-    expanded: bool = False  # suspects were widened to the base once already
-    trial_failed: bool = False  # a trial of this search failed (fresh evidence)
-    confirming: bool = False  # the last suspect runs on top of the base, to see it fail
-    started_at: str = ""
+    origin: Names
+    suspects: Names
+    base: Names
+    off: Names
+    step: Annotated[int, BeforeValidator(lambda v: max(1, _count(v)))] = 1
+    base_proven: Yes = False  # base (with something) reached Ready in a trial
+    expanded: Yes = False  # suspects were widened to the base once already
+    trial_failed: Yes = False  # a trial of this search failed (fresh evidence)
+    confirming: Yes = False  # the last suspect runs on top of the base, to see it fail
+    started_at: Text = ""
 
     @property
     def trial(self) -> frozenset[str]:
         return frozenset(self.base) | (frozenset(self.suspects) - frozenset(self.off))
 
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "origin": list(self.origin),
-            "suspects": list(self.suspects),
-            "base": list(self.base),
-            "off": list(self.off),
-            "step": self.step,
-            "baseProven": self.base_proven,
-            "expanded": self.expanded,
-            "trialFailed": self.trial_failed,
-            "confirming": self.confirming,
-            "startedAt": self.started_at,
-        }
-
     @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> Bisection | None:
-        mode = raw.get("mode")
-        suspects = _strs(raw.get("suspects"))
-        if mode not in ("Failing", "Intermittent") or not suspects:
-            return None
-        return cls(
-            mode=mode,
-            origin=_strs(raw.get("origin")),
-            suspects=suspects,
-            base=_strs(raw.get("base")),
-            off=_strs(raw.get("off")),
-            step=max(1, _int(raw.get("step"))),
-            base_proven=raw.get("baseProven") is True,
-            expanded=raw.get("expanded") is True,
-            trial_failed=raw.get("trialFailed") is True,
-            confirming=raw.get("confirming") is True,
-            started_at=_str(raw.get("startedAt")),
-        )
+    def from_status(cls, raw: Any) -> Self | None:
+        """A search without suspects is no search."""
+        found = super().from_status(raw)
+        return found if found is not None and found.suspects else None
 
 
-@dataclass(frozen=True)
-class Rollout:
+def _bisection(value: Any) -> Bisection | None:
+    return value if isinstance(value, Bisection) else Bisection.from_status(value)
+
+
+def _rendered(value: Any) -> tuple[str, ...] | None:
+    return _names(value) if isinstance(value, list | tuple) else None
+
+
+def _fingerprints(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class Rollout(_Record):
     """status.rollout: the bookkeeping of the rollback decision."""
 
-    seq: int = 0  # counter of absorbed outcomes, orders them
-    trial_seq: int = 0  # outcomes after this belong to the current effective flag set
-    sets: tuple[SetRecord, ...] = ()
-    pods: tuple[PodRecord, ...] = ()
-    bisection: Bisection | None = None
-    changes: tuple[str, ...] = ()  # times of template changes, for the churn budget
-    rendered: tuple[str, ...] | None = None  # effective flags last decided
-    nonce: str | None = None  # restart nonce last decided
-    retry_honoured: str | None = None
-    fingerprints: Mapping[str, str] = field(default_factory=dict)
-    degraded: str | None = None  # the Degraded reason last reported
-    not_flag_problem: bool = False  # the empty flag set failed; no bisection until a Ready
+    seq: Count = 0  # counter of absorbed start results, orders them
+    trial_seq: Count = 0  # start results after this belong to the current effective flag set
+    sets: Annotated[tuple[SetRecord, ...], _records(SetRecord)] = ()
+    pods: Annotated[tuple[PodRecord, ...], _records(PodRecord)] = ()
+    bisection: Annotated[Bisection | None, BeforeValidator(_bisection)] = None
+    changes: Names = ()  # times of template changes, for the churn budget
+    rendered: Annotated[tuple[str, ...] | None, BeforeValidator(_rendered)] = None
+    nonce: OptionalText = None  # the trial token last decided
+    retry_honoured: OptionalText = None
+    fingerprints: Annotated[Mapping[str, str], BeforeValidator(_fingerprints)] = field(
+        default_factory=dict
+    )
+    degraded: OptionalText = None  # the Degraded reason last reported
+    not_flag_problem: Yes = False  # the empty flag set failed; no bisection until a Ready
 
     def record(self, digest: str) -> SetRecord | None:
         return next((s for s in self.sets if s.hash == digest), None)
 
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "trialSeq": self.trial_seq,
-            "sets": [s.to_status() for s in self.sets],
-            "pods": [p.to_status() for p in self.pods],
-            "bisection": self.bisection.to_status() if self.bisection else None,
-            "changes": list(self.changes),
-            "rendered": list(self.rendered) if self.rendered is not None else None,
-            "nonce": self.nonce,
-            "retryHonoured": self.retry_honoured,
-            "fingerprints": dict(sorted(self.fingerprints.items())),
-            "degraded": self.degraded,
-            "notFlagProblem": self.not_flag_problem,
-        }
+    @field_serializer("fingerprints")
+    def _sorted(self, prints: Mapping[str, str]) -> dict[str, str]:
+        return dict(sorted(prints.items()))
 
     @classmethod
-    def from_status(cls, raw: Mapping[str, Any] | None) -> Rollout:
-        """Tolerant: a missing or mangled status.rollout gives an empty bookkeeping."""
-        if not isinstance(raw, Mapping):
-            return cls()
-        bisection = raw.get("bisection")
-        rendered = raw.get("rendered")
-        prints = raw.get("fingerprints")
-        return cls(
-            seq=_int(raw.get("seq")),
-            trial_seq=_int(raw.get("trialSeq")),
-            sets=tuple(s for s in (SetRecord.from_status(r) for r in _dicts(raw.get("sets"))) if s),
-            pods=tuple(p for p in (PodRecord.from_status(r) for r in _dicts(raw.get("pods"))) if p),
-            bisection=Bisection.from_status(bisection) if isinstance(bisection, dict) else None,
-            changes=_strs(raw.get("changes")),
-            rendered=_strs(rendered) if isinstance(rendered, list) else None,
-            nonce=_str(raw.get("nonce")) or None,
-            retry_honoured=_str(raw.get("retryHonoured")) or None,
-            fingerprints=(
-                {k: v for k, v in prints.items() if isinstance(k, str) and isinstance(v, str)}
-                if isinstance(prints, dict)
-                else {}
-            ),
-            degraded=_str(raw.get("degraded")) or None,
-            not_flag_problem=raw.get("notFlagProblem") is True,
-        )
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _strs(value: Any) -> tuple[str, ...]:
-    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
-
-
-def _dicts(value: Any) -> list[Mapping[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+    def from_status(cls, raw: Any) -> Self:
+        """A missing or mangled status.rollout gives an empty bookkeeping."""
+        return super().from_status(raw) or cls()
