@@ -76,15 +76,17 @@ CAMEL_CASE = ConfigDict(
 )
 
 
-class _Model(BaseModel):
+class CamelModel(BaseModel):
+    """The base of the resource's models: camelCase JSON, frozen, strict types."""
+
     model_config = ConfigDict(**CAMEL_CASE, frozen=True, strict=True)
 
 
-class SecretRef(_Model):
+class SecretRef(CamelModel):
     name: str = Field(min_length=1, max_length=253)
 
 
-class ModelSource(_Model):
+class ModelSource(CamelModel):
     source: str = Field(min_length=1, max_length=2048)
     revision: str | None = Field(default=None, min_length=1, max_length=256)
     credentials_secret_ref: SecretRef | None = None
@@ -120,13 +122,13 @@ class ModelSource(_Model):
         return parts[1].strip("/") if len(parts) == 2 else ""
 
 
-class Resources(_Model):
+class Resources(CamelModel):
     gpus: int = Field(default=1, ge=0, le=16)
     memory: Quantity | None = None
     cpu: Quantity | None = None
 
 
-class Placement(_Model):
+class Placement(CamelModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
@@ -134,7 +136,7 @@ class Placement(_Model):
     priority_class_name: str | None = None
 
 
-class Cache(_Model):
+class Cache(CamelModel):
     kind: Literal["EmptyDir", "PersistentVolumeClaim", "HostPath"] = "EmptyDir"
     size: Quantity | None = None
     storage_class_name: str | None = None
@@ -144,7 +146,7 @@ class Cache(_Model):
     retain_on_delete: bool = False
 
 
-class Optimization(_Model):
+class Optimization(CamelModel):
     name: str = Field(min_length=1, max_length=63)
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list)
@@ -155,13 +157,13 @@ class Optimization(_Model):
         return self.name in BUILTIN_OPTIMIZATIONS
 
 
-class Startup(_Model):
+class Startup(CamelModel):
     budget_seconds: int | None = Field(default=None, ge=30, le=86400)
     optimizations: list[Optimization] = Field(default_factory=list, max_length=32)
     rollback: Literal["Automatic", "Off"] = "Automatic"
 
 
-class Serving(_Model):
+class Serving(CamelModel):
     port: int = Field(default=8000, ge=1024, le=65535)
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_concurrency: int = Field(default=8, ge=1, le=1024)
@@ -170,7 +172,7 @@ class Serving(_Model):
     request_timeout_seconds: int = Field(default=120, ge=1, le=3600)
 
 
-class Image(_Model):
+class Image(CamelModel):
     worker: str | None = Field(default=None, min_length=1, max_length=512)
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     pull_secrets: Annotated[list[str], BeforeValidator(_secret_names)] = Field(
@@ -178,7 +180,7 @@ class Image(_Model):
     )
 
 
-class ModelServerSpec(_Model):
+class ModelServerSpec(CamelModel):
     """The whole spec. Build it with ``parse_spec``, which also runs the cross-field checks."""
 
     model: ModelSource

@@ -13,10 +13,53 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from glowplug_operator.rollback import Condition, Decision, PodObservation
+from pydantic import ConfigDict, ValidationError
+
+from glowplug_operator.rollback import Condition, Decision, FlagState, PodObservation, Rollout
+from glowplug_operator.spec import CAMEL_CASE, CamelModel
 from glowplug_operator.timestamps import iso
 
 Status = dict[str, Any]
+
+
+class StatusCondition(CamelModel):
+    """One entry of status.conditions, shaped as metav1.Condition."""
+
+    type: str
+    status: str
+    observed_generation: int
+    last_transition_time: str
+    reason: str
+    message: str
+
+
+class ColdStart(CamelModel):
+    """status.coldStart: the most recent start that reached Ready."""
+
+    model_config = ConfigDict(**CAMEL_CASE, frozen=True)  # read back from the status: lax
+
+    last_seconds: float
+    phases: dict[str, float]
+
+
+class ModelServerStatus(CamelModel):
+    """status of a ModelServer as the operator writes it (the CRD's status schema)."""
+
+    observed_generation: int
+    conditions: tuple[StatusCondition, ...]
+    replicas: int
+    ready_replicas: int
+    replica_summary: str
+    selector: str
+    endpoint: str
+    cold_start: ColdStart | None
+    optimizations: tuple[FlagState, ...]
+    rolled_back: int
+    effective_optimizations: tuple[str, ...]
+    rollout: Rollout
+
+    def to_status(self) -> Status:
+        return _prune_status(self.model_dump(by_alias=True, mode="json"))
 
 
 def conditions(
@@ -26,22 +69,31 @@ def conditions(
     now: datetime,
 ) -> list[dict[str, Any]]:
     """metav1.Conditions; lastTransitionTime moves only when a condition's status changes."""
+    return [c.model_dump(by_alias=True) for c in _conditions(previous, wanted, generation, now)]
+
+
+def _conditions(
+    previous: Sequence[Mapping[str, Any]],
+    wanted: Sequence[Condition],
+    generation: int,
+    now: datetime,
+) -> tuple[StatusCondition, ...]:
     before = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
     out = []
     for cond in wanted:
         old = before.get(cond.type)
         since = old.get("lastTransitionTime") if old and old.get("status") == cond.status else None
         out.append(
-            {
-                "type": cond.type,
-                "status": cond.status,
-                "observedGeneration": generation,
-                "lastTransitionTime": since or iso(now),
-                "reason": cond.reason,
-                "message": cond.message,
-            }
+            StatusCondition(
+                type=cond.type,
+                status=cond.status,
+                observed_generation=generation,
+                last_transition_time=since if isinstance(since, str) and since else iso(now),
+                reason=cond.reason,
+                message=cond.message,
+            )
         )
-    return out
+    return tuple(out)
 
 
 def invalid_spec_status(body: Mapping[str, Any], field: str, message: str, now: datetime) -> Status:
@@ -96,22 +148,29 @@ def modelserver_status(
         decision.condition,
         _degraded(decision),
     ]
-    cold_start = _cold_start(observed.observations) or previous.get("coldStart")
-    return _prune_status(
-        {
-            "observedGeneration": observed.generation,
-            "conditions": conditions(
-                previous.get("conditions") or [], wanted, observed.generation, now
-            ),
-            "replicas": replicas,
-            "readyReplicas": ready,
-            "replicaSummary": f"{ready}/{desired}",
-            "selector": observed.selector,
-            "endpoint": observed.endpoint,
-            "coldStart": cold_start,
-            **decision.status_patch(),
-        }
-    )
+    cold_start = _cold_start(observed.observations) or _kept_cold_start(previous)
+    return ModelServerStatus(
+        observed_generation=observed.generation,
+        conditions=_conditions(previous.get("conditions") or [], wanted, observed.generation, now),
+        replicas=replicas,
+        ready_replicas=ready,
+        replica_summary=f"{ready}/{desired}",
+        selector=observed.selector,
+        endpoint=observed.endpoint,
+        cold_start=cold_start,
+        optimizations=decision.flag_states,
+        rolled_back=sum(1 for s in decision.flag_states if s.state == "RolledBack"),
+        effective_optimizations=decision.effective_flags,
+        rollout=decision.rollout,
+    ).to_status()
+
+
+def _kept_cold_start(previous: Mapping[str, Any]) -> ColdStart | None:
+    """The cold start the status shows already, while no pod shows a newer one."""
+    try:
+        return ColdStart.model_validate(previous.get("coldStart"))
+    except ValidationError:
+        return None
 
 
 def _ready(ready: int, desired: int, decision: Decision) -> Condition:
@@ -174,7 +233,7 @@ def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Conditi
     )
 
 
-def _cold_start(observations: Sequence[PodObservation]) -> dict[str, Any] | None:
+def _cold_start(observations: Sequence[PodObservation]) -> ColdStart | None:
     """The most recent start that reached Ready: seconds from scheduling to Ready, and phases
     (schedule wait, the prefetcher's download, the worker's start) where the pod shows them."""
     ready = [o for o in observations if o.ready and o.ready_since and o.scheduled]
@@ -196,7 +255,7 @@ def _cold_start(observations: Sequence[PodObservation]) -> dict[str, Any] | None
         worker_started = end
     if worker_started:
         phases["start"] = _seconds(latest.ready_since - worker_started)
-    return {"lastSeconds": _seconds(latest.ready_since - latest.scheduled), "phases": phases}
+    return ColdStart(last_seconds=_seconds(latest.ready_since - latest.scheduled), phases=phases)
 
 
 def _seconds(delta: Any) -> float:

@@ -18,7 +18,15 @@ from dataclasses import field, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError, field_serializer
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+    model_serializer,
+)
 from pydantic.dataclasses import dataclass
 
 from glowplug_operator.spec import CAMEL_CASE
@@ -127,10 +135,11 @@ class FlagState(_Record):
     def on(self) -> bool:
         return self.state in ("Active", "Trial")
 
-    def to_status(self) -> dict[str, Any]:
-        out = super().to_status()
+    @model_serializer(mode="wrap")
+    def _without_empty_time(self, dump: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = dump(self)
         if not self.last_transition_time:  # the CRD wants a date-time, never ""
-            del out["lastTransitionTime"]
+            out.pop("lastTransitionTime", None)
         return out
 
     def moved(self, state: State, reason: str, message: str, now: datetime) -> FlagState:
