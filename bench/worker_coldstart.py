@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from glowplug_worker.serve.flags import KNOWN_FLAGS
+from glowplug_worker.serve.startup.flags import KNOWN_FLAGS
 
 HERE = Path(__file__).resolve().parent
 FLAGS = list(KNOWN_FLAGS)
@@ -167,7 +167,7 @@ def prime_imports() -> bool | None:
     for compiling bytecode (where it can be written) or reading site-packages; returns whether
     transformers has compiled bytecode now (see docs/worker.md: without it, every start
     compiles)."""
-    from glowplug_worker.serve.imports import bytecode_cached
+    from glowplug_worker.serve.startup.imports import bytecode_cached
 
     subprocess.run(
         [

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-FLAGS_ANNOTATION = "glowplug.dev/optimizations"
+from glowplug_operator.contract import FLAGS_ANNOTATION
+
 Expr = dict[str, Any]
 
 

@@ -89,7 +89,7 @@ def test_reports_parse_with_the_shared_schema(
     assert ok.report["phase"] is None and ok.report["error"] is None  # type: ignore[index]
     assert bad.report["phase"] == "download"  # type: ignore[index]
     assert bad.report["error"]["type"] == "NotFoundError"  # type: ignore[index]
-    from glowplug_operator.reports import parse_report  # the operator's reader
+    from glowplug_operator.rollback.reports import parse_report  # the operator's reader
 
     parsed = parse_report(json.dumps(ok.report))
     assert parsed is not None and parsed.download is not None

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from glowplug_worker.serve import fast_load
-from glowplug_worker.serve.flags import KNOWN_FLAGS
-from glowplug_worker.serve.imports import import_stack
-from glowplug_worker.serve.model_loading import load_fast, load_plain, prepare
+from glowplug_worker.serve.startup import fast_load
+from glowplug_worker.serve.startup.flags import KNOWN_FLAGS
+from glowplug_worker.serve.startup.imports import import_stack
+from glowplug_worker.serve.startup.loading import load_fast, load_plain, prepare
 
 from tests.serve.servers import Server, all_running
 from tests.serve.test_flags_outputs import outputs
@@ -96,8 +96,8 @@ def test_served_on_cuda_all_flags_answer_as_no_flags(cuda_servers: dict[str, Ser
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
 def test_native_model_on_cuda_generates_as_transformers(tiny_model: Path, dtype: str) -> None:
     from glowplug_worker.serve.engine import Engine, Sampling
-    from glowplug_worker.serve.imports import import_native_stack
-    from glowplug_worker.serve.model_loading import load_native
+    from glowplug_worker.serve.startup.imports import import_native_stack
+    from glowplug_worker.serve.startup.loading import load_native
 
     plain, _ = loaded(tiny_model, "generate", fast=False, dtype=dtype)
     stack = import_native_stack()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from glowplug_worker.serve.flags import KNOWN_FLAGS
+from glowplug_worker.serve.startup.flags import KNOWN_FLAGS
 
 from tests.serve.servers import Server, all_running
 

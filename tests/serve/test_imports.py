@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from glowplug_worker.serve.imports import check_initialised
-from glowplug_worker.serve.state import FlagFailure
+from glowplug_worker.serve.startup.imports import check_initialised
+from glowplug_worker.serve.startup.state import FlagFailure
 
 
 def run_python(code: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -28,11 +28,12 @@ def write_module(root: Path, name: str, body: str) -> None:
 
 def test_serve_modules_import_nothing_heavy() -> None:
     proc = run_python("""
-        import glowplug_worker.serve.cli, glowplug_worker.serve.server, glowplug_worker.serve.api
-        import glowplug_worker.serve.engine, glowplug_worker.serve.fast_load
-        import glowplug_worker.serve.model_loading, glowplug_worker.serve.prefetch
-        import glowplug_worker.serve.imports, glowplug_worker.devtools.tiny_model
-        import glowplug_worker.serve.native_support, glowplug_worker.serve.native_tokenizer
+        import glowplug_worker.serve.cli, glowplug_worker.serve.server
+        import glowplug_worker.serve.http.app, glowplug_worker.serve.http.server
+        import glowplug_worker.serve.engine, glowplug_worker.serve.startup.fast_load
+        import glowplug_worker.serve.startup.loading, glowplug_worker.serve.startup.weight_prefetch
+        import glowplug_worker.serve.startup.imports, glowplug_worker.devtools.tiny_model
+        import glowplug_worker.serve.native.support, glowplug_worker.serve.native.tokenizer
         import sys, threading
         heavy = [m for m in ("torch", "transformers", "safetensors") if m in sys.modules]
         assert not heavy, heavy
@@ -45,7 +46,7 @@ def test_background_import_joins_a_finished_module(tmp_path: Path) -> None:
     write_module(tmp_path, "slowmod", "import time; time.sleep(0.2); VALUE = 1\n")
     proc = run_python(
         """
-        from glowplug_worker.serve.imports import BackgroundImport
+        from glowplug_worker.serve.startup.imports import BackgroundImport
         bg = BackgroundImport("slowmod", attributes=("VALUE",)).start()
         assert bg.join().VALUE == 1 and bg.seconds >= 0.2
     """,
@@ -58,8 +59,8 @@ def test_background_import_fails_closed_when_still_running(tmp_path: Path) -> No
     write_module(tmp_path, "stuckmod", "import time; time.sleep(5)\n")
     proc = run_python(
         """
-        from glowplug_worker.serve.imports import BackgroundImport
-        from glowplug_worker.serve.state import FlagFailure
+        from glowplug_worker.serve.startup.imports import BackgroundImport
+        from glowplug_worker.serve.startup.state import FlagFailure
         bg = BackgroundImport("stuckmod", attributes=()).start()
         try:
             bg.join(timeout=0.2)
@@ -77,8 +78,8 @@ def test_background_import_refuses_after_transformers_was_imported(tmp_path: Pat
     proc = run_python(
         """
         import sys, types
-        from glowplug_worker.serve.imports import BackgroundImport
-        from glowplug_worker.serve.state import FlagFailure
+        from glowplug_worker.serve.startup.imports import BackgroundImport
+        from glowplug_worker.serve.startup.state import FlagFailure
         bg = BackgroundImport("fine", attributes=()).start()
         sys.modules["transformers"] = types.ModuleType("transformers")  # the unsafe ordering
         try:
@@ -95,7 +96,7 @@ def test_import_errors_in_the_thread_surface_unchanged(tmp_path: Path) -> None:
     write_module(tmp_path, "broken", "raise ImportError('libcuda.so.1: cannot open')\n")
     proc = run_python(
         """
-        from glowplug_worker.serve.imports import BackgroundImport
+        from glowplug_worker.serve.startup.imports import BackgroundImport
         try:
             BackgroundImport("broken", attributes=()).start().join()
         except ImportError as exc:
@@ -114,8 +115,8 @@ def test_half_initialised_module_is_detected(
         tmp_path,
         "halfmod",
         """
-        from glowplug_worker.serve.imports import check_initialised
-        from glowplug_worker.serve.state import FlagFailure
+        from glowplug_worker.serve.startup.imports import check_initialised
+        from glowplug_worker.serve.startup.state import FlagFailure
         try:
             check_initialised("halfmod", ())
         except FlagFailure as exc:
@@ -137,7 +138,7 @@ def test_slim_imports_keeps_optional_packages_out() -> None:
     # That transformers still loads and serves the model with them blocked is checked by the
     # slim-imports server in test_flags_outputs.py.
     proc = run_python("""
-        from glowplug_worker.serve.imports import apply_slim_imports
+        from glowplug_worker.serve.startup.imports import apply_slim_imports
         blocked = apply_slim_imports()
         assert blocked == ["sklearn", "scipy", "boto3"], blocked
         import importlib.util, sys
@@ -162,7 +163,7 @@ def test_import_phase_resolves_the_model_class_without_architectures(
     import json
     import shutil
 
-    from glowplug_worker.serve.imports import model_classes
+    from glowplug_worker.serve.startup.imports import model_classes
 
     model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
     config = json.loads((model / "config.json").read_text())
@@ -186,7 +187,7 @@ def test_bytecode_cached_tells_whether_a_start_compiles_sources(tmp_path: Path) 
         "PYTHONPATH": os.pathsep.join([str(tmp_path / "src"), *sys.path]),
     }
     probe = (
-        "import sys; from glowplug_worker.serve.imports import bytecode_cached; "
+        "import sys; from glowplug_worker.serve.startup.imports import bytecode_cached; "
         "print(bytecode_cached('glowplug_probe_pkg'), bytecode_cached('no_such_package_here'), "
         "'glowplug_probe_pkg' in sys.modules)"
     )

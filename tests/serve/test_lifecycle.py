@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from glowplug_operator.reports import parse_report
+from glowplug_operator.rollback.reports import parse_report
 
 from tests.serve.servers import Server
 from tests.serve.test_flags_outputs import outputs

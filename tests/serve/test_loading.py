@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 from glowplug_worker.serve.engine import Engine, Sampling
-from glowplug_worker.serve.imports import import_stack
-from glowplug_worker.serve.model_loading import load_fast, load_plain, prepare
-from glowplug_worker.serve.safetensors_io import CheckpointError, read_header
-from glowplug_worker.serve.state import FlagFailure
+from glowplug_worker.serve.startup.imports import import_stack
+from glowplug_worker.serve.startup.loading import load_fast, load_plain, prepare
+from glowplug_worker.serve.startup.safetensors_io import CheckpointError, read_header
+from glowplug_worker.serve.startup.state import FlagFailure
 
 pytestmark = pytest.mark.worker
 
@@ -132,7 +132,7 @@ def test_generate_task_refuses_an_encoder(minilm: Path) -> None:
 def test_early_weight_stream_keeps_errors_for_the_load_phase(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    from glowplug_worker.serve.fast_load import WeightStream, start_early
+    from glowplug_worker.serve.startup.fast_load import WeightStream, start_early
 
     broken = WeightStream(tmp_path, "cpu").start()  # no weights here: must not raise yet
     with pytest.raises(CheckpointError, match="no weight files"):

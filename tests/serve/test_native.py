@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 from glowplug_worker.serve.engine import Engine, Sampling
-from glowplug_worker.serve.imports import import_native_stack, import_stack
-from glowplug_worker.serve.model_loading import load_native, load_plain, prepare
-from glowplug_worker.serve.native_support import unsupported_reason
+from glowplug_worker.serve.native.support import unsupported_reason
+from glowplug_worker.serve.startup.imports import import_native_stack, import_stack
+from glowplug_worker.serve.startup.loading import load_native, load_plain, prepare
 
 from tests.serve.servers import Server
 
@@ -29,7 +29,7 @@ def engines(model_dir: Path, dtype: str = "auto") -> tuple[Engine, Engine]:
     made = []
     for stack in (import_stack("generate", model_dir), import_native_stack()):
         prep = prepare(stack, model_dir, "generate", dtype, "cpu", True, None)
-        model, _ = (load_native if "native" in stack else load_plain)(stack, prep, None)
+        model, _ = (load_native if stack.native is not None else load_plain)(stack, prep, None)
         made.append(
             Engine(torch, model, prep.tokenizer, prep.device, "generate", prep.max_model_len)
         )
@@ -104,8 +104,8 @@ def test_a_native_start_never_imports_transformers(tiny_model: Path) -> None:
 import sys, torch
 from pathlib import Path
 from glowplug_worker.serve.engine import Engine, Sampling
-from glowplug_worker.serve.imports import import_native_stack
-from glowplug_worker.serve.model_loading import load_native, prepare
+from glowplug_worker.serve.startup.imports import import_native_stack
+from glowplug_worker.serve.startup.loading import load_native, prepare
 stack = import_native_stack()
 prep = prepare(stack, Path({str(tiny_model)!r}), "generate", "auto", "cpu", True, None)
 model, _ = load_native(stack, prep)
@@ -217,7 +217,7 @@ def test_llama3_style_tokenizer_and_template_equal_transformers(
 def test_a_checkpoint_the_native_model_cannot_take_blames_native_model(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    from glowplug_worker.serve.state import FlagFailure
+    from glowplug_worker.serve.startup.state import FlagFailure
 
     from tests.serve.test_loading import rewrite_header
 

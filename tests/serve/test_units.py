@@ -9,12 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from glowplug_operator.reports import FLAG_PHASES as OPERATOR_FLAG_PHASES
+from glowplug_operator.rollback.reports import FLAG_PHASES as OPERATOR_FLAG_PHASES
 from glowplug_worker.report import PHASES as REPORT_PHASES
-from glowplug_worker.serve.flags import FLAG_PHASES, KNOWN_FLAGS, parse_flags
-from glowplug_worker.serve.protocol import ApiError, parse_chat, parse_completion, parse_embedding
-from glowplug_worker.serve.scheduler import Overloaded, Scheduler
-from glowplug_worker.serve.textstream import TextStream
+from glowplug_worker.serve.http.admission import Overloaded, Scheduler
+from glowplug_worker.serve.http.protocol import (
+    ApiError,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
+from glowplug_worker.serve.http.textstream import TextStream
+from glowplug_worker.serve.startup.flags import FLAG_PHASES, KNOWN_FLAGS, parse_flags
 
 
 class TestFlags:

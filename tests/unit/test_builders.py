@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden"
 SETTINGS = Settings()
 UID = "0b5c1f6e-0000-4000-8000-000000000001"  # placeholder for the API server's metadata.uid
-HASH = "0123456789abcdef"  # placeholder for observations.flag_set_hash(...)
+HASH = "0123456789abcdef"  # placeholder for contract.flag_set_hash(...)
 TERMINATION_PATH = "/dev/termination-log"
 Manifest = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""reconcile.contains(live, wanted): does the live object already hold what the operator would
+"""objects.contains(live, wanted): does the live object already hold what the operator would
 apply? True means no write. A converged ModelServer must give True for the children as the API
 server returns them (defaults added, quantities as strings), and any drift must give False."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from glowplug_operator.builders import Owner, build_deployment, build_service
-from glowplug_operator.reconcile import contains
+from glowplug_operator.controller.objects import contains
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import parse_spec
 

@@ -3,10 +3,10 @@ every built-in flag of the API has one."""
 
 from __future__ import annotations
 
-from glowplug_operator.reports import FLAG_PHASES as OPERATOR_PHASES
+from glowplug_operator.rollback.reports import FLAG_PHASES as OPERATOR_PHASES
 from glowplug_operator.spec import BUILTIN_OPTIMIZATIONS
 from glowplug_worker.report import PHASES
-from glowplug_worker.serve.flags import FLAG_PHASES as SERVE_PHASES
+from glowplug_worker.serve.startup.flags import FLAG_PHASES as SERVE_PHASES
 
 
 def test_the_operator_uses_the_workers_mapping() -> None:

@@ -6,9 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from glowplug_operator.observations import (
-    flag_fingerprint,
-    flag_set_hash,
+from glowplug_operator.contract import flag_fingerprint, flag_set_hash
+from glowplug_operator.rollback.observations import (
     observe_deployment_progress,
     observe_pod,
     startup_deadline,

@@ -33,7 +33,7 @@ def test_operator_lock_has_no_ml_stack() -> None:
 
 def test_operator_imports_no_torch() -> None:
     code = (
-        "import sys, glowplug_operator.handlers; "
+        "import sys, glowplug_operator.controller.registration; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
     )
     out = subprocess.run(

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from glowplug_operator.cache import Cache
-from glowplug_operator.metrics import Metrics
-from glowplug_operator.reconcile import Reconciler
+from glowplug_operator.controller.metrics import Metrics
+from glowplug_operator.controller.reconciler import Reconciler
+from glowplug_operator.controller.store import Store
 from glowplug_operator.settings import Settings
 
 from tests.cluster.kube import ROOT
@@ -54,8 +54,8 @@ def _body(**spec: Any) -> dict[str, Any]:
     return body
 
 
-def _reconciler(body: dict[str, Any]) -> tuple[Reconciler, RecordingKube, Cache]:
-    cache = Cache()
+def _reconciler(body: dict[str, Any]) -> tuple[Reconciler, RecordingKube, Store]:
+    cache = Store()
     cache.put_modelserver(body)
     kube = RecordingKube()
     return Reconciler(Settings(), kube, cache, Metrics()), kube, cache  # type: ignore[arg-type]

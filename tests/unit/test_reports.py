@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from glowplug_operator.reports import FLAG_PHASES, PHASES, parse_report, phase_of_flag
+from glowplug_operator.rollback.reports import FLAG_PHASES, PHASES, parse_report, phase_of_flag
 from glowplug_worker.report import MAX_BYTES, DownloadSummary, ErrorInfo, TerminationReport
 
 # Written by the worker's own writer: the contract test between the two sides.

@@ -19,16 +19,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pytest
-from glowplug_operator.observations import DeploymentProgress, observe_pod
 from glowplug_operator.rollback import (
     CHURN_BUDGET_CHANGES,
     Decision,
+    DeploymentProgress,
+    FlagState,
     Policy,
+    Rollout,
     decide,
     flag_states_from_status,
+    observe_pod,
 )
-from glowplug_operator.rollback_state import FlagState, Rollout
-from glowplug_operator.start_counting import absorb
+from glowplug_operator.rollback.start_counting import absorb
 from glowplug_worker.report import ErrorInfo, TerminationReport
 
 NOW0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -191,7 +193,7 @@ class Sim:
 
     def template(self) -> tuple[tuple[str, ...], str, str | None]:
         if self.decision is None:
-            from glowplug_operator.observations import flag_set_hash
+            from glowplug_operator.contract import flag_set_hash
 
             return tuple(self.spec), flag_set_hash(self.spec, self.fingerprints), None
         d = self.decision

@@ -19,18 +19,24 @@ import jsonschema
 import pytest
 import yaml
 from glowplug_operator.builders import Owner, endpoint, label_selector
-from glowplug_operator.observations import flag_set_hash, observe_pod
-from glowplug_operator.rollback import Decision, decide
-from glowplug_operator.rollback_state import FlagState, Rollout, iso
+from glowplug_operator.contract import flag_set_hash
+from glowplug_operator.rollback import (
+    Condition,
+    Decision,
+    FlagState,
+    Rollout,
+    decide,
+    observe_pod,
+)
 from glowplug_operator.spec import InvalidSpec, parse_spec
 from glowplug_operator.status import (
-    Cond,
     Observed,
     conditions,
     invalid_spec_status,
     modelserver_status,
     prune,
 )
+from glowplug_operator.timestamps import iso
 from glowplug_worker.report import DownloadSummary, ErrorInfo, TerminationReport
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -245,7 +251,6 @@ def status(
         generation=4,
         desired_replicas=replicas,
         deployment=deployment,
-        pods=pods,
         observations=[observe_pod(p, now) for p in pods],
         flags_hash=chosen.flags_hash,
         selector=label_selector(OWNER),
@@ -283,14 +288,16 @@ class TestConditions:
     @pytest.mark.parametrize(
         ("wanted", "since"),
         [
-            (Cond("Ready", "False", "Starting", "0/1 replicas ready"), at(0)),
-            (Cond("Ready", "False", "ImagePullFailed", "pod x: ErrImagePull"), at(0)),
-            (Cond("Ready", "True", "Serving", "1/1 replicas serve the model"), iso(NOW)),
-            (Cond("Ready", "Unknown", "Evaluating", ""), iso(NOW)),
+            (Condition("Ready", "False", "Starting", "0/1 replicas ready"), at(0)),
+            (Condition("Ready", "False", "ImagePullFailed", "pod x: ErrImagePull"), at(0)),
+            (Condition("Ready", "True", "Serving", "1/1 replicas serve the model"), iso(NOW)),
+            (Condition("Ready", "Unknown", "Evaluating", ""), iso(NOW)),
         ],
         ids=["unchanged", "new-reason-same-status", "status-changed", "to-unknown"],
     )
-    def test_transition_time_moves_only_with_the_status(self, wanted: Cond, since: str) -> None:
+    def test_transition_time_moves_only_with_the_status(
+        self, wanted: Condition, since: str
+    ) -> None:
         (out,) = conditions(self.BEFORE, [wanted], 4, self.NOW)
         assert out == {
             "type": wanted.type,
@@ -302,12 +309,14 @@ class TestConditions:
         }
 
     def test_a_new_condition_starts_now_and_a_dropped_one_goes(self) -> None:
-        out = conditions(self.BEFORE, [Cond("Degraded", "False", "AsExpected", "")], 4, self.NOW)
+        out = conditions(
+            self.BEFORE, [Condition("Degraded", "False", "AsExpected", "")], 4, self.NOW
+        )
         assert [(c["type"], c["lastTransitionTime"]) for c in out] == [("Degraded", iso(self.NOW))]
 
     def test_garbage_in_the_stored_conditions_is_ignored(self) -> None:
         previous: list[Any] = ["Ready", None, {"status": "True"}]
-        (out,) = conditions(previous, [Cond("Ready", "True", "Serving", "")], 1, self.NOW)
+        (out,) = conditions(previous, [Condition("Ready", "True", "Serving", "")], 1, self.NOW)
         assert out["lastTransitionTime"] == iso(self.NOW)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from glowplug_operator.workqueue import WorkQueue
+from glowplug_operator.controller.workqueue import WorkQueue
 
 Key = tuple[str, str]
 A: Key = ("ml", "llama")

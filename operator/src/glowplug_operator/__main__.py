@@ -16,8 +16,9 @@ def main() -> int:
     except SettingsError as error:
         print(f"glowplug-operator: {error}", file=sys.stderr)
         return 2
-    import glowplug_operator.handlers  # noqa: F401 - registers the handlers
+    import glowplug_operator.controller.registration  # noqa: F401 - registers the handlers
 
+    # The settings are read once, here; the startup handler finds them in kopf's memo.
     asyncio.run(
         kopf.operator(
             clusterwide=not settings.namespaces,
@@ -26,6 +27,7 @@ def main() -> int:
                 f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
             ),
             standalone=True,
+            memo=kopf.Memo(settings=settings),
         )
     )
     return 0

@@ -12,19 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from glowplug_operator.contract import (
+    API_VERSION,
+    FLAGS_ANNOTATION,
+    FLAGS_HASH_LABEL,
+    INIT_CONTAINER,
+    KIND,
+    MANAGED_BY,
+    MODELSERVER_LABEL,
+    TERMINATION_PATH,
+    TRIAL_ANNOTATION,
+    WORKER_CONTAINER,
+    cache_claim_name,
+    child_name,
+)
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import ModelServerSpec, Optimization
 
-API_VERSION = "glowplug.dev/v1alpha1"
-KIND = "ModelServer"
-FLAGS_ANNOTATION = "glowplug.dev/optimizations"
-FLAGS_HASH_LABEL = "glowplug.dev/optimizations-hash"
-TRIAL_ANNOTATION = "glowplug.dev/trial"
-MODELSERVER_LABEL = "glowplug.dev/modelserver"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "glowplug"}
-TERMINATION_PATH = "/dev/termination-log"
-INIT_CONTAINER = "prefetch"
-WORKER_CONTAINER = "worker"
 PVC_MOUNT_ROOT = "/mnt/pvc"
 UID = 1000
 Manifest = dict[str, Any]
@@ -92,10 +96,11 @@ def startup_probe_timing(budget: int) -> tuple[int, int]:
     return period, max(1, math.ceil(budget / period))
 
 
-def cache_claim_name(owner: Owner, spec: ModelServerSpec) -> str | None:
+def cache_volume_claim(owner: Owner, spec: ModelServerSpec) -> str | None:
+    """The claim the cache volume mounts: the user's existing one, else the operator's."""
     if spec.cache.kind != "PersistentVolumeClaim":
         return None
-    return spec.cache.existing_claim or f"{owner.name}-cache"
+    return spec.cache.existing_claim or cache_claim_name(owner.name)
 
 
 def _cache_volume(owner: Owner, spec: ModelServerSpec) -> Manifest:
@@ -103,7 +108,7 @@ def _cache_volume(owner: Owner, spec: ModelServerSpec) -> Manifest:
     if cache.kind == "PersistentVolumeClaim":
         return {
             "name": "cache",
-            "persistentVolumeClaim": {"claimName": cache_claim_name(owner, spec)},
+            "persistentVolumeClaim": {"claimName": cache_volume_claim(owner, spec)},
         }
     if cache.kind == "HostPath":
         return {"name": "cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
@@ -209,7 +214,7 @@ def _resources(spec: ModelServerSpec, *, gpus: bool) -> Manifest:
     return out
 
 
-def _http_probe(path: str, port: int, period: int, failures: int, timeout: int = 2) -> Manifest:
+def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Manifest:
     return {
         "httpGet": {"path": path, "port": "http"},
         "periodSeconds": period,
@@ -246,9 +251,9 @@ def _worker_container(
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "volumeMounts": [*_mounts(spec, settings), {"name": "dshm", "mountPath": "/dev/shm"}],
         "resources": _resources(spec, gpus=True),
-        "startupProbe": _http_probe("/ready", serving.port, period, failures),
-        "readinessProbe": _http_probe("/ready", serving.port, 5, 3),
-        "livenessProbe": _http_probe("/health", serving.port, 10, 3, timeout=5),
+        "startupProbe": _http_probe("/ready", period, failures),
+        "readinessProbe": _http_probe("/ready", 5, 3),
+        "livenessProbe": _http_probe("/health", 10, 3, timeout=5),
         "securityContext": _container_security(),
         "terminationMessagePath": TERMINATION_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -334,7 +339,7 @@ def build_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, owner.name),
+        "metadata": _metadata(owner, child_name("Deployment", owner.name)),
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner)},
@@ -360,7 +365,7 @@ def build_service(owner: Owner, spec: ModelServerSpec) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, owner.name),
+        "metadata": _metadata(owner, child_name("Service", owner.name)),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner),
@@ -380,7 +385,11 @@ def build_cache_claim(owner: Owner, spec: ModelServerSpec) -> Manifest | None:
     claim: Manifest = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(owner, f"{owner.name}-cache", owned=not cache.retain_on_delete),
+        "metadata": _metadata(
+            owner,
+            child_name("PersistentVolumeClaim", owner.name),
+            owned=not cache.retain_on_delete,
+        ),
         "spec": {
             "accessModes": [cache.access_mode],
             "resources": {"requests": {"storage": cache.size}},
@@ -397,7 +406,7 @@ def build_disruption_budget(owner: Owner, spec: ModelServerSpec) -> Manifest | N
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(owner, owner.name),
+        "metadata": _metadata(owner, child_name("PodDisruptionBudget", owner.name)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner)}},
     }
 

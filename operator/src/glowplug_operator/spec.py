@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from glowplug_operator.quantity import parse_quantity
+
 BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
     "prefetch-weights",
     "background-import",
@@ -29,10 +31,6 @@ BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
 SCHEMES: tuple[str, ...] = ("hf", "s3", "https", "http", "pvc", "file")
 """URI schemes ``spec.model.source`` may use."""
 
-_QUANTITY = re.compile(
-    r"^\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-    r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
-)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -68,22 +66,27 @@ def _secret_names(value: Any) -> Any:
 Quantity = Annotated[str, BeforeValidator(_int_to_str)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True,
-        extra="ignore",
-        strict=True,
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-    )
+# The resource's JSON is camelCase, the code's names snake_case: the spec's models and the status
+# records (rollback/state.py) share this configuration.
+CAMEL_CASE = ConfigDict(
+    extra="ignore",
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+)
 
 
-class SecretRef(_Model):
+class CamelModel(BaseModel):
+    """The base of the resource's models: camelCase JSON, frozen, strict types."""
+
+    model_config = ConfigDict(**CAMEL_CASE, frozen=True, strict=True)
+
+
+class SecretRef(CamelModel):
     name: str = Field(min_length=1, max_length=253)
 
 
-class ModelSource(_Model):
+class ModelSource(CamelModel):
     source: str = Field(min_length=1, max_length=2048)
     revision: str | None = Field(default=None, min_length=1, max_length=256)
     credentials_secret_ref: SecretRef | None = None
@@ -119,13 +122,13 @@ class ModelSource(_Model):
         return parts[1].strip("/") if len(parts) == 2 else ""
 
 
-class Resources(_Model):
+class Resources(CamelModel):
     gpus: int = Field(default=1, ge=0, le=16)
     memory: Quantity | None = None
     cpu: Quantity | None = None
 
 
-class Placement(_Model):
+class Placement(CamelModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
@@ -133,7 +136,7 @@ class Placement(_Model):
     priority_class_name: str | None = None
 
 
-class Cache(_Model):
+class Cache(CamelModel):
     kind: Literal["EmptyDir", "PersistentVolumeClaim", "HostPath"] = "EmptyDir"
     size: Quantity | None = None
     storage_class_name: str | None = None
@@ -143,7 +146,7 @@ class Cache(_Model):
     retain_on_delete: bool = False
 
 
-class Optimization(_Model):
+class Optimization(CamelModel):
     name: str = Field(min_length=1, max_length=63)
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list)
@@ -154,13 +157,13 @@ class Optimization(_Model):
         return self.name in BUILTIN_OPTIMIZATIONS
 
 
-class Startup(_Model):
+class Startup(CamelModel):
     budget_seconds: int | None = Field(default=None, ge=30, le=86400)
     optimizations: list[Optimization] = Field(default_factory=list, max_length=32)
     rollback: Literal["Automatic", "Off"] = "Automatic"
 
 
-class Serving(_Model):
+class Serving(CamelModel):
     port: int = Field(default=8000, ge=1024, le=65535)
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     max_concurrency: int = Field(default=8, ge=1, le=1024)
@@ -169,7 +172,7 @@ class Serving(_Model):
     request_timeout_seconds: int = Field(default=120, ge=1, le=3600)
 
 
-class Image(_Model):
+class Image(CamelModel):
     worker: str | None = Field(default=None, min_length=1, max_length=512)
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     pull_secrets: Annotated[list[str], BeforeValidator(_secret_names)] = Field(
@@ -177,7 +180,7 @@ class Image(_Model):
     )
 
 
-class ModelServerSpec(_Model):
+class ModelServerSpec(CamelModel):
     """The whole spec. Build it with ``parse_spec``, which also runs the cross-field checks."""
 
     model: ModelSource
@@ -285,11 +288,12 @@ def _check_model(model: ModelSource) -> None:
 def _check_quantity(field: str, value: str | None, *, positive: bool) -> None:
     if value is None:
         return
-    if not _QUANTITY.match(value):
+    amount = parse_quantity(value)
+    if amount is None or amount < 0:
         raise InvalidSpec(
             field, f"{value!r} is not a Kubernetes quantity; write it like 48Gi, 512Mi, 8 or 500m"
         )
-    if positive and float(re.sub(r"[^0-9.].*$", "", value) or "0") == 0:
+    if positive and amount == 0:
         raise InvalidSpec(field, f"{value!r} must be greater than zero, such as 40Gi")
 
 

@@ -13,43 +13,87 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from glowplug_operator.builders import FLAGS_HASH_LABEL, INIT_CONTAINER, WORKER_CONTAINER
-from glowplug_operator.observations import PodObservation
-from glowplug_operator.reports import parse_report
-from glowplug_operator.rollback import Decision
-from glowplug_operator.rollback_state import iso, parse_iso
+from pydantic import ConfigDict, ValidationError
+
+from glowplug_operator.rollback import Condition, Decision, FlagState, PodObservation, Rollout
+from glowplug_operator.spec import CAMEL_CASE, CamelModel
+from glowplug_operator.timestamps import iso
 
 Status = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Cond:
+class StatusCondition(CamelModel):
+    """One entry of status.conditions, shaped as metav1.Condition."""
+
     type: str
-    status: str  # "True" | "False" | "Unknown"
+    status: str
+    observed_generation: int
+    last_transition_time: str
     reason: str
     message: str
 
 
+class ColdStart(CamelModel):
+    """status.coldStart: the most recent start that reached Ready."""
+
+    model_config = ConfigDict(**CAMEL_CASE, frozen=True)  # read back from the status: lax
+
+    last_seconds: float
+    phases: dict[str, float]
+
+
+class ModelServerStatus(CamelModel):
+    """status of a ModelServer as the operator writes it (the CRD's status schema)."""
+
+    observed_generation: int
+    conditions: tuple[StatusCondition, ...]
+    replicas: int
+    ready_replicas: int
+    replica_summary: str
+    selector: str
+    endpoint: str
+    cold_start: ColdStart | None
+    optimizations: tuple[FlagState, ...]
+    rolled_back: int
+    effective_optimizations: tuple[str, ...]
+    rollout: Rollout
+
+    def to_status(self) -> Status:
+        return _prune_status(self.model_dump(by_alias=True, mode="json"))
+
+
 def conditions(
-    previous: Sequence[Mapping[str, Any]], wanted: Sequence[Cond], generation: int, now: datetime
+    previous: Sequence[Mapping[str, Any]],
+    wanted: Sequence[Condition],
+    generation: int,
+    now: datetime,
 ) -> list[dict[str, Any]]:
     """metav1.Conditions; lastTransitionTime moves only when a condition's status changes."""
+    return [c.model_dump(by_alias=True) for c in _conditions(previous, wanted, generation, now)]
+
+
+def _conditions(
+    previous: Sequence[Mapping[str, Any]],
+    wanted: Sequence[Condition],
+    generation: int,
+    now: datetime,
+) -> tuple[StatusCondition, ...]:
     before = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
     out = []
     for cond in wanted:
         old = before.get(cond.type)
         since = old.get("lastTransitionTime") if old and old.get("status") == cond.status else None
         out.append(
-            {
-                "type": cond.type,
-                "status": cond.status,
-                "observedGeneration": generation,
-                "lastTransitionTime": since or iso(now),
-                "reason": cond.reason,
-                "message": cond.message,
-            }
+            StatusCondition(
+                type=cond.type,
+                status=cond.status,
+                observed_generation=generation,
+                last_transition_time=since if isinstance(since, str) and since else iso(now),
+                reason=cond.reason,
+                message=cond.message,
+            )
         )
-    return out
+    return tuple(out)
 
 
 def invalid_spec_status(body: Mapping[str, Any], field: str, message: str, now: datetime) -> Status:
@@ -58,9 +102,9 @@ def invalid_spec_status(body: Mapping[str, Any], field: str, message: str, now: 
     generation = body["metadata"].get("generation", 0)
     text = f"{field}: {message}"
     wanted = [
-        Cond("Ready", "False", "InvalidSpec", text),
-        Cond("Progressing", "False", "InvalidSpec", "fix the spec; nothing is rolled out"),
-        Cond("Stalled", "True", "InvalidSpec", text),
+        Condition("Ready", "False", "InvalidSpec", text),
+        Condition("Progressing", "False", "InvalidSpec", "fix the spec; nothing is rolled out"),
+        Condition("Stalled", "True", "InvalidSpec", text),
     ]
     keep = {k: v for k, v in old.items() if k not in ("conditions", "observedGeneration")}
     return _prune_status(
@@ -79,7 +123,6 @@ class Observed:
     generation: int
     desired_replicas: int
     deployment: Mapping[str, Any] | None
-    pods: Sequence[Mapping[str, Any]]
     observations: Sequence[PodObservation]
     flags_hash: str
     selector: str
@@ -101,110 +144,96 @@ def modelserver_status(
     wanted = [
         _ready(ready, desired, decision),
         _progressing(ready, desired, current, decision),
-        _weights(observed.pods, observed.flags_hash),
-        Cond(
-            "OptimizationsHealthy",
-            decision.condition.status,
-            decision.condition.reason,
-            decision.condition.message,
-        ),
+        _weights(observed.observations, observed.flags_hash),
+        decision.condition,
         _degraded(decision),
     ]
-    cold_start = _cold_start(observed.pods, observed.observations) or previous.get("coldStart")
-    return _prune_status(
-        {
-            "observedGeneration": observed.generation,
-            "conditions": conditions(
-                previous.get("conditions") or [], wanted, observed.generation, now
-            ),
-            "replicas": replicas,
-            "readyReplicas": ready,
-            "replicaSummary": f"{ready}/{desired}",
-            "selector": observed.selector,
-            "endpoint": observed.endpoint,
-            "coldStart": cold_start,
-            **decision.status_patch(),
-        }
-    )
+    cold_start = _cold_start(observed.observations) or _kept_cold_start(previous)
+    return ModelServerStatus(
+        observed_generation=observed.generation,
+        conditions=_conditions(previous.get("conditions") or [], wanted, observed.generation, now),
+        replicas=replicas,
+        ready_replicas=ready,
+        replica_summary=f"{ready}/{desired}",
+        selector=observed.selector,
+        endpoint=observed.endpoint,
+        cold_start=cold_start,
+        optimizations=decision.flag_states,
+        rolled_back=sum(1 for s in decision.flag_states if s.state == "RolledBack"),
+        effective_optimizations=decision.effective_flags,
+        rollout=decision.rollout,
+    ).to_status()
 
 
-def _ready(ready: int, desired: int, decision: Decision) -> Cond:
+def _kept_cold_start(previous: Mapping[str, Any]) -> ColdStart | None:
+    """The cold start the status shows already, while no pod shows a newer one."""
+    try:
+        return ColdStart.model_validate(previous.get("coldStart"))
+    except ValidationError:
+        return None
+
+
+def _ready(ready: int, desired: int, decision: Decision) -> Condition:
     if desired == 0:
-        return Cond("Ready", "True", "ScaledToZero", "no replicas requested")
+        return Condition("Ready", "True", "ScaledToZero", "no replicas requested")
     if ready >= desired:
-        return Cond("Ready", "True", "Serving", f"{ready}/{desired} replicas serve the model")
+        return Condition("Ready", "True", "Serving", f"{ready}/{desired} replicas serve the model")
     if decision.degraded:
-        return Cond("Ready", "False", decision.degraded.reason, decision.degraded.message)
-    return Cond("Ready", "False", "Starting", f"{ready}/{desired} replicas ready")
+        return Condition("Ready", "False", decision.degraded.reason, decision.degraded.message)
+    return Condition("Ready", "False", "Starting", f"{ready}/{desired} replicas ready")
 
 
 def _progressing(
     ready: int, desired: int, current: Sequence[PodObservation], decision: Decision
-) -> Cond:
+) -> Condition:
     if decision.degraded:
-        return Cond("Progressing", "False", decision.degraded.reason, decision.degraded.message)
+        return Condition(
+            "Progressing", "False", decision.degraded.reason, decision.degraded.message
+        )
     if ready >= desired:
-        return Cond("Progressing", "False", "Converged", "the rollout is complete")
+        return Condition("Progressing", "False", "Converged", "the rollout is complete")
     note = "rolling out new startup flags" if decision.template_changed else "pods are starting"
-    return Cond(
+    return Condition(
         "Progressing", "True", "RollingOut", f"{note}: {ready}/{desired} ready, {len(current)} pods"
     )
 
 
-def _degraded(decision: Decision) -> Cond:
+def _degraded(decision: Decision) -> Condition:
     if decision.degraded:
-        return Cond("Degraded", "True", decision.degraded.reason, decision.degraded.message)
-    return Cond("Degraded", "False", "AsExpected", "")
+        return Condition("Degraded", "True", decision.degraded.reason, decision.degraded.message)
+    return Condition("Degraded", "False", "AsExpected", "")
 
 
-def _weights(pods: Sequence[Mapping[str, Any]], flags_hash: str) -> Cond:
-    """WeightsReady from the prefetch init containers of the pods."""
-    if not pods:
-        return Cond("WeightsReady", "Unknown", "NoPods", "no pod has started yet")
-    current = [
-        p for p in pods if (p["metadata"].get("labels") or {}).get(FLAGS_HASH_LABEL) == flags_hash
-    ]
+def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Condition:
+    """WeightsReady from the prefetch init containers of the pods (those of the flag set in
+    force first)."""
+    if not observations:
+        return Condition("WeightsReady", "Unknown", "NoPods", "no pod has started yet")
+    current = [o for o in observations if o.flags_hash == flags_hash]
     failure = None
-    for pod in current or pods:
-        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if status.get("name") != INIT_CONTAINER:
-                continue
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if terminated and terminated.get("exitCode") == 0:
-                report = parse_report(terminated.get("message"))
+    for pod in current or observations:
+        init = pod.init
+        if init is not None:
+            if init.succeeded_now:
+                report = init.final_report
                 reused = bool(report and report.download and report.download.reused)
                 how = "reused from the cache" if reused else "downloaded"
-                return Cond(
+                return Condition(
                     "WeightsReady", "True", "Reused" if reused else "Downloaded", f"weights {how}"
                 )
-            last = (status.get("lastState") or {}).get("terminated") or terminated
-            if last and last.get("exitCode"):
-                report = parse_report(last.get("message"))
-                message = (
-                    report.error.message
-                    if report and report.error
-                    else str(last.get("message") or "")
-                )
-                failure = Cond("WeightsReady", "False", "DownloadFailed", message[:512])
-        if _worker_started(pod):
-            return Cond("WeightsReady", "True", "Downloaded", "weights are on the pod's volume")
-    return failure or Cond(
+            if init.last_failure_message is not None:
+                message = init.last_failure_message[:512]
+                failure = Condition("WeightsReady", "False", "DownloadFailed", message)
+        if pod.worker is not None and pod.worker.has_started:
+            return Condition(
+                "WeightsReady", "True", "Downloaded", "weights are on the pod's volume"
+            )
+    return failure or Condition(
         "WeightsReady", "False", "Downloading", "the prefetch init container is running"
     )
 
 
-def _worker_started(pod: Mapping[str, Any]) -> bool:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == WORKER_CONTAINER and (
-            (status.get("state") or {}).get("running") or status.get("restartCount")
-        ):
-            return True
-    return False
-
-
-def _cold_start(
-    pods: Sequence[Mapping[str, Any]], observations: Sequence[PodObservation]
-) -> dict[str, Any] | None:
+def _cold_start(observations: Sequence[PodObservation]) -> ColdStart | None:
     """The most recent start that reached Ready: seconds from scheduling to Ready, and phases
     (schedule wait, the prefetcher's download, the worker's start) where the pod shows them."""
     ready = [o for o in observations if o.ready and o.ready_since and o.scheduled]
@@ -215,24 +244,18 @@ def _cold_start(
     phases: dict[str, float] = {}
     if latest.created:
         phases["schedule"] = _seconds(latest.scheduled - latest.created)
-    pod = next((p for p in pods if p["metadata"].get("uid") == latest.uid), None)
+    init = latest.init
     worker_started = None
-    for status in ((pod or {}).get("status") or {}).get("initContainerStatuses") or []:
-        terminated = (status.get("state") or {}).get("terminated") or {}
-        if status.get("name") == INIT_CONTAINER and terminated:
-            report = parse_report(terminated.get("message"))
-            start, end = (
-                parse_iso(terminated.get("startedAt", "")),
-                parse_iso(terminated.get("finishedAt", "")),
-            )
-            if report and "download" in report.phases:
-                phases["download"] = round(report.phases["download"], 3)
-            elif start and end:
-                phases["download"] = _seconds(end - start)
-            worker_started = end
+    if init is not None and init.terminated_now:
+        report, start, end = init.final_report, init.terminated_started_at, init.finished_at
+        if report and "download" in report.phases:
+            phases["download"] = round(report.phases["download"], 3)
+        elif start and end:
+            phases["download"] = _seconds(end - start)
+        worker_started = end
     if worker_started:
         phases["start"] = _seconds(latest.ready_since - worker_started)
-    return {"lastSeconds": _seconds(latest.ready_since - latest.scheduled), "phases": phases}
+    return ColdStart(last_seconds=_seconds(latest.ready_since - latest.scheduled), phases=phases)
 
 
 def _seconds(delta: Any) -> float:

@@ -58,7 +58,11 @@ def write_tokenizer(out: Path, vocab_size: int = 384) -> dict[str, int]:
     )
     tok.train_from_iterator(TEXT.splitlines(), trainer=trainer)
     tok.save(str(out / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, int] = {}
+    for token in SPECIAL_TOKENS:
+        if (found := tok.token_to_id(token)) is None:
+            raise ValueError(f"the tokenizer has no id for the special token {token!r}")
+        ids[token] = found
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>",

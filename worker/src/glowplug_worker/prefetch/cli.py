@@ -89,7 +89,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
-def parse_options(argv: list[str], env: Mapping[str, str]) -> tuple[Options, str | None]:
+def parse_options(
+    argv: list[str], env: Mapping[str, str], optimizations: tuple[str, ...] = ()
+) -> tuple[Options, str | None]:
+    """The options from the command line and the GLOWPLUG_PREFETCH_* environment;
+    `optimizations` is the flag list `main` read from GLOWPLUG_OPTIMIZATIONS."""
     try:
         args = build_parser(env).parse_args(argv)
     except ValueError as exc:  # a bad env default
@@ -115,7 +119,7 @@ def parse_options(argv: list[str], env: Mapping[str, str]) -> tuple[Options, str
         progress_interval_s=args.progress_interval,
         local_mode=args.local_mode,
         pvc_root=args.pvc_root,
-        optimizations=parse_optimizations(env.get("GLOWPLUG_OPTIMIZATIONS")),
+        optimizations=optimizations,
     )
     return opts, args.metrics_file
 
@@ -132,11 +136,12 @@ def metrics_text(values: dict[str, float]) -> str:
 def main(argv: list[str]) -> int:
     env = os.environ
     started = time.monotonic()
-    optimizations = list(parse_optimizations(env.get("GLOWPLUG_OPTIMIZATIONS")))
+    flags = parse_optimizations(env.get("GLOWPLUG_OPTIMIZATIONS"))
+    optimizations = list(flags)
     metrics_file: str | None = None
     _exit_on_sigterm(optimizations, started)
     try:
-        opts, metrics_file = parse_options(argv, env)
+        opts, metrics_file = parse_options(argv, env, flags)
         from glowplug_worker.prefetch.run import prefetch
 
         outcome = prefetch(opts, env)

@@ -2,4 +2,4 @@
 phase (import, config, load, warmup) and sped up by switchable optimizations (flags).
 
 Nothing here is imported by `glowplug-worker prefetch`; torch and transformers are imported only
-inside the timed `import` phase (see `startup.py`)."""
+inside the timed `import` phase (see `startup/phases.py`)."""

@@ -1,5 +1,5 @@
 """`glowplug-worker serve`: argument parsing and the entry point. Imports nothing heavy: torch
-and transformers arrive inside the timed `import` phase (server.py)."""
+and transformers arrive inside the timed `import` phase (startup/phases.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 from glowplug_worker import report
-from glowplug_worker.serve import flags as F
-
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+from glowplug_worker.serve.startup import flags as F
+from glowplug_worker.serve.startup.loading import DTYPE_CHOICES, model_dir_problem
 
 
 class UsageError(ValueError):
@@ -106,20 +105,14 @@ def validate(args: argparse.Namespace) -> None:
     dev = args.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise UsageError(f"--device {dev!r}: use auto, cpu, cuda or cuda:N")
-    if not args.model.is_dir():
-        raise UsageError(
-            f"--model {args.model}: no such directory (the prefetch init container "
-            "writes the model there; check the volume mount)"
-        )
-    if not (args.model / "config.json").is_file():
-        raise UsageError(
-            f"--model {args.model}: no config.json; point --model at a transformers model directory"
-        )
+    if (problem := model_dir_problem(args.model)) is not None:
+        raise UsageError(problem)
 
 
 def main(argv: list[str]) -> int:
     started = time.perf_counter()
-    from glowplug_worker.serve.server import Options, configure_logging, run
+    from glowplug_worker.serve.options import Options
+    from glowplug_worker.serve.server import configure_logging, run
 
     configure_logging()
     parser = build_parser()

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glowplug_worker.serve.model_loading import Pooling
+from glowplug_worker.serve.startup.loading import Pooling
 
 
 class RequestTimeout(Exception):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from glowplug_operator.rollback_state import Bisection, FlagState, Outcome, truncate
+from glowplug_operator.rollback.state import Bisection, FlagState, StartResult, truncate
 
 Policy = Literal["Automatic", "Off"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -92,7 +92,7 @@ def trial_note(bisection: Bisection) -> str:
     )
 
 
-def blame_message(failure: Outcome) -> str:
+def blame_message(failure: StartResult) -> str:
     where = f"in phase {failure.phase}" if failure.phase else failure.kind
     return truncate(f"{where}: {failure.error}" if failure.error else where)
 

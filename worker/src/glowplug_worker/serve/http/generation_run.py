@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from glowplug_worker.serve.engine import Cancelled, Engine, RequestTimeout, Sampling
-from glowplug_worker.serve.textstream import TextStream
+from glowplug_worker.serve.http.textstream import TextStream
 
 if TYPE_CHECKING:
-    from glowplug_worker.serve.api import Service
+    from glowplug_worker.serve.http.app import Service
 
 
 class GenerationRun:

@@ -8,10 +8,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from glowplug_worker.serve.safetensors_io import FLOAT_DTYPES, TORCH_DTYPES, CheckpointError
-from glowplug_worker.serve.state import FlagFailure
+from glowplug_worker.serve.startup.safetensors_io import FLOAT_DTYPES, TORCH_DTYPES, CheckpointError
+from glowplug_worker.serve.startup.state import FlagFailure
+
+if TYPE_CHECKING:
+    from glowplug_worker.serve.startup.fast_load import WeightStream
+    from glowplug_worker.serve.startup.imports import MlStack
 
 log = logging.getLogger("glowplug.serve")
 
@@ -20,6 +24,20 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 class ModelConfigError(ValueError):
     """The model directory does not hold a model this server can serve as asked."""
+
+
+def model_dir_problem(model_dir: Path) -> str | None:
+    """What is wrong with `--model` as a model directory, or None."""
+    if not model_dir.is_dir():
+        return (
+            f"--model {model_dir}: no such directory (the prefetch init container "
+            "writes the model there; check the volume mount)"
+        )
+    if not (model_dir / "config.json").is_file():
+        return (
+            f"--model {model_dir}: no config.json; point --model at a transformers model directory"
+        )
+    return None
 
 
 @dataclass
@@ -72,7 +90,7 @@ def read_pooling(model_dir: Path) -> Pooling:
 
 
 def first_float_dtype(model_dir: Path) -> str | None:
-    from glowplug_worker.serve.safetensors_io import checkpoint_files, read_header
+    from glowplug_worker.serve.startup.safetensors_io import checkpoint_files, read_header
 
     for path in checkpoint_files(model_dir)[:1]:
         for entry in read_header(path):
@@ -94,7 +112,7 @@ def resolve_dtype(torch: Any, config: Any, requested: str, model_dir: Path) -> A
 
 
 def prepare(
-    stack: dict[str, Any],
+    stack: MlStack,
     model_dir: Path,
     task: str,
     dtype: str,
@@ -103,24 +121,17 @@ def prepare(
     max_model_len: int | None,
 ) -> Prepared:
     """The config phase."""
-    torch = stack["torch"]
-    if not model_dir.is_dir():
-        raise ModelConfigError(
-            f"--model {model_dir}: not a directory (point it at the "
-            "downloaded model, e.g. /models/<name>)"
-        )
-    if not (model_dir / "config.json").is_file():
-        raise ModelConfigError(
-            f"--model {model_dir}: no config.json there; is this a transformers model directory?"
-        )
-    config = stack["AutoConfig"].from_pretrained(model_dir, local_files_only=offline)
+    torch = stack.torch
+    if (problem := model_dir_problem(model_dir)) is not None:
+        raise ModelConfigError(problem)
+    config = stack.config_loader.from_pretrained(model_dir, local_files_only=offline)
     archs = list(getattr(config, "architectures", None) or [])
     if task == "generate" and archs and not any(a.endswith("ForCausalLM") for a in archs):
         raise ModelConfigError(
             f"--task generate needs a causal LM, but {model_dir} holds "
             f"{', '.join(archs)}; use --task embed for encoders"
         )
-    tokenizer = stack["AutoTokenizer"].from_pretrained(model_dir, local_files_only=offline)
+    tokenizer = stack.tokenizer_loader.from_pretrained(model_dir, local_files_only=offline)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -149,13 +160,13 @@ def prepare(
     )
 
 
-def load_plain(stack: dict[str, Any], prep: Prepared, offline: bool) -> tuple[Any, dict[str, Any]]:
+def load_plain(stack: MlStack, prep: Prepared, offline: bool) -> tuple[Any, dict[str, Any]]:
     """The baseline: `from_pretrained`, on the device via `device_map` when accelerate is
     installed, else moved there afterwards."""
     import importlib.util
 
-    torch = stack["torch"]
-    cls = stack["AutoModelForCausalLM" if prep.task == "generate" else "AutoModel"]
+    torch = stack.torch
+    cls = stack.model_loader
     begin = time.perf_counter()
     kwargs: dict[str, Any] = {"dtype": prep.dtype, "local_files_only": offline}
     on_device = prep.device.type != "cpu" and importlib.util.find_spec("accelerate") is not None
@@ -177,12 +188,12 @@ def load_plain(stack: dict[str, Any], prep: Prepared, offline: bool) -> tuple[An
 
 
 def load_fast(
-    stack: dict[str, Any], prep: Prepared, stream: Any = None
+    stack: MlStack, prep: Prepared, stream: WeightStream | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """`fast-load`; `stream` is a `WeightStream` started during the import phase, if any."""
-    from glowplug_worker.serve.fast_load import load_weights, parameters_on_meta
+    from glowplug_worker.serve.startup.fast_load import load_weights, parameters_on_meta
 
-    cls = stack["AutoModelForCausalLM" if prep.task == "generate" else "AutoModel"]
+    cls = stack.model_loader
     with parameters_on_meta():
         model = cls.from_config(prep.config, dtype=prep.dtype)
     stats = load_weights(model, prep.model_dir, prep.device, prep.dtype, stream)
@@ -190,13 +201,15 @@ def load_fast(
 
 
 def load_native(
-    stack: dict[str, Any], prep: Prepared, stream: Any = None
+    stack: MlStack, prep: Prepared, stream: WeightStream | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """`native-model`: glowplug's own Llama module, filled by the fast-load streaming loader."""
-    from glowplug_worker.serve.fast_load import load_weights
-    from glowplug_worker.serve.flags import NATIVE_MODEL
+    from glowplug_worker.serve.startup.fast_load import load_weights
+    from glowplug_worker.serve.startup.flags import NATIVE_MODEL
 
-    model = stack["native"].build(prep.model_dir, prep.config)
+    if stack.native is None:
+        raise ValueError("load_native needs the native stack (import_native_stack)")
+    model = stack.native.build(prep.model_dir, prep.config)
     try:
         stats = load_weights(model, prep.model_dir, prep.device, prep.dtype, stream)
     except FlagFailure as exc:  # the loader blames fast-load; here the model is native-model's

@@ -5,7 +5,7 @@ torch.distributed.tensor and sympy: most of a warm start on an H100, see docs/wo
 The forward pass repeats transformers' LlamaForCausalLM operation by operation (RMSNorm in
 float32, rotary embedding computed in float32, SDPA with grouped KV heads, logits for every
 position), and the state-dict names are the checkpoint's, so `fast_load.load_weights` fills it.
-Anything this code does not reproduce makes `native_support.unsupported_reason` answer, and the
+Anything this code does not reproduce makes `native.support.unsupported_reason` answer, and the
 worker then loads with transformers as without the flag.
 """
 
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from glowplug_worker.serve.native_support import read_config, rope_parameters
-from glowplug_worker.serve.native_tokenizer import NativeTokenizer
+from glowplug_worker.serve.native.support import read_config, rope_parameters
+from glowplug_worker.serve.native.tokenizer import NativeTokenizer
 
 
 def load_config(model_dir: Path) -> SimpleNamespace:
@@ -60,7 +60,7 @@ def inverse_frequencies(config: SimpleNamespace) -> torch.Tensor:
     """RoPE's inverse frequencies, computed as transformers computes them (default or llama3)."""
     rope, dim = config.rope, config.head_dim
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float) / dim
-    inv_freq = 1.0 / (rope["rope_theta"] ** exponents)
+    inv_freq: torch.Tensor = 1.0 / (rope["rope_theta"] ** exponents)
     if rope["rope_type"] != "llama3":
         return inv_freq
     factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
@@ -171,14 +171,21 @@ class Attention(nn.Module):
         return self.o_proj(out)  # type: ignore[no-any-return]
 
 
+class Mlp(nn.Module):
+    """The gated MLP's projections (DecoderLayer.forward applies them)."""
+
+    def __init__(self, config: SimpleNamespace) -> None:
+        super().__init__()
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: SimpleNamespace, index: int) -> None:
         super().__init__()
         self.self_attn = Attention(config, index)
-        self.mlp = nn.Module()
-        self.mlp.gate_proj = Linear(config.hidden_size, config.intermediate_size)
-        self.mlp.up_proj = Linear(config.hidden_size, config.intermediate_size)
-        self.mlp.down_proj = Linear(config.intermediate_size, config.hidden_size)
+        self.mlp = Mlp(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -187,7 +194,8 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, cache)
         mlp, x = self.mlp, self.post_attention_layernorm(hidden)
-        return hidden + mlp.down_proj(functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        out: torch.Tensor = mlp.down_proj(functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        return hidden + out
 
 
 @dataclass
@@ -196,20 +204,29 @@ class Output:
     past_key_values: KVCache
 
 
+class LlamaModel(nn.Module):
+    """The decoder stack's modules (LlamaForCausalLM.forward runs them)."""
+
+    def __init__(self, config: SimpleNamespace) -> None:
+        super().__init__()
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
 class LlamaForCausalLM(nn.Module):
     """Parameters are created on the meta device; `fast_load.load_weights` assigns them."""
 
     base_model_prefix = "model"
+    generation_config: SimpleNamespace  # set by `build`, read by the engine
+    inv_freq: torch.Tensor  # a buffer: RoPE's inverse frequencies
 
     def __init__(self, config: SimpleNamespace) -> None:
         super().__init__()
         self.config = config
-        self.model = nn.Module()
-        self.model.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
-        self.model.layers = nn.ModuleList(
-            DecoderLayer(config, i) for i in range(config.num_hidden_layers)
-        )
-        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.model = LlamaModel(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.register_buffer("inv_freq", inverse_frequencies(config), persistent=False)
 
@@ -235,7 +252,7 @@ class LlamaForCausalLM(nn.Module):
 
 
 class NativeConfig:
-    """`AutoConfig` for `model_loading.prepare`."""
+    """`AutoConfig` for `startup.loading.prepare`."""
 
     @staticmethod
     def from_pretrained(model_dir: Path, **_: Any) -> SimpleNamespace:
@@ -243,7 +260,7 @@ class NativeConfig:
 
 
 class NativeTokenizerLoader:
-    """`AutoTokenizer` for `model_loading.prepare`."""
+    """`AutoTokenizer` for `startup.loading.prepare`."""
 
     @staticmethod
     def from_pretrained(model_dir: Path, **_: Any) -> NativeTokenizer:

@@ -20,12 +20,13 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from glowplug_worker.serve.flags import BACKGROUND_IMPORT, SLIM_IMPORTS
-from glowplug_worker.serve.state import FlagFailure
+from glowplug_worker.serve.startup.flags import BACKGROUND_IMPORT, SLIM_IMPORTS
+from glowplug_worker.serve.startup.state import FlagFailure
 
 log = logging.getLogger("glowplug.serve")
 
@@ -175,34 +176,50 @@ def model_classes(model_dir: Path, task: str) -> list[str]:
     return [n for n in names if isinstance(n, str) and n.isidentifier()]
 
 
-def import_stack(task: str, model_dir: Path) -> dict[str, Any]:
-    """Import torch, the transformers pieces `task` needs and the model's own class module (so
-    that the load phase times weights, not imports); returns them by name."""
+@dataclass(frozen=True)
+class MlStack:
+    """What the import phase imported for the later phases. Library objects are `Any`: torch
+    and transformers are imported here, never at module import."""
+
+    torch: Any
+    config_loader: Any  # has `from_pretrained(model_dir, local_files_only=...)`
+    tokenizer_loader: Any  # has `from_pretrained(model_dir, local_files_only=...)`
+    model_loader: Any = None  # transformers' Auto class for the task; None for `native`
+    # The model's own class, imported here so that the load phase times weights, not imports.
+    model_class: Any = None
+    # glowplug's own model code when `native-model` serves the model (transformers is not
+    # imported at all then).
+    native: ModuleType | None = None
+
+
+def import_stack(task: str, model_dir: Path) -> MlStack:
+    """Import torch, the transformers pieces `task` needs and the model's own class module."""
     import torch
     import transformers
 
-    names = [
-        "AutoConfig",
-        "AutoTokenizer",
-        "AutoModelForCausalLM" if task == "generate" else "AutoModel",
-    ]
-    found = {name: getattr(transformers, name) for name in names}
+    model_class = None
     for arch in model_classes(model_dir, task)[:1]:
-        found["model_class"] = getattr(transformers, arch, None)
-    found["torch"] = torch
-    found["transformers"] = transformers
-    return found
+        model_class = getattr(transformers, arch, None)
+    return MlStack(
+        torch=torch,
+        config_loader=transformers.AutoConfig,
+        tokenizer_loader=transformers.AutoTokenizer,
+        model_loader=(
+            transformers.AutoModelForCausalLM if task == "generate" else transformers.AutoModel
+        ),
+        model_class=model_class,
+    )
 
 
-def import_native_stack() -> dict[str, Any]:
+def import_native_stack() -> MlStack:
     """`native-model`: torch and glowplug's own Llama code; transformers is never imported."""
     import torch
 
-    from glowplug_worker.serve import native_llama
+    from glowplug_worker.serve.native import llama
 
-    return {
-        "torch": torch,
-        "native": native_llama,
-        "AutoConfig": native_llama.NativeConfig,
-        "AutoTokenizer": native_llama.NativeTokenizerLoader,
-    }
+    return MlStack(
+        torch=torch,
+        config_loader=llama.NativeConfig,
+        tokenizer_loader=llama.NativeTokenizerLoader,
+        native=llama,
+    )

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from glowplug_worker.serve.http.protocol import ApiError
 
 
 class Overloaded(Exception):
@@ -78,3 +80,19 @@ class Scheduler:
         except TimeoutError:
             return False
         return True
+
+
+async def admit(stack: AsyncExitStack, scheduler: Scheduler, remaining: float) -> None:
+    """Take a slot for a request that has `remaining` seconds left, held until `stack` closes;
+    a full server answers 429, no free slot in time 504."""
+    try:
+        await stack.enter_async_context(scheduler.slot(max(remaining, 0.001)))
+    except Overloaded as exc:
+        raise ApiError(
+            429,
+            "the server is at capacity; retry later",
+            type_="rate_limit_error",
+            code="overloaded",
+        ) from exc
+    except TimeoutError as exc:
+        raise ApiError(504, "timed out waiting for a free slot", type_="timeout_error") from exc

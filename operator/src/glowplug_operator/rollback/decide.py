@@ -5,11 +5,13 @@ the same input gives the same decision, and deciding on the state a decision ret
 same pods, changes nothing and emits no event. The algorithm, every threshold and what the user
 sees are documented in docs/rollback.md.
 
-The lead renders `Decision.effective_flags` into the pod template annotation
-`glowplug.dev/optimizations`, `Decision.flags_hash` into the label
-`glowplug.dev/optimizations-hash`, `Decision.restart_nonce` (when not None) into the annotation
-`glowplug.dev/trial`, and writes `flag_states` / `rollout` to status.optimizations / status.rollout
-in ONE patch (they must stay consistent with each other).
+The builders render `Decision.effective_flags`, `Decision.flags_hash` and the trial token
+`Decision.restart_nonce` onto the pod template (`contract.FLAGS_ANNOTATION`, `FLAGS_HASH_LABEL`,
+`TRIAL_ANNOTATION`); the reconciler writes `flag_states` / `rollout` to status.optimizations /
+status.rollout in ONE patch (they must stay consistent with each other).
+
+`decide` is a pipeline of steps, each from one immutable `transitions.Work` to the next: the
+order of the changes is the order of the calls in `decide`.
 """
 
 from __future__ import annotations
@@ -19,22 +21,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from glowplug_operator.bisection import Verdict, judge_trial, new_bisection, next_step
-from glowplug_operator.flag_changes import (
-    Draft,
-    apply_trial,
-    count_per_flag,
-    degraded_event,
-    effective_flags,
-    end_bisection,
-    follow_spec,
-    honour_retry,
-    promote,
-    roll_back,
-)
-from glowplug_operator.observations import DeploymentProgress, PodObservation, flag_set_hash
-from glowplug_operator.reports import phase_of_flag
-from glowplug_operator.rollback_outputs import (
+from glowplug_operator.contract import flag_set_hash
+from glowplug_operator.rollback.bisection import Verdict, judge_trial, new_bisection, next_step
+from glowplug_operator.rollback.observations import DeploymentProgress, PodObservation
+from glowplug_operator.rollback.outputs import (
     NOT_A_FLAG_PROBLEM,
     Condition,
     Degraded,
@@ -46,34 +36,29 @@ from glowplug_operator.rollback_outputs import (
     names,
     trial_note,
 )
-from glowplug_operator.rollback_state import (
+from glowplug_operator.rollback.reports import phase_of_flag
+from glowplug_operator.rollback.start_counting import absorb
+from glowplug_operator.rollback.state import (
     Bisection,
     FlagState,
-    Outcome,
     Rollout,
     SetRecord,
-    iso,
-    parse_iso,
+    StartResult,
     truncate,
 )
-from glowplug_operator.start_counting import absorb
-
-__all__ = [
-    "CHURN_BUDGET_CHANGES",
-    "CHURN_WINDOW",
-    "INTERMITTENT_FAILURES",
-    "INTERMITTENT_WINDOW",
-    "Condition",
-    "Decision",
-    "Degraded",
-    "Event",
-    "FlagState",
-    "Policy",
-    "Rollback",
-    "Rollout",
-    "decide",
-    "flag_states_from_status",
-]
+from glowplug_operator.rollback.transitions import (
+    Work,
+    count_per_flag,
+    degraded_event,
+    effective_flags,
+    end_bisection,
+    follow_spec,
+    honour_retry,
+    promote,
+    roll_back,
+    start_trial,
+)
+from glowplug_operator.timestamps import iso, parse_time
 
 CHURN_BUDGET_CHANGES = 8  # template changes allowed ...
 CHURN_WINDOW = timedelta(minutes=30)  # ... within this window
@@ -96,7 +81,7 @@ class Decision:
 
     def status_patch(self) -> dict[str, Any]:
         """The status fields this decision owns, to be written in ONE patch (the condition and
-        Degraded are the lead's to merge into status.conditions)."""
+        Degraded go into status.conditions, merged by `status.py`)."""
         return {
             "optimizations": [s.to_status() for s in self.flag_states],
             "rolledBack": sum(1 for s in self.flag_states if s.state == "RolledBack"),
@@ -129,83 +114,48 @@ def decide(
     """Decide which flags the pod template runs now, and what status says about them.
 
     `spec_flags`: the flag names in spec order. `fingerprints` (optional): flag name -> hash of
-    its definition (`observations.flag_fingerprint`); a changed fingerprint brings a rolled-back
+    its definition (`contract.flag_fingerprint`); a changed fingerprint brings a rolled-back
     flag back to Trial. `retry_token`: the glowplug.dev/retry-optimizations annotation.
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     order = list(dict.fromkeys(spec_flags))
     prints = {name: (fingerprints or {}).get(name, "") for name in order}
-    work = Draft(states={}, rollout=rollout, events=[], rollbacks=[])
-    follow_spec(work, order, prints, flag_states, now)
-    honour_retry(work, order, retry_token, now)
+    # 1. The spec and a retry request move flag states; what ran before is `before`.
+    work = follow_spec(Work(rollout=rollout), order, prints, flag_states, now)
+    work = honour_retry(work, order, retry_token, now)
     before = effective_flags(work, order)
+    # 2. Count the starts the pods show, once each.
     absorbed, failed_sets, ready_sets = absorb(
         work.rollout, pods, budget_seconds=budget_seconds, now=now
     )
-    work.rollout = absorbed
-    count_per_flag(work, failed_sets, ready_sets)
+    work = count_per_flag(replace(work, rollout=absorbed), failed_sets, ready_sets)
     digest = flag_set_hash(before, prints)
     current = [p for p in pods if p.flags_hash == digest and not p.deleting]
     record = absorbed.record(digest)
     trial = [o for o in (record.recent if record else ()) if o.seq > absorbed.trial_seq]
     if ready_sets and work.rollout.not_flag_problem:
         # The failures seen meanwhile were not the flags' fault: start counting afresh.
-        work.rollout = replace(work.rollout, not_flag_problem=False, trial_seq=absorbed.seq)
+        work = work.with_rollout(not_flag_problem=False, trial_seq=absorbed.seq)
         trial = []
-    snapshot = (dict(work.states), work.rollout, len(work.events), len(work.rollbacks))
-
+    # 3. Judge the starts: blocked, report only, or roll back / bisect.
+    kept = work
     blocked = _blocked(current, progress)
     if blocked is not None:
-        work.degraded = blocked
+        work = replace(work, degraded=blocked)
     elif policy == "Off":
-        _report_only(work, before, trial, now)
+        work = _report_only(work, before, trial, now)
     else:
-        _automatic(work, order, before, trial, record, now)
-
-    effective = effective_flags(work, order)
-    nonce = _nonce(work, trial)
-    previous = work.rollout.rendered if work.rollout.rendered is not None else tuple(before)
-    changed = tuple(effective) != previous or nonce != work.rollout.nonce
-    recent_changes = tuple(
-        c
-        for c in work.rollout.changes
-        if (t := parse_iso(c)) is not None and now - t < CHURN_WINDOW
-    )
-    own_change = tuple(effective) != tuple(before) or nonce != work.rollout.nonce
-    if own_change and len(recent_changes) >= CHURN_BUDGET_CHANGES:
-        states, kept_rollout, n_events, n_rollbacks = snapshot
-        work.states, work.rollout = states, kept_rollout
-        del work.events[n_events:]
-        del work.rollbacks[n_rollbacks:]
-        work.degraded = Degraded(
-            "RollbackBudgetExhausted",
-            f"{len(recent_changes)} pod template changes in the last "
-            f"{int(CHURN_WINDOW.total_seconds() // 60)} minutes; holding the flags as they are "
-            "until the window has room",
-        )
-        effective, nonce = effective_flags(work, order), work.rollout.nonce
-        changed = tuple(effective) != previous  # only what the user changed (spec, retry)
-    if changed:
-        recent_changes = (*recent_changes, iso(now))
-    if tuple(effective) != previous:
-        work.rollout = replace(work.rollout, trial_seq=work.rollout.seq)
-    work.rollout = replace(
-        work.rollout, changes=recent_changes, rendered=tuple(effective), nonce=nonce
-    )
+        work = _automatic(work, order, before, trial, record, now)
+    # 4. The churn budget: too many template changes lately keep the flags as they were.
+    work, effective, nonce, changed = _within_churn_budget(work, kept, order, before, trial, now)
+    # 5. Record the rendered template; promote Trial flags of a set that reached Ready.
     digest_now = flag_set_hash(effective, prints)
-    # Only the set in force is judged on its recent starts: keep status.rollout small.
-    work.rollout = replace(
-        work.rollout,
-        sets=tuple(
-            s if s.hash == digest_now or not s.recent else replace(s, recent=())
-            for s in work.rollout.sets
-        ),
-    )
-    promote(work, effective, pods, digest_now, now)
+    work = _keep_recent_of(work, digest_now)
+    work = promote(work, effective, pods, digest_now, now)
     if work.degraded is None and work.rollout.not_flag_problem and policy == "Automatic":
-        work.degraded = NOT_A_FLAG_PROBLEM
-    degraded_event(work)
+        work = replace(work, degraded=NOT_A_FLAG_PROBLEM)
+    work = degraded_event(work)
     final = tuple(work.states[name] for name in order)
     return Decision(
         effective_flags=tuple(effective),
@@ -221,10 +171,61 @@ def decide(
             policy=policy,
         ),
         degraded=work.degraded,
-        events=tuple(work.events),
-        rollbacks=tuple(work.rollbacks),
+        events=work.events,
+        rollbacks=work.rollbacks,
         template_changed=changed,
     )
+
+
+def _within_churn_budget(
+    work: Work,
+    kept: Work,
+    order: Sequence[str],
+    before: Sequence[str],
+    trial: Sequence[StartResult],
+    now: datetime,
+) -> tuple[Work, list[str], str | None, bool]:
+    """The judged `work` when the churn window has room for its template change, else `kept`
+    (the work before judging) marked RollbackBudgetExhausted. Returns the work with the
+    rendered template recorded, the effective flags, the trial token and whether the template
+    changes."""
+    effective = effective_flags(work, order)
+    nonce = _nonce(work, trial)
+    previous = work.rollout.rendered if work.rollout.rendered is not None else tuple(before)
+    changed = tuple(effective) != previous or nonce != work.rollout.nonce
+    recent_changes = tuple(
+        c
+        for c in work.rollout.changes
+        if (t := parse_time(c)) is not None and now - t < CHURN_WINDOW
+    )
+    own_change = tuple(effective) != tuple(before) or nonce != work.rollout.nonce
+    if own_change and len(recent_changes) >= CHURN_BUDGET_CHANGES:
+        work = replace(
+            kept,
+            note=work.note,
+            degraded=Degraded(
+                "RollbackBudgetExhausted",
+                f"{len(recent_changes)} pod template changes in the last "
+                f"{int(CHURN_WINDOW.total_seconds() // 60)} minutes; holding the flags as they "
+                "are until the window has room",
+            ),
+        )
+        effective, nonce = effective_flags(work, order), work.rollout.nonce
+        changed = tuple(effective) != previous  # only what the user changed (spec, retry)
+    if changed:
+        recent_changes = (*recent_changes, iso(now))
+    if tuple(effective) != previous:
+        work = work.with_rollout(trial_seq=work.rollout.seq)
+    work = work.with_rollout(changes=recent_changes, rendered=tuple(effective), nonce=nonce)
+    return work, effective, nonce, changed
+
+
+def _keep_recent_of(work: Work, digest: str) -> Work:
+    """Only the set in force is judged on its recent starts: keep status.rollout small."""
+    sets = tuple(
+        s if s.hash == digest or not s.recent else replace(s, recent=()) for s in work.rollout.sets
+    )
+    return work.with_rollout(sets=sets)
 
 
 def _blocked(
@@ -243,91 +244,92 @@ def _blocked(
 
 
 def _report_only(
-    work: Draft, flags: Sequence[str], trial: Sequence[Outcome], now: datetime
-) -> None:
+    work: Work, flags: Sequence[str], trial: Sequence[StartResult], now: datetime
+) -> Work:
     """policy Off: end any bisection (its flags come back), blame in words only."""
     if work.rollout.bisection:
-        end_bisection(work, now)  # the flags come back: a new trial, nothing to judge yet
-        return
+        return end_bisection(work, now)  # the flags come back: a new trial, nothing to judge yet
     failures = [o for o in trial if not o.ok and o.kind != "oom"]
     if not failures or trial[-1].ok:
-        return
+        return work
     suspects = _evidence(flags, failures[-1])
     if len(suspects) == 1:
         name = suspects[0]
-        if work.states[name].reason != "WouldRollBack":
-            work.states[name] = work.states[name].moved(
-                work.states[name].state, "WouldRollBack", blame_message(failures[-1]), now
-            )
-            work.events.append(
+        state = work.states[name]
+        if state.reason != "WouldRollBack":
+            blame = blame_message(failures[-1])
+            work = work.with_states(
+                {name: state.moved(state.state, "WouldRollBack", blame, now)}
+            ).with_events(
                 Event(
                     "Warning",
                     "OptimizationFailing",
-                    f"flag {name} failed a start ({blame_message(failures[-1])}); "
-                    "rollback is Off, the flag stays on",
+                    f"flag {name} failed a start ({blame}); rollback is Off, the flag stays on",
                 )
             )
-    work.note = f"starts are failing; rollback is Off ({len(failures)} failed starts)"
+    return replace(
+        work, note=f"starts are failing; rollback is Off ({len(failures)} failed starts)"
+    )
 
 
 def _automatic(
-    work: Draft,
+    work: Work,
     order: Sequence[str],
     flags: Sequence[str],
-    trial: Sequence[Outcome],
+    trial: Sequence[StartResult],
     record: SetRecord | None,
     now: datetime,
-) -> None:
+) -> Work:
+    """policy Automatic: roll back the flag the evidence names, else bisect."""
     failures = [o for o in trial if not o.ok]
     flag_failures = [o for o in failures if o.kind != "oom"]
     latest = failures[-1] if failures else None
     if latest is not None and latest.kind == "oom":
         if latest.flag and latest.flag in flags:
-            roll_back(work, latest.flag, "StartupFailed", blame_message(latest), now)
-        else:
-            work.degraded = Degraded(
+            return roll_back(work, latest.flag, "StartupFailed", blame_message(latest), now)
+        return replace(
+            work,
+            degraded=Degraded(
                 "OutOfMemory",
                 f"the worker was OOMKilled with flags {names(flags)}; no flag is to blame",
-            )
-        return
+            ),
+        )
     if latest is not None:
         suspects = _evidence(flags, latest)
         if len(suspects) == 1:
             reason = "StartupFailed" if latest.flag == suspects[0] else "FailedInPhase"
-            roll_back(work, suspects[0], reason, blame_message(latest), now)
-            return
+            return roll_back(work, suspects[0], reason, blame_message(latest), now)
     bisection = work.rollout.bisection
     if bisection is not None:
-        _continue_bisection(work, order, bisection, trial, now)
-        return
+        return _continue_bisection(work, bisection, trial, now)
     if not flag_failures:
-        return
+        return work
     if record is not None and record.reached_ready:
         window = [
             o
             for o in flag_failures
-            if (t := parse_iso(o.at)) is not None and now - t <= INTERMITTENT_WINDOW
+            if (t := parse_time(o.at)) is not None and now - t <= INTERMITTENT_WINDOW
         ]
         if len(window) < INTERMITTENT_FAILURES:
-            return
+            return work
         mode: Literal["Failing", "Intermittent"] = "Intermittent"
     else:
         mode = "Failing"
     if work.rollout.not_flag_problem:
-        return
+        return work
     if not flags:
-        work.degraded = Degraded(
-            "StartupFailedWithoutFlags",
-            f"starts fail with flags {names(flags)} ({blame_message(flag_failures[-1])}); "
-            "this is not a flag problem",
+        return replace(
+            work,
+            degraded=Degraded(
+                "StartupFailedWithoutFlags",
+                f"starts fail with flags {names(flags)} ({blame_message(flag_failures[-1])}); "
+                "this is not a flag problem",
+            ),
         )
-        return
     phase_suspects = _evidence(flags, flag_failures[-1])
     suspects = phase_suspects or _unproven(work, flags, mode)
     bisection = new_bisection(mode, tuple(flags), tuple(suspects), now)
-    work.rollout = replace(work.rollout, bisection=bisection)
-    apply_trial(work, bisection, now)
-    work.events.append(
+    return start_trial(work, bisection, now).with_events(
         Event(
             "Warning",
             "BisectingOptimizations",
@@ -338,32 +340,24 @@ def _automatic(
 
 
 def _continue_bisection(
-    work: Draft,
-    order: Sequence[str],
-    bisection: Bisection,
-    trial: Sequence[Outcome],
-    now: datetime,
-) -> None:
+    work: Work, bisection: Bisection, trial: Sequence[StartResult], now: datetime
+) -> Work:
     verdict = judge_trial(bisection, trial)
     if verdict is Verdict.PENDING:
-        work.note = trial_note(bisection)
-        return
-    outcome = next_step(bisection, verdict, now)
-    if outcome.blame is not None:
+        return replace(work, note=trial_note(bisection))
+    step = next_step(bisection, verdict, now)
+    if step.blame is not None:
         last_failure = next((o for o in reversed(trial) if not o.ok), None)
-        end_bisection(work, now)
-        roll_back(
-            work,
-            outcome.blame,
+        return roll_back(
+            end_bisection(work, now),
+            step.blame,
             "Bisected" if bisection.mode == "Failing" else "IntermittentFailures",
             f"starts fail with it on and succeed without it (bisection, {bisection.step} trials)"
             + (f"; last error {last_failure.error}" if last_failure and last_failure.error else ""),
             now,
         )
-        return
-    if outcome.inconclusive:
-        end_bisection(work, now)
-        work.events.append(
+    if step.inconclusive:
+        return end_bisection(work, now).with_events(
             Event(
                 "Warning",
                 "BisectionInconclusive",
@@ -371,19 +365,15 @@ def _continue_bisection(
                 "failures were not reproduced and no flag is blamed",
             )
         )
-        return
-    if outcome.bisection is None:
-        end_bisection(work, now)
-        work.rollout = replace(work.rollout, not_flag_problem=True)
-        work.degraded = NOT_A_FLAG_PROBLEM
-        return
-    work.rollout = replace(work.rollout, bisection=outcome.bisection)
-    apply_trial(work, outcome.bisection, now)
-    work.note = trial_note(outcome.bisection)
-    work.events.append(Event("Normal", "BisectionStep", work.note))
+    if step.bisection is None:
+        work = end_bisection(work, now).with_rollout(not_flag_problem=True)
+        return replace(work, degraded=NOT_A_FLAG_PROBLEM)
+    note = trial_note(step.bisection)
+    work = replace(start_trial(work, step.bisection, now), note=note)
+    return work.with_events(Event("Normal", "BisectionStep", note))
 
 
-def _evidence(flags: Sequence[str], failure: Outcome) -> list[str]:
+def _evidence(flags: Sequence[str], failure: StartResult) -> list[str]:
     """Flags a failure report points at: its own `flag`, else the flags of its failed phase."""
     if failure.flag and failure.flag in flags:
         return [failure.flag]
@@ -392,7 +382,7 @@ def _evidence(flags: Sequence[str], failure: Outcome) -> list[str]:
     return []
 
 
-def _unproven(work: Draft, flags: Sequence[str], mode: str) -> list[str]:
+def _unproven(work: Work, flags: Sequence[str], mode: str) -> list[str]:
     """Flags not yet seen in a flag set that reached Ready (all of them if every one was)."""
     if mode == "Intermittent":
         return list(flags)
@@ -401,8 +391,9 @@ def _unproven(work: Draft, flags: Sequence[str], mode: str) -> list[str]:
     return unproven or list(flags)
 
 
-def _nonce(work: Draft, trial: Sequence[Outcome]) -> str | None:
-    """An intermittent trial needs several starts: a new nonce after each Ready start."""
+def _nonce(work: Work, trial: Sequence[StartResult]) -> str | None:
+    """The trial token: an intermittent trial needs several starts, a new token after each
+    Ready start."""
     bisection = work.rollout.bisection
     if bisection is None or bisection.mode != "Intermittent":
         return None

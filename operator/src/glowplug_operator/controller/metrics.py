@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from glowplug_operator.rollback_state import STATES, FlagState
+from glowplug_operator.rollback import STATES, FlagState
 
 
 class Metrics:

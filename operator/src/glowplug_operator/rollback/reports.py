@@ -23,7 +23,7 @@ from typing import Any, Literal
 SCHEMA = "glowplug.dev/termination-report/v1"
 
 Command = Literal["prefetch", "serve"]
-Outcome = Literal["succeeded", "failed"]
+StartResult = Literal["succeeded", "failed"]
 
 PHASES: tuple[str, ...] = ("download", "import", "config", "load", "warmup", "serve")
 
@@ -66,7 +66,7 @@ class DownloadSummary:
 @dataclass(frozen=True)
 class Report:
     command: Command
-    outcome: Outcome
+    outcome: StartResult
     phase: str | None = None
     optimizations: tuple[str, ...] = ()
     flag: str | None = None

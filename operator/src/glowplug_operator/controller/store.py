@@ -1,6 +1,6 @@
-"""What the operator knows of the cluster: the latest ModelServers, their children and pods, as
-kopf's watch streams deliver them. The reconciler reads only from here, so a converged
-ModelServer costs no API requests at all."""
+"""The informer's store: what the operator knows of the cluster, the latest ModelServers, their
+children and pods, as kopf's watch streams deliver them. The reconciler reads only from here, so
+a converged ModelServer costs no API requests at all."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from glowplug_operator.builders import MODELSERVER_LABEL
+from glowplug_operator.contract import MODELSERVER_LABEL
 
 Key = tuple[str, str]  # (namespace, name)
 Body = dict[str, Any]
@@ -16,7 +16,7 @@ Body = dict[str, Any]
 
 def slim(body: Body) -> Body:
     """The body without what the operator never reads (managedFields, the last-applied
-    annotation); at a thousand ModelServers this is most of the cache's memory."""
+    annotation); at a thousand ModelServers this is most of the store's memory."""
     meta = body.get("metadata")
     if isinstance(meta, dict):
         meta.pop("managedFields", None)
@@ -45,7 +45,7 @@ def owner_of(body: Body) -> Key | None:
 
 
 @dataclass
-class Cache:
+class Store:
     modelservers: dict[Key, Body] = field(default_factory=dict)
     children: dict[tuple[str, str, str], Body] = field(default_factory=dict)
     pods: defaultdict[Key, dict[str, Body]] = field(default_factory=lambda: defaultdict(dict))

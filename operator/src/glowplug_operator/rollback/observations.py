@@ -1,53 +1,34 @@
 """What a Pod (or the Deployment) says about a start, as frozen observations.
 
 Pure: a raw object as the API returns it (a plain dict) plus `now` in, an observation out. The
-rollback decision (`glowplug_operator.rollback`) reads only these observations.
+rollback decision (`glowplug_operator.rollback.decide`) reads only these observations.
 
-The pod template carries its effective flag set in the annotation `glowplug.dev/optimizations`
-(comma-separated names, "" for none) and a hash of it in the label
-`glowplug.dev/optimizations-hash` (render it with `flag_set_hash`). The init container is named
-`prefetch`, the worker container `worker`.
+The labels, annotations and container names read here are the builders' own, from `contract`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from glowplug_operator.reports import Report, parse_report
-
-FLAGS_ANNOTATION = "glowplug.dev/optimizations"
-FLAGS_HASH_LABEL = "glowplug.dev/optimizations-hash"
-TRIAL_ANNOTATION = "glowplug.dev/trial"
-INIT_CONTAINER = "prefetch"
-WORKER_CONTAINER = "worker"
+from glowplug_operator.contract import (
+    FLAGS_ANNOTATION,
+    FLAGS_HASH_LABEL,
+    INIT_CONTAINER,
+    TRIAL_ANNOTATION,
+    WORKER_CONTAINER,
+    flag_set_hash,
+)
+from glowplug_operator.rollback.reports import Report, parse_report
+from glowplug_operator.timestamps import parse_time
 
 # Waiting reasons that mean the container cannot even be created: not a flag problem.
 IMAGE_PULL_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 )
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-
-
-def flag_set_hash(flags: Sequence[str], fingerprints: Mapping[str, str] | None = None) -> str:
-    """The label value for a flag set: order-insensitive, 16 hex characters.
-
-    `fingerprints` (flag name -> hash of its definition, see `flag_fingerprint`) makes a changed
-    env/args of a flag a different flag set.
-    """
-    prints = fingerprints or {}
-    canonical = ",".join(f"{name}={prints.get(name, '')}" for name in sorted(set(flags)))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def flag_fingerprint(definition: Mapping[str, Any]) -> str:
-    """A short hash of one spec.startup.optimizations[] entry (name, env, args...)."""
-    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -61,6 +42,23 @@ class ContainerObservation:
     exit_code: int | None  # current state, else last state
     terminated_now: bool  # the current state is terminated (not only the last state)
     report: Report | None  # the most recent failure report of this container
+    # The current terminated state's run and report (any exit code), for the cold start.
+    terminated_started_at: datetime | None = None
+    finished_at: datetime | None = None
+    final_report: Report | None = None
+    # The failure message of the last terminated run (the last state first, else the current
+    # one) when it exited non-zero: the report's error message, else the raw message.
+    last_failure_message: str | None = None
+
+    @property
+    def succeeded_now(self) -> bool:
+        """The current state is a run that ended with exit code 0."""
+        return self.terminated_now and self.exit_code == 0
+
+    @property
+    def has_started(self) -> bool:
+        """It runs or has run (a restart count means an earlier run)."""
+        return self.running or self.restarts > 0
 
     @property
     def failed_now(self) -> bool:
@@ -207,14 +205,14 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
         flags=flags,
         flags_hash=flags_hash,
         trial=trial if isinstance(trial, str) else None,
-        created=_time(meta.get("creationTimestamp")),
+        created=parse_time(meta.get("creationTimestamp")),
         scheduled=(
-            _time(scheduled.get("lastTransitionTime"))
+            parse_time(scheduled.get("lastTransitionTime"))
             if scheduled.get("status") == "True"
             else None
         ),
         ready=is_ready,
-        ready_since=_time(ready.get("lastTransitionTime")) if is_ready else None,
+        ready_since=parse_time(ready.get("lastTransitionTime")) if is_ready else None,
         phase=str(status.get("phase") or "Unknown"),
         deleting=meta.get("deletionTimestamp") is not None,
         observed_at=now,
@@ -234,7 +232,7 @@ def observe_deployment_progress(deployment: Mapping[str, Any]) -> DeploymentProg
                 stuck=condition.get("status") == "False" and reason == "ProgressDeadlineExceeded",
                 reason=reason if isinstance(reason, str) else None,
                 message=message if isinstance(message, str) else None,
-                last_update=_time(condition.get("lastUpdateTime")),
+                last_update=parse_time(condition.get("lastUpdateTime")),
             )
     return None
 
@@ -264,16 +262,30 @@ def _observe_container(raw: Mapping[str, Any]) -> ContainerObservation:
     restarts = raw.get("restartCount")
     reason = waiting.get("reason")
     term_reason = terminated.get("reason")
+    final_report = parse_report(terminated_now.get("message")) if terminated_now else None
+    last_run = terminated_last or terminated_now
+    last_failure_message = None
+    if last_run and last_run.get("exitCode"):
+        last_report = parse_report(last_run.get("message"))
+        last_failure_message = (
+            last_report.error.message
+            if last_report and last_report.error
+            else str(last_run.get("message") or "")
+        )
     return ContainerObservation(
         name=str(raw.get("name", "")),
         restarts=restarts if isinstance(restarts, int) and restarts >= 0 else 0,
         running=bool(state.get("running") is not None),
-        started_at=_time(running.get("startedAt")),
+        started_at=parse_time(running.get("startedAt")),
         waiting_reason=reason if isinstance(reason, str) else None,
         terminated_reason=term_reason if isinstance(term_reason, str) else None,
         exit_code=exit_code if isinstance(exit_code, int) else None,
         terminated_now=bool(terminated_now),
         report=report,
+        terminated_started_at=parse_time(terminated_now.get("startedAt")),
+        finished_at=parse_time(terminated_now.get("finishedAt")),
+        final_report=final_report,
+        last_failure_message=last_failure_message,
     )
 
 
@@ -283,15 +295,3 @@ def _dict(value: Any) -> Mapping[str, Any]:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

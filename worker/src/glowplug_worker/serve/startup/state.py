@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("import", "config", "load", "warmup")
-
 
 class FlagFailure(Exception):
     """A failure that the worker can pin on one of its own flags (written as the report's

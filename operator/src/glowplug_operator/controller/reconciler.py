@@ -1,48 +1,48 @@
 """One reconcile of one ModelServer: parse, decide the flags, build the children, write only
-what differs from the cache, then the status. Called from the work queue's workers."""
+what differs from the store, then the status. Called from the reconcile loops (`loop.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from glowplug_operator import builders
-from glowplug_operator.cache import Cache, Key
-from glowplug_operator.kube import Kube
-from glowplug_operator.metrics import Metrics
-from glowplug_operator.observations import (
+from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_fingerprint
+from glowplug_operator.controller.kube import Kube
+from glowplug_operator.controller.metrics import Metrics
+from glowplug_operator.controller.objects import contains
+from glowplug_operator.controller.store import Key, Store
+from glowplug_operator.rollback import (
+    Decision,
     PodObservation,
-    flag_fingerprint,
+    Rollout,
+    decide,
+    flag_states_from_status,
     observe_deployment_progress,
     observe_pod,
     startup_deadline,
 )
-from glowplug_operator.rollback import Decision, decide, flag_states_from_status
-from glowplug_operator.rollback_state import Rollout
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
 from glowplug_operator.status import Observed, invalid_spec_status, modelserver_status
 
 log = logging.getLogger(__name__)
-RETRY_ANNOTATION = "glowplug.dev/retry-optimizations"
 
 
 @dataclass
 class Reconciler:
     settings: Settings
     kube: Kube
-    cache: Cache
+    store: Store
     metrics: Metrics
 
     async def reconcile(self, key: Key, now: datetime | None = None) -> float | None:
         """Converge one ModelServer; returns seconds until it should be looked at again."""
-        body = self.cache.modelservers.get(key)
+        body = self.store.modelservers.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.forget(*key)
             return None  # children go with it: owner references
@@ -53,9 +53,8 @@ class Reconciler:
             await self._invalid(body, error, now)
             return None
         owner = builders.Owner(key[1], key[0], body["metadata"]["uid"])
-        pods = self.cache.pods_of(key)
-        observations = [observe_pod(p, now) for p in pods]
-        deployment = self.cache.child("Deployment", key[0], key[1])
+        observations = [observe_pod(p, now) for p in self.store.pods_of(key)]
+        deployment = self.store.child("Deployment", key[0], key[1])
         decision = self._decide(body, spec, observations, deployment, now)
 
         await self._converge_children(owner, spec, decision)
@@ -66,7 +65,6 @@ class Reconciler:
                 generation=body["metadata"].get("generation", 0),
                 desired_replicas=spec.replicas,
                 deployment=deployment,
-                pods=pods,
                 observations=observations,
                 flags_hash=decision.flags_hash,
                 selector=builders.label_selector(owner),
@@ -132,8 +130,8 @@ class Reconciler:
         }
         writes = []
         for kind, manifest in wanted.items():
-            name = f"{owner.name}-cache" if kind == "PersistentVolumeClaim" else owner.name
-            live = self.cache.child(kind, owner.namespace, name)
+            name = child_name(kind, owner.name)
+            live = self.store.child(kind, owner.namespace, name)
             if manifest is None:
                 if live is not None and _owned_by(live, owner) and kind != "PersistentVolumeClaim":
                     writes.append(self._delete(kind, owner.namespace, name))
@@ -148,7 +146,7 @@ class Reconciler:
         self.metrics.api_writes.labels(manifest["kind"]).inc()
         # What the API server now holds; the watch confirms it later. Without this, a reconcile
         # that runs before the watch event would apply the same object again.
-        self.cache.put_child(manifest["kind"], live)
+        self.store.put_child(manifest["kind"], live)
 
     async def _delete(self, kind: str, namespace: str, name: str) -> None:
         await self.kube.delete(kind, namespace, name)
@@ -225,44 +223,3 @@ def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None
 def _owned_by(body: Mapping[str, Any], owner: builders.Owner) -> bool:
     refs = body["metadata"].get("ownerReferences") or []
     return any(r.get("uid") == owner.uid for r in refs)
-
-
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIXES: dict[str, Decimal] = {
-    "": Decimal(1), "m": Decimal("0.001"),
-    **{s: Decimal(10) ** (3 * i) for i, s in enumerate("kMGTPE", 1)},
-    **{f"{s}i": Decimal(2) ** (10 * i) for i, s in enumerate("KMGTPE", 1)},
-}  # fmt: skip
-
-
-def parse_quantity(value: Any) -> Decimal | None:
-    """A Kubernetes quantity's value, or None for anything that is not one."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    match = _QUANTITY.match(str(value))
-    if not match or match.group(2) not in _SUFFIXES:
-        return None
-    try:
-        return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
-    except InvalidOperation:
-        return None
-
-
-def contains(live: Any, wanted: Any) -> bool:
-    """True when every field the operator wants is in the live object with the same value.
-    Fields the API server or others added are ignored; lists must match item by item."""
-    if isinstance(wanted, dict):
-        return isinstance(live, dict) and all(
-            k in live and contains(live[k], v) for k, v in wanted.items()
-        )
-    if isinstance(wanted, list):
-        return (
-            isinstance(live, list)
-            and len(live) == len(wanted)
-            and all(contains(a, b) for a, b in zip(live, wanted, strict=True))
-        )
-    if live == wanted:
-        return True
-    # 1 vs "1", 0.5 vs "500m", "1.5Gi" vs "1536Mi": the API server stores canonical quantities.
-    a, b = parse_quantity(live), parse_quantity(wanted)
-    return a is not None and a == b

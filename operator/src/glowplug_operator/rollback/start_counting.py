@@ -12,20 +12,20 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from glowplug_operator.observations import PodObservation, startup_deadline
-from glowplug_operator.rollback_state import (
+from glowplug_operator.rollback.observations import PodObservation, startup_deadline
+from glowplug_operator.rollback.state import (
     KEPT_POD_RECORDS,
     KEPT_SET_RECORDS,
     OUTCOME_ERROR_CHARS,
     RECENT_OUTCOMES,
-    Outcome,
-    OutcomeKind,
     PodRecord,
     Rollout,
     SetRecord,
-    iso,
+    StartKind,
+    StartResult,
     truncate,
 )
+from glowplug_operator.timestamps import iso
 
 
 def absorb(
@@ -54,14 +54,14 @@ def absorb(
         timed_out = _timed_out(pod, record, budget_seconds, now)
         failed = pod.failed_starts + (1 if timed_out else 0)
         overdue = max(0, failed - record.failed) - ended  # the current attempt, past the budget
-        outcomes: list[Outcome] = []
+        outcomes: list[StartResult] = []
         for _ in range(ended):
             seq += 1
             outcomes.append(_failure(pod, seq, now))
         for _ in range(overdue):
             seq += 1
             outcomes.append(
-                Outcome(
+                StartResult(
                     seq=seq,
                     at=iso(now),
                     kind="timeout",
@@ -72,7 +72,7 @@ def absorb(
         if pod.ready and not pod.deleting and pod.failed_starts > ready_attempt:
             seq += 1
             ready_attempt = pod.failed_starts
-            outcomes.append(Outcome(seq=seq, at=iso(now), kind="ready"))
+            outcomes.append(StartResult(seq=seq, at=iso(now), kind="ready"))
         if not outcomes and pod.uid in records:
             continue
         records[pod.uid] = replace(
@@ -109,17 +109,17 @@ def _timed_out(pod: PodObservation, record: PodRecord, budget_seconds: int, now:
     return deadline is not None and record.ready_attempt < pod.failed_starts and now > deadline
 
 
-def _failure(pod: PodObservation, seq: int, now: datetime) -> Outcome:
+def _failure(pod: PodObservation, seq: int, now: datetime) -> StartResult:
     """A run that ended, with the evidence the pod shows: report, termination reason."""
     report = pod.report
     failure = pod.failure
-    kind: OutcomeKind = "oom" if pod.oom_killed else "failed"
+    kind: StartKind = "oom" if pod.oom_killed else "failed"
     error = ""
     if report and report.error:
         error = f"{report.error.type}: {report.error.message}"
     elif failure and failure.terminated_reason:
         error = f"{failure.terminated_reason} (exit code {failure.exit_code})"
-    return Outcome(
+    return StartResult(
         seq=seq,
         at=iso(now),
         kind=kind,
@@ -129,7 +129,7 @@ def _failure(pod: PodObservation, seq: int, now: datetime) -> Outcome:
     )
 
 
-def _count(record: SetRecord, outcomes: Sequence[Outcome]) -> SetRecord:
+def _count(record: SetRecord, outcomes: Sequence[StartResult]) -> SetRecord:
     failures = sum(1 for o in outcomes if not o.ok)
     successes = len(outcomes) - failures
     return replace(

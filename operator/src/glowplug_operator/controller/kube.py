@@ -19,7 +19,16 @@ from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
-ModelServer = create_namespaced_resource("glowplug.dev", "v1alpha1", "ModelServer", "modelservers")
+from glowplug_operator.contract import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    REPORTING_COMPONENT,
+    VERSION,
+)
+
+ModelServer = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 
 _RESOURCES: dict[str, Any] = {
     "Deployment": Deployment,
@@ -93,8 +102,8 @@ class Kube:
                 "namespace": meta["namespace"],
             },
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", "glowplug.dev/v1alpha1"),
-                "kind": body.get("kind", "ModelServer"),
+                "apiVersion": body.get("apiVersion", API_VERSION),
+                "kind": body.get("kind", KIND),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],
@@ -103,7 +112,7 @@ class Kube:
             "reason": reason,
             "message": message[:1024],
             "source": {"component": "glowplug-operator"},
-            "reportingComponent": "glowplug.dev/operator",
+            "reportingComponent": REPORTING_COMPONENT,
             "reportingInstance": "glowplug-operator",
             "firstTimestamp": now,
             "lastTimestamp": now,

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from glowplug_worker.serve.flags import FAST_LOAD
-from glowplug_worker.serve.safetensors_io import (
+from glowplug_worker.serve.startup.flags import FAST_LOAD
+from glowplug_worker.serve.startup.safetensors_io import (
     TORCH_DTYPES,
     CheckpointError,
     TensorEntry,
@@ -35,7 +35,7 @@ from glowplug_worker.serve.safetensors_io import (
     pread_into,
     read_header,
 )
-from glowplug_worker.serve.state import FlagFailure
+from glowplug_worker.serve.startup.state import FlagFailure
 
 log = logging.getLogger("glowplug.serve")
 
@@ -60,7 +60,7 @@ def parameters_on_meta() -> Iterator[None]:
             cls = type(param)
             module._parameters[name] = cls(param.to("meta"), requires_grad=param.requires_grad)
 
-    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from glowplug_operator.rollback_state import Bisection, Mode, Outcome, iso
+from glowplug_operator.rollback.state import Bisection, Mode, StartResult
+from glowplug_operator.timestamps import iso
 
 # Starts a trial must pass (Ready, no failure in between) before it counts as passed.
 FAILING_TRIAL_STARTS = 1
@@ -69,7 +70,7 @@ def starts_needed(bisection: Bisection) -> int:
     return INTERMITTENT_TRIAL_STARTS if bisection.mode == "Intermittent" else FAILING_TRIAL_STARTS
 
 
-def judge_trial(bisection: Bisection, trial: Sequence[Outcome]) -> Verdict:
+def judge_trial(bisection: Bisection, trial: Sequence[StartResult]) -> Verdict:
     """A trial fails at its first failed start, passes after enough Ready starts."""
     if any(not o.ok and o.kind != "oom" for o in trial):
         return Verdict.FAILED

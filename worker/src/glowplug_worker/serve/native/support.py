@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from glowplug_worker.serve import native_tokenizer
+from glowplug_worker.serve.native import tokenizer as native_tokenizer
 
 ARCHITECTURE = "LlamaForCausalLM"
 # Config keys with the only values this implementation reproduces.

@@ -1,0 +1,135 @@
+"""kopf registration: wires watch events to the store and the work queue, nothing else.
+
+All handlers are `on.event`: kopf stores no state on the ModelServer (no annotations, no
+finalizers), so the operator never writes to the user's object outside its status. The
+operator's collaborators live in kopf's `memo` (`memo.controller`), made once at startup from
+the settings `__main__` put in `memo.settings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+from prometheus_client import start_http_server
+
+from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
+from glowplug_operator.controller.kube import Kube
+from glowplug_operator.controller.loop import reconcile_loop
+from glowplug_operator.controller.metrics import Metrics
+from glowplug_operator.controller.reconciler import Reconciler
+from glowplug_operator.controller.store import Key, Store, key_of, owner_of
+from glowplug_operator.controller.workqueue import WorkQueue
+from glowplug_operator.settings import Settings
+
+
+@dataclass
+class Controller:
+    """The operator's one set of collaborators, made at startup."""
+
+    store: Store
+    queue: WorkQueue[Key]
+    reconciler: Reconciler
+    loops: list[asyncio.Task[None]]
+
+
+def _controller(memo: kopf.Memo) -> Controller:
+    return cast(Controller, memo.controller)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = cast(Settings, memo.settings)
+    logging.getLogger().setLevel(config.log_level)
+    settings.posting.loggers = False  # only the Events the reconciler posts on purpose
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    metrics = Metrics()
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=metrics.registry)
+    store: Store = Store()
+    queue: WorkQueue[Key] = WorkQueue()
+    reconciler = Reconciler(config, Kube(config.field_manager), store, metrics)
+    loops = [
+        asyncio.create_task(reconcile_loop(queue, reconciler))
+        for _ in range(config.reconcile_workers)
+    ]
+    memo.controller = Controller(store, queue, reconciler, loops)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller = _controller(memo)
+    for task in controller.loops:
+        task.cancel()
+    await asyncio.gather(*controller.loops, return_exceptions=True)
+    await controller.reconciler.kube.close()
+
+
+def _body(event: kopf.RawEvent) -> dict[str, Any]:
+    return cast(dict[str, Any], event["object"])
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def modelserver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller = _controller(memo)
+    body = _body(event)
+    key = key_of(body)
+    if event["type"] == "DELETED":
+        controller.store.drop_modelserver(key)
+        controller.queue.forget(key)
+        controller.reconciler.metrics.forget(*key)
+        return
+    controller.store.put_modelserver(body)
+    controller.queue.add(key)
+
+
+def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
+    controller = _controller(memo)
+    body = _body(event)
+    if event["type"] == "DELETED":
+        controller.store.drop_child(kind, body)
+    else:
+        controller.store.put_child(kind, body)
+    owner = owner_of(body)
+    if owner is not None and owner in controller.store.modelservers:
+        controller.queue.add(owner)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
+def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_event("Deployment", event, memo)
+
+
+@kopf.on.event("", "v1", "services", labels=MANAGED_BY)
+def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_event("Service", event, memo)
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED_BY)
+def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_event("PersistentVolumeClaim", event, memo)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_BY)
+def disruption_budget_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_event("PodDisruptionBudget", event, memo)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
+def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller = _controller(memo)
+    body = _body(event)
+    owner = owner_of(body)
+    if owner is None:
+        return
+    if event["type"] == "DELETED":
+        controller.store.drop_pod(owner, body)
+    else:
+        controller.store.put_pod(owner, body)
+    if owner in controller.store.modelservers:
+        controller.queue.add(owner)

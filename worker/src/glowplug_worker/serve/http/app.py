@@ -1,0 +1,314 @@
+"""The HTTP API (Starlette): OpenAI-compatible endpoints plus /health, /ready, /startup and
+/metrics. Model work runs in the `model` threads; the event loop only validates, admits and
+streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from glowplug_worker.serve.engine import Engine, RequestTimeout, Sampling
+from glowplug_worker.serve.http import openai
+from glowplug_worker.serve.http.admission import Scheduler, admit
+from glowplug_worker.serve.http.generation_run import GenerationRun
+from glowplug_worker.serve.http.protocol import (
+    ApiError,
+    GenerationRequest,
+    bad,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
+from glowplug_worker.serve.metrics import Metrics
+from glowplug_worker.serve.startup.state import StartupState
+
+MAX_BODY_BYTES = 1 << 20
+ModelHandler = Callable[[Request, Engine, float], Awaitable[Response]]
+
+
+@dataclass
+class Service:
+    """What the handlers share: startup state, metrics, admission, and the model once loaded."""
+
+    state: StartupState
+    metrics: Metrics
+    scheduler: Scheduler
+    model_name: str
+    task: str
+    request_timeout: float
+    engine: Engine | None = None
+    pool: ThreadPoolExecutor | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def unavailable(state: StartupState) -> ApiError:
+    if state.draining:
+        return ApiError(503, "the server is shutting down", type_="service_unavailable")
+    return ApiError(
+        503,
+        f"the model is not ready yet (startup phase: {state.current})",
+        type_="service_unavailable",
+    )
+
+
+def timed_out() -> ApiError:
+    return ApiError(504, "the request ran past its timeout", type_="timeout_error")
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad(f"the request body is not valid JSON: {exc}") from exc
+
+
+class Routes:
+    """The route handlers, over one `Service`."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    # -- probes and metadata ---------------------------------------------------------------
+
+    async def health(self, _: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, _: Request) -> Response:
+        snap = self.svc.state.snapshot()
+        body = {
+            "ready": snap["ready"],
+            "phase": snap["current_phase"],
+            "draining": snap["draining"],
+        }
+        return JSONResponse(body, status_code=200 if snap["ready"] else 503)
+
+    async def startup(self, _: Request) -> Response:
+        return JSONResponse(self.svc.state.snapshot())
+
+    async def metrics(self, _: Request) -> Response:
+        svc = self.svc
+        svc.metrics.queue_depth.set(svc.scheduler.queued)
+        svc.metrics.running.set(svc.scheduler.running)
+        return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def models(self, _: Request) -> Response:
+        return JSONResponse(openai.model_list(self.svc.model_name, self.svc.created))
+
+    # -- model endpoints -------------------------------------------------------------------
+
+    def on_model(
+        self, name: str, handler: ModelHandler
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """`handler` behind the readiness check, with errors as OpenAI error bodies and request
+        metrics under `name`."""
+        svc = self.svc
+
+        async def run(request: Request) -> Response:
+            began = time.monotonic()
+            try:
+                if not svc.state.serving or svc.engine is None:
+                    raise unavailable(svc.state)
+                response = await handler(request, svc.engine, began)
+            except ApiError as err:
+                response = error_response(err)
+            except Exception as exc:  # a bug or a model failure: 500, and the server stays up
+                response = error_response(
+                    ApiError(
+                        500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error"
+                    )
+                )
+            svc.metrics.requests.labels(name, str(response.status_code)).inc()
+            if not isinstance(response, StreamingResponse):
+                svc.metrics.latency.labels(name).observe(time.monotonic() - began)
+            return response
+
+        return run
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.svc.model_name:
+            raise ApiError(
+                404,
+                f"the model {name!r} does not exist; this server serves {self.svc.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def _admit(self, stack: AsyncExitStack, began: float) -> None:
+        await admit(
+            stack, self.svc.scheduler, self.svc.request_timeout - (time.monotonic() - began)
+        )
+
+    async def completions(self, request: Request, engine: Engine, began: float) -> Response:
+        req = parse_completion(await read_json(request))
+        return await self.generation(req, engine, began, chat=False)
+
+    async def chat(self, request: Request, engine: Engine, began: float) -> Response:
+        return await self.generation(parse_chat(await read_json(request)), engine, began, chat=True)
+
+    async def generation(
+        self, req: GenerationRequest, engine: Engine, began: float, chat: bool
+    ) -> Response:
+        if self.svc.task != "generate":
+            raise bad("this server embeds (--task embed); use /v1/embeddings", param="model")
+        self.check_model(req.model)
+        ids = engine.encode(self._prompt(req, engine, chat))
+        sampling = Sampling(
+            self._max_tokens(req, engine, len(ids), chat),
+            req.temperature,
+            req.top_p,
+            req.seed,
+            req.stop,
+            req.ignore_eos,
+        )
+        stack = AsyncExitStack()
+        await self._admit(stack, began)
+        run = GenerationRun(self.svc, engine, ids, sampling, began, "chatcmpl" if chat else "cmpl")
+        run.start(asyncio.get_running_loop())
+        if req.stream:
+            return StreamingResponse(
+                self.stream(run, stack, req, chat), media_type="text/event-stream"
+            )
+        try:
+            async with stack:
+                text, finish, n = await run.collect()
+        except RequestTimeout as exc:
+            raise timed_out() from exc
+        body = openai.completion(
+            chat=chat,
+            rid=run.id,
+            model=self.svc.model_name,
+            text=text,
+            finish=finish,
+            prompt_n=len(ids),
+            n=n,
+        )
+        return JSONResponse(body)
+
+    @staticmethod
+    def _prompt(req: GenerationRequest, engine: Engine, chat: bool) -> str:
+        if not chat:
+            return req.prompt or ""
+        try:
+            return engine.chat_prompt(req.messages or [])
+        except ValueError as exc:
+            raise bad(str(exc), param="messages") from exc
+
+    @staticmethod
+    def _max_tokens(req: GenerationRequest, engine: Engine, prompt_n: int, chat: bool) -> int:
+        """The request's max_tokens, checked against the room the context leaves."""
+        room = engine.max_model_len - prompt_n
+        if room < 1:
+            raise bad(
+                f"the prompt is {prompt_n} tokens; this model's context is {engine.max_model_len}",
+                param="messages" if chat else "prompt",
+                code="context_length_exceeded",
+            )
+        max_tokens = req.max_tokens if req.max_tokens is not None else min(room, 256)
+        if max_tokens > room:
+            raise bad(
+                f"prompt ({prompt_n} tokens) + max_tokens ({max_tokens}) exceeds this "
+                f"model's context of {engine.max_model_len} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return max_tokens
+
+    async def stream(
+        self, run: GenerationRun, stack: AsyncExitStack, req: GenerationRequest, chat: bool
+    ) -> AsyncIterator[str]:
+        """A generation as server-sent events; the slot is held until the last one."""
+        model = self.svc.model_name
+
+        def piece(delta: str | None, finish: str | None, first: bool = False) -> str:
+            body = openai.chunk(
+                chat=chat, rid=run.id, model=model, delta=delta, finish=finish, first=first
+            )
+            return openai.event(body)
+
+        try:
+            async with stack:
+                if chat:
+                    yield piece(None, None, first=True)
+                async for kind, value in run.events():
+                    if kind == "delta" and value:
+                        yield piece(value, None)
+                    elif kind == "done":
+                        yield piece(None, value)
+                if req.include_usage:
+                    prompt_n = len(run.prompt_ids)
+                    body = openai.usage_chunk(
+                        chat=chat, rid=run.id, model=model, prompt_n=prompt_n, n=run.tokens
+                    )
+                    yield openai.event(body)
+        except RequestTimeout:
+            yield openai.event(timed_out().body())
+        finally:
+            run.cancel.set()
+            self.svc.metrics.latency.labels("chat" if chat else "completions").observe(
+                time.monotonic() - run.began
+            )
+        yield openai.DONE_EVENT
+
+    async def embeddings(self, request: Request, engine: Engine, began: float) -> Response:
+        svc = self.svc
+        req = parse_embedding(await read_json(request))
+        if svc.task != "embed":
+            raise bad(
+                "this server generates text (--task generate); /v1/embeddings needs a "
+                "server started with --task embed",
+                param="model",
+            )
+        self.check_model(req.model)
+        stack = AsyncExitStack()
+        await self._admit(stack, began)
+        async with stack:
+            loop = asyncio.get_running_loop()
+            vectors, tokens = await loop.run_in_executor(svc.pool, engine.embed, req.inputs)
+        svc.metrics.prompt_tokens.inc(tokens)
+        body = openai.embeddings(
+            vectors, model=svc.model_name, tokens=tokens, encoding_format=req.encoding_format
+        )
+        return JSONResponse(body)
+
+    # -- errors outside the routes ---------------------------------------------------------
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        return error_response(ApiError(404, f"no route {request.url.path}", type_="not_found"))
+
+    async def bad_method(self, request: Request, exc: Exception) -> Response:
+        return error_response(
+            ApiError(405, f"method {request.method} is not allowed on {request.url.path}")
+        )
+
+
+def build_app(svc: Service) -> Starlette:
+    r = Routes(svc)
+    routes = [
+        Route("/health", r.health),
+        Route("/ready", r.ready),
+        Route("/startup", r.startup),
+        Route("/metrics", r.metrics),
+        Route("/v1/models", r.models),
+        Route("/v1/completions", r.on_model("completions", r.completions), methods=["POST"]),
+        Route("/v1/chat/completions", r.on_model("chat", r.chat), methods=["POST"]),
+        Route("/v1/embeddings", r.on_model("embeddings", r.embeddings), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: r.not_found, 405: r.bad_method})
