@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sys
 
 import kopf
+from kopf._core.engines.peering import Identity
 
 from glowplug_operator.settings import Settings, SettingsError
 
@@ -27,6 +30,9 @@ def main() -> int:
                 f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
             ),
             standalone=True,
+            # kopf would otherwise name itself after the user, which an image's numeric uid
+            # without a passwd entry (65532) does not have: it crashed at start.
+            identity=Identity(f"{socket.gethostname()}-{os.getpid()}"),
             memo=kopf.Memo(settings=settings),
         )
     )
