@@ -9,10 +9,19 @@ import stat
 import tarfile
 import zipfile
 
-from glowplug_worker.prefetch.errors import SourceError, UnsafePathError
+from glowplug_worker.prefetch.errors import NoSpaceError, SourceError, UnsafePathError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 RESERVED_PREFIX = ".glowplug"
+# An archive with more members than this is refused before anything is written (an archive bomb
+# of empty files exhausts inodes as surely as a large one exhausts space).
+MAX_ARCHIVE_MEMBERS = 100_000
+
+
+def _is_root(name: str) -> bool:
+    """A directory member naming the archive's own root: `./` (`tar -C DIR -cf x.tar .`), `.`,
+    or `` (Python's `tarfile.add(DIR, arcname="")`)."""
+    return "\x00" not in name and all(p in ("", ".") for p in name.split("/"))
 
 
 def safe_relpath(name: str, what: str = "remote file name") -> str:
@@ -49,34 +58,75 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def extract_archive(archive: str, dest_dir: str) -> list[str]:
+def extract_archive(
+    archive: str,
+    dest_dir: str,
+    max_members: int = MAX_ARCHIVE_MEMBERS,
+    max_bytes: int | None = None,
+) -> list[str]:
     """Unpack a .tar/.tar.gz/.tgz/.zip into dest_dir; returns the relative file names.
 
     Every member is checked before anything is written: absolute names, `..`, links, devices
-    and FIFOs are refused (UnsafePathError), so a hostile archive writes nothing.
+    and FIFOs are refused (UnsafePathError), so a hostile archive writes nothing. The archive's
+    root directory (`./`, as `tar -C DIR -cf x.tar .` writes it) is accepted and skipped. More
+    than `max_members` members, or more uncompressed bytes than `max_bytes` (default: the free
+    space of dest_dir), are refused before anything is written.
     """
+    if max_bytes is None:
+        max_bytes = shutil.disk_usage(dest_dir).free
     lower = archive.lower()
     try:
         if lower.endswith(".zip"):
-            return _extract_zip(archive, dest_dir)
-        return _extract_tar(archive, dest_dir)
+            return _extract_zip(archive, dest_dir, max_members, max_bytes)
+        return _extract_tar(archive, dest_dir, max_members, max_bytes)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise SourceError(f"archive {os.path.basename(archive)}: cannot be read ({exc})") from exc
 
 
-def _extract_tar(archive: str, dest_dir: str) -> list[str]:
+def _check_limits(archive: str, members: int, size: int, max_members: int, max_bytes: int) -> None:
+    name = os.path.basename(archive)
+    if members > max_members:
+        raise SourceError(
+            f"archive {name}: more than {max_members} members; refused (an archive bomb?)"
+        )
+    if size > max_bytes:
+        raise NoSpaceError(
+            f"archive {name}: unpacks to {size} bytes, more than the {max_bytes} bytes "
+            "free in the destination; refused before writing"
+        )
+
+
+def _tar_members(tar: tarfile.TarFile, max_members: int, archive: str) -> list[tarfile.TarInfo]:
+    members: list[tarfile.TarInfo] = []
+    while (m := tar.next()) is not None:  # counted while read: a bomb is not listed in memory
+        members.append(m)
+        if len(members) > max_members:
+            _check_limits(archive, len(members), 0, max_members, 0)
+    return members
+
+
+def _extract_tar(archive: str, dest_dir: str, max_members: int, max_bytes: int) -> list[str]:
     names: list[str] = []
     with tarfile.open(archive, "r:*") as tar:
-        members = tar.getmembers()
+        members = _tar_members(tar, max_members, archive)
         for m in members:
             if m.isdir():
-                safe_relpath(m.name, "archive member")
+                if not _is_root(m.name):
+                    safe_relpath(m.name, "archive member")
                 continue
             if not m.isfile():
                 raise UnsafePathError(
-                    f"archive member {m.name!r}: links, devices and FIFOs are refused"
+                    f"archive member {m.name!r}: links, devices and FIFOs are refused (pack the "
+                    "files themselves: tar --dereference, zip without --symlinks)"
                 )
             names.append(safe_relpath(m.name, "archive member"))
+        _check_limits(
+            archive,
+            len(members),
+            sum(m.size for m in members if m.isfile()),
+            max_members,
+            max_bytes,
+        )
         for m, rel in zip([m for m in members if m.isfile()], names, strict=True):
             out = join_inside(_mkparents(dest_dir, rel), rel)
             src = tar.extractfile(m)
@@ -87,19 +137,23 @@ def _extract_tar(archive: str, dest_dir: str) -> list[str]:
     return names
 
 
-def _extract_zip(archive: str, dest_dir: str) -> list[str]:
+def _extract_zip(archive: str, dest_dir: str, max_members: int, max_bytes: int) -> list[str]:
     names: list[str] = []
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
+        # zipfile reads no more than each member's declared file_size: the sum is a true bound.
+        _check_limits(archive, len(infos), sum(i.file_size for i in infos), max_members, max_bytes)
         files = []
         for info in infos:
             mode = info.external_attr >> 16
             if info.is_dir():
-                safe_relpath(info.filename, "archive member")
+                if not _is_root(info.filename):
+                    safe_relpath(info.filename, "archive member")
                 continue
             if mode and not stat.S_ISREG(mode):
                 raise UnsafePathError(
-                    f"archive member {info.filename!r}: links and special files are refused"
+                    f"archive member {info.filename!r}: links and special files are refused "
+                    "(pack the files themselves: zip without --symlinks)"
                 )
             names.append(safe_relpath(info.filename, "archive member"))
             files.append(info)
