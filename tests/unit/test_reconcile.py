@@ -29,9 +29,12 @@ class RecordingKube:
         self.events: list[tuple[str, str, str]] = []
         self.deleted: list[tuple[str, str]] = []
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: dict[str, Any], force: bool = True) -> dict[str, Any]:
         self.applied.append(copy.deepcopy(manifest))
         return copy.deepcopy(manifest)
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return None  # nothing outside the store
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self.deleted.append((kind, name))

@@ -98,13 +98,22 @@ def _conditions(
 
 def invalid_spec_status(body: Mapping[str, Any], field: str, message: str, now: datetime) -> Status:
     """The status of a ModelServer whose spec cannot be valid: Ready=False, reason InvalidSpec."""
+    return blocked_status(
+        body, "InvalidSpec", f"{field}: {message}", "fix the spec; nothing is rolled out", now
+    )
+
+
+def blocked_status(
+    body: Mapping[str, Any], reason: str, text: str, hint: str, now: datetime
+) -> Status:
+    """The status of a ModelServer the operator will not roll out until a user acts:
+    Ready=False and Stalled=True with `reason` and `text`, Progressing=False with `hint`."""
     old = dict(body.get("status") or {})
     generation = body["metadata"].get("generation", 0)
-    text = f"{field}: {message}"
     wanted = [
-        Condition("Ready", "False", "InvalidSpec", text),
-        Condition("Progressing", "False", "InvalidSpec", "fix the spec; nothing is rolled out"),
-        Condition("Stalled", "True", "InvalidSpec", text),
+        Condition("Ready", "False", reason, text),
+        Condition("Progressing", "False", reason, hint),
+        Condition("Stalled", "True", reason, text),
     ]
     keep = {k: v for k, v in old.items() if k not in ("conditions", "observedGeneration")}
     return _prune_status(

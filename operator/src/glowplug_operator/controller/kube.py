@@ -58,9 +58,11 @@ class Kube:
         if self._client is not None:
             await self._client.close()
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply with the operator's one field manager, taking over conflicting
-        fields (a hand edit of a field the operator owns is undone). Returns the live object."""
+    async def apply(self, manifest: dict[str, Any], force: bool = True) -> dict[str, Any]:
+        """Server-side apply with the operator's one field manager; with `force`, taking over
+        conflicting fields (a hand edit of a field the operator owns is undone). Without it, a
+        field another manager set to another value is a 409 (the first apply of a new child:
+        an object someone created meanwhile is not taken over). Returns the live object."""
         meta = manifest["metadata"]
         live = await self.client.patch(
             _RESOURCES[manifest["kind"]],
@@ -69,8 +71,19 @@ class Kube:
             namespace=meta["namespace"],
             patch_type=PatchType.APPLY,
             field_manager=self.field_manager,
-            force=True,
+            force=force,
         )
+        return cast(dict[str, Any], live.to_dict())
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The live object, or None when there is none (the store sees only labelled objects:
+        this is how an object of the same name that is not ours is found)."""
+        try:
+            live = await self.client.get(_RESOURCES[kind], name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                return None
+            raise
         return cast(dict[str, Any], live.to_dict())
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:

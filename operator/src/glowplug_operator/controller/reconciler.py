@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
+
+from lightkube.core.exceptions import ApiError
 
 from glowplug_operator import builders
 from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_fingerprint
@@ -28,9 +31,31 @@ from glowplug_operator.rollback import (
 )
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
-from glowplug_operator.status import Observed, invalid_spec_status, modelserver_status
+from glowplug_operator.status import (
+    Observed,
+    blocked_status,
+    invalid_spec_status,
+    modelserver_status,
+)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why the children cannot be rolled out until a user acts."""
+
+    reason: str  # NameConflict, InvalidSpec, Forbidden
+    message: str
+    hint: str
+
+
+class _Conflict(Exception):
+    """A child's first apply met an object that appeared since we looked (a field conflict)."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name}")
+        self.kind, self.name = kind, name
 
 
 @dataclass
@@ -57,7 +82,10 @@ class Reconciler:
         deployment = self.store.child("Deployment", key[0], key[1])
         decision = self._decide(body, spec, observations, deployment, now)
 
-        await self._converge_children(owner, spec, decision)
+        blocked = await self._converge_children(owner, spec, decision)
+        if blocked is not None:
+            await self._blocked(body, blocked, now)
+            return self.settings.resync_seconds  # a user must act; their edit is an event
         previous = body.get("status") or {}
         status = modelserver_status(
             previous,
@@ -113,7 +141,10 @@ class Reconciler:
 
     async def _converge_children(
         self, owner: builders.Owner, spec: ModelServerSpec, decision: Decision
-    ) -> None:
+    ) -> Blocked | None:
+        """Apply the children that differ from the store. Nothing is written when a child's
+        name is taken by an object without our owner reference (NameConflict), and an apply the
+        API server refuses (400, 403, 422) is returned as InvalidSpec/Forbidden, not retried."""
         deployment = builders.build_deployment(
             owner,
             spec,
@@ -128,21 +159,46 @@ class Reconciler:
             "PersistentVolumeClaim": builders.build_cache_claim(owner, spec),
             "PodDisruptionBudget": builders.build_disruption_budget(owner, spec),
         }
-        writes = []
+        writes: list[Callable[[], Awaitable[None]]] = []
         for kind, manifest in wanted.items():
             name = child_name(kind, owner.name)
             live = self.store.child(kind, owner.namespace, name)
             if manifest is None:
                 if live is not None and _owned_by(live, owner) and kind != "PersistentVolumeClaim":
-                    writes.append(self._delete(kind, owner.namespace, name))
-            elif live is None or not contains(live, manifest):
-                writes.append(self._apply(manifest))
-        await asyncio.gather(*writes)  # independent objects: one round trip, not four
+                    writes.append(partial(self._delete, kind, owner.namespace, name))
+                continue
+            if live is None:
+                # The store sees only our labelled objects: look for one of the same name.
+                live = await self.kube.get(kind, owner.namespace, name)
+                if live is None:
+                    writes.append(partial(self._apply, manifest, first=True))
+                    continue
+            if not _owned_by(live, owner):
+                return _name_conflict(kind, name, owner)
+            if not contains(live, manifest):
+                writes.append(partial(self._apply, manifest))
+        # Independent objects: one round trip, not four.
+        results = await asyncio.gather(*(w() for w in writes), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, BaseException)]
+        if refused:
+            blocked = _refused(refused[0], owner)
+            if blocked is None:
+                raise refused[0]
+            return blocked
         if decision.template_changed:
             self.metrics.template_changes.labels(owner.namespace, owner.name).inc()
+        return None
 
-    async def _apply(self, manifest: dict[str, Any]) -> None:
-        live = await self.kube.apply(manifest)
+    async def _apply(self, manifest: dict[str, Any], first: bool = False) -> None:
+        meta = manifest["metadata"]
+        try:
+            # The first apply does not force: an object someone created since our look is a
+            # field conflict (409), not taken over.
+            live = await self.kube.apply(manifest, force=not first)
+        except ApiError as error:
+            if not first or error.status.code != 409:
+                raise
+            raise _Conflict(manifest["kind"], meta["name"]) from error
         self.metrics.api_writes.labels(manifest["kind"]).inc()
         # What the API server now holds; the watch confirms it later. Without this, a reconcile
         # that runs before the watch event would apply the same object again.
@@ -161,6 +217,16 @@ class Reconciler:
             self.metrics.api_writes.labels("ModelServer/status").inc()
             body["status"] = status
             await self._event(body, "Warning", "InvalidSpec", str(error))
+
+    async def _blocked(self, body: dict[str, Any], blocked: Blocked, now: datetime) -> None:
+        previous = body.get("status") or {}
+        status = blocked_status(body, blocked.reason, blocked.message, blocked.hint, now)
+        if status != previous:
+            meta = body["metadata"]
+            await self.kube.replace_status(meta["namespace"], meta["name"], status)
+            self.metrics.api_writes.labels("ModelServer/status").inc()
+            body["status"] = status
+            await self._event(body, "Warning", blocked.reason, blocked.message)
 
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         try:
@@ -223,3 +289,26 @@ def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None
 def _owned_by(body: Mapping[str, Any], owner: builders.Owner) -> bool:
     refs = body["metadata"].get("ownerReferences") or []
     return any(r.get("uid") == owner.uid for r in refs)
+
+
+def _name_conflict(kind: str, name: str, owner: builders.Owner) -> Blocked:
+    return Blocked(
+        "NameConflict",
+        f"{kind} {owner.namespace}/{name} exists and is not owned by this ModelServer; "
+        "it is left as it is",
+        f"rename the ModelServer or delete the {kind} {name}; nothing is rolled out",
+    )
+
+
+def _refused(error: BaseException, owner: builders.Owner) -> Blocked | None:
+    """A write refused for a reason a user must fix, or None for one worth retrying."""
+    if isinstance(error, _Conflict):
+        return _name_conflict(error.kind, error.name, owner)
+    if not isinstance(error, ApiError):
+        return None
+    code, text = error.status.code, error.status.message or str(error)
+    if code in (400, 422):
+        return Blocked("InvalidSpec", text, "fix the spec; nothing is rolled out")
+    if code == 403:  # a quota, an admission policy (RBAC too, but ours is installed with us)
+        return Blocked("Forbidden", text, "the API server refused a child; see the message")
+    return None

@@ -1,0 +1,108 @@
+"""Objects the operator must not take over, and children the API server refuses (issue 16, items
+1 and 6), against the real API server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.cluster.kube import Kubectl, wait_until
+from tests.cluster.operator import OperatorProcess
+from tests.e2e.test_modelserver import _condition, _example
+
+
+def _ready_reason(k: Kubectl, name: str) -> tuple[str, str] | None:
+    cond = _condition(k.get("ms", name), "Ready")
+    return (cond["status"], cond["reason"]) if cond else None
+
+
+def _events(k: Kubectl, name: str, reason: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in k.get("events")["items"]
+        if e["involvedObject"]["name"] == name and e["reason"] == reason
+    ]
+
+
+def test_a_users_service_of_the_same_name_is_not_taken_over(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    k = kubectl.in_namespace(namespace)
+    users = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "shop", "labels": {"app": "shop"}},
+        "spec": {"selector": {"app": "shop"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    k.apply(users)
+    before = k.get("service", "shop")
+    k.apply(_example("shop"))
+
+    wait_until(
+        "Ready=False NameConflict", lambda: _ready_reason(k, "shop") == ("False", "NameConflict")
+    )
+    ready = _condition(k.get("ms", "shop"), "Ready")
+    assert ready is not None and "Service" in ready["message"] and "shop" in ready["message"]
+    wait_until("a NameConflict Event", lambda: _events(k, "shop", "NameConflict"))
+    after = k.get("service", "shop")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["selector"] == {"app": "shop"}
+    assert not after["metadata"].get("ownerReferences")
+    # Nothing written: no child of the ModelServer exists beside the user's Service.
+    assert not k.exists("deployment", "shop")
+
+    k.run("delete", "ms", "shop", "--wait=true", "--timeout=60s")
+    # A garbage collection would take seconds; the Service has no owner to be collected with.
+    k.run("wait", "--for=delete", "ms/shop", "--timeout=30s")
+    assert k.get("service", "shop")["spec"]["selector"] == {"app": "shop"}
+
+
+def test_a_users_claim_named_like_the_cache_is_not_adopted(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    k = kubectl.in_namespace(namespace)
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "vault-cache"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}},
+    }
+    k.apply(claim)
+    k.apply(_example("vault", cache={"kind": "PersistentVolumeClaim", "size": "1Gi"}))
+    wait_until(
+        "Ready=False NameConflict", lambda: _ready_reason(k, "vault") == ("False", "NameConflict")
+    )
+    live = k.get("pvc", "vault-cache")
+    assert not live["metadata"].get("ownerReferences")
+    assert live["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert not k.exists("deployment", "vault")
+
+
+def test_a_child_the_api_server_refuses_is_reported_once_not_retried_hot(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> None:
+    k = kubectl.in_namespace(namespace)
+    # Free-form affinity the CRD cannot check: the Deployment is refused with a 422.
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+    k.apply(_example("picky", placement={"affinity": affinity}))
+    wait_until(
+        "Ready=False InvalidSpec", lambda: _ready_reason(k, "picky") == ("False", "InvalidSpec")
+    )
+    ready = _condition(k.get("ms", "picky"), "Ready")
+    assert ready is not None and "nodeSelectorTerms" in ready["message"], ready
+    wait_until("an InvalidSpec Event", lambda: _events(k, "picky", "InvalidSpec"))
+    version = k.get("ms", "picky")["metadata"]["resourceVersion"]
+    # The operator resyncs every 5 s here: nothing more is written while the spec stays.
+    time.sleep(11)
+    assert k.get("ms", "picky")["metadata"]["resourceVersion"] == version
+    assert len(_events(k, "picky", "InvalidSpec")) == 1
+
+    k.run(
+        "patch",
+        "ms",
+        "picky",
+        "--type=json",
+        "-p",
+        '[{"op":"remove","path":"/spec/placement/affinity"}]',
+    )
+    wait_until("the Deployment once the spec is fixed", lambda: k.exists("deployment", "picky"))
