@@ -10,6 +10,7 @@ change to the builders, regenerate them and review the diff:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -751,6 +752,26 @@ class TestModelDir:
         a = parse_spec(body(model={"source": "hf://org/name", "revision": "abc"}))
         b = parse_spec(body(model=other))
         assert model_dir(a, SETTINGS) != model_dir(b, SETTINGS)
+
+    def test_other_include_globs_other_directory(self) -> None:
+        # The prefetcher's cache key has the globs: sharing a directory, one ModelServer's
+        # prefetch would replace the other's files under its running workers.
+        a = parse_spec(body(model={"source": "s3://b/m", "include": ["*.json"]}))
+        b = parse_spec(body(model={"source": "s3://b/m", "include": ["*.safetensors"]}))
+        c = parse_spec(body(model={"source": "s3://b/m"}))
+        assert len({model_dir(a, SETTINGS), model_dir(b, SETTINGS), model_dir(c, SETTINGS)}) == 3
+
+    def test_glob_order_does_not_split_the_cache(self) -> None:
+        a = parse_spec(body(model={"source": "s3://b/m", "include": ["*.json", "*.safetensors"]}))
+        b = parse_spec(body(model={"source": "s3://b/m", "include": ["*.safetensors", "*.json"]}))
+        assert model_dir(a, SETTINGS) == model_dir(b, SETTINGS)
+
+    def test_directory_without_globs_is_the_one_earlier_versions_used(self) -> None:
+        # An operator upgrade must not move every cache (a re-download of every model).
+        spec = parse_spec(body(model={"source": "hf://org/name", "revision": "abc"}))
+        assert model_dir(spec, SETTINGS).endswith(
+            "/" + hashlib.sha256(b"hf://org/name@abc").hexdigest()[:16]
+        )
 
     def test_inside_the_cache_mount(self) -> None:
         spec = parse_spec(body())

@@ -7,6 +7,7 @@ reconciler can compare them with what is live and write only when they differ.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,11 +80,40 @@ def _metadata(owner: Owner, name: str, *, owned: bool = True) -> Manifest:
     return meta
 
 
+@dataclass(frozen=True)
+class PrefetchKey:
+    """Everything the prefetcher is told about what to fetch, and so everything its own cache
+    key (source, revision, include globs) is made of. The prefetch arguments and the model
+    directory both come from this one value: two ModelServers share a directory exactly when
+    their prefetchers would fetch the same files."""
+
+    source: str
+    revision: str | None
+    includes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: ModelServerSpec) -> PrefetchKey:
+        return cls(spec.model.source, spec.model.revision, tuple(spec.model.include))
+
+    def args(self, dest: str) -> list[str]:
+        args = ["--source", self.source, "--dest", dest]
+        if self.revision:
+            args += ["--revision", self.revision]
+        for pattern in self.includes:
+            args += ["--include", pattern]
+        return args
+
+    def digest(self) -> str:
+        key = f"{self.source}@{self.revision or ''}"
+        if self.includes:  # without globs, the key (and directory) of earlier versions
+            key += "|" + json.dumps(sorted(set(self.includes)))  # as the prefetcher sorts them
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def model_dir(spec: ModelServerSpec, settings: Settings) -> str:
-    """Where the weights live in the cache volume: keyed by source and revision, so ModelServers
-    sharing a volume and a model share one download."""
-    key = f"{spec.model.source}@{spec.model.revision or ''}"
-    return f"{settings.cache_mount_path}/{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    """Where the weights live in the cache volume: keyed by the PrefetchKey, so ModelServers
+    sharing a volume and a model share one download, and different globs never share one."""
+    return f"{settings.cache_mount_path}/{PrefetchKey.of(spec).digest()}"
 
 
 def budget_seconds(spec: ModelServerSpec, settings: Settings) -> int:
@@ -173,11 +203,7 @@ def _mounts(spec: ModelServerSpec, settings: Settings) -> list[Manifest]:
 def _prefetch_container(
     spec: ModelServerSpec, settings: Settings, image: str, flags: Sequence[Optimization]
 ) -> Manifest:
-    args = ["prefetch", "--source", spec.model.source, "--dest", model_dir(spec, settings)]
-    if spec.model.revision:
-        args += ["--revision", spec.model.revision]
-    for pattern in spec.model.include:
-        args += ["--include", pattern]
+    args = ["prefetch", *PrefetchKey.of(spec).args(model_dir(spec, settings))]
     container: Manifest = {
         "name": INIT_CONTAINER,
         "image": image,
