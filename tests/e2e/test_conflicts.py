@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import yaml
+
 from tests.cluster.kube import Kubectl, wait_until
 from tests.cluster.operator import OperatorProcess
 from tests.e2e.test_modelserver import _condition, _example
@@ -106,3 +108,46 @@ def test_a_child_the_api_server_refuses_is_reported_once_not_retried_hot(
         '[{"op":"remove","path":"/spec/placement/affinity"}]',
     )
     wait_until("the Deployment once the spec is fixed", lambda: k.exists("deployment", "picky"))
+
+
+def test_immutable_claim_fields_are_refused_at_kubectl_apply(
+    kubectl: Kubectl, namespace: str, crd: None
+) -> None:
+    k = kubectl.in_namespace(namespace)
+    cache = {"kind": "PersistentVolumeClaim", "size": "2Gi", "storageClassName": "standard"}
+    k.apply(_example("claimed", cache=cache))
+
+    def edit(**change: Any) -> tuple[bool, str]:
+        return k.try_apply(yaml.safe_dump(_example("claimed", cache={**cache, **change})))
+
+    for change, message in [
+        ({"storageClassName": "fast"}, "spec.cache.storageClassName: Invalid value"),
+        ({"accessMode": "ReadWriteOnce"}, "spec.cache.accessMode: Invalid value"),
+        ({"size": "1Gi"}, "cache.size of the claim the operator created cannot shrink"),
+    ]:
+        accepted, output = edit(**change)
+        assert not accepted, f"{change} was accepted"
+        assert message in output, output
+    # What a claim allows stays allowed: growing it, and leaving the created claim behind.
+    assert edit(size="3Gi")[0]
+    assert k.try_apply(yaml.safe_dump(_example("claimed", cache={"kind": "EmptyDir"})))[0]
+
+
+def test_valid_placement_is_accepted(kubectl: Kubectl, namespace: str, crd: None) -> None:
+    placement = {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "zone": ""},
+        "tolerations": [
+            {
+                "key": "nvidia.com/gpu",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 60,
+            }
+        ],
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "system.high-1",
+    }
+    accepted, output = kubectl.in_namespace(namespace).try_apply(
+        yaml.safe_dump(_example("placed", placement=placement))
+    )
+    assert accepted, output
