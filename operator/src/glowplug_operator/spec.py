@@ -34,6 +34,12 @@ SCHEMES: tuple[str, ...] = ("hf", "s3", "https", "http", "pvc", "file")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# Kubernetes' label key (optional DNS subdomain prefix and '/', then a name) and label value.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN_STRICT = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCHEME = re.compile(r"^([a-z0-9]+)://")
 
@@ -213,6 +219,7 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServerSpec:
         ("spec.cache.size", spec.cache.size, True),
     ):
         _check_quantity(field, value, positive=positive)
+    _check_placement(spec.placement)
     _check_cache(spec.cache)
     _check_optimizations(spec.startup.optimizations)
     _check_image(spec.image)
@@ -297,7 +304,57 @@ def _check_quantity(field: str, value: str | None, *, positive: bool) -> None:
         raise InvalidSpec(field, f"{value!r} must be greater than zero, such as 40Gi")
 
 
+def is_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN_STRICT.match(prefix)):
+        return False
+    return len(name) <= 63 and bool(_LABEL_NAME.match(name))
+
+
+def _check_placement(placement: Placement) -> None:
+    field = "spec.placement"
+    for key, value in placement.node_selector.items():
+        if not is_label_key(key):
+            raise InvalidSpec(
+                f"{field}.nodeSelector",
+                f"nodeSelector keys must be label keys: {key!r} is not (an optional DNS "
+                "subdomain prefix and '/', then a name of letters, digits, '-', '_' and '.')",
+            )
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise InvalidSpec(
+                f"{field}.nodeSelector",
+                f"nodeSelector values must be label values: {value!r} is not (at most 63 "
+                "letters, digits, '-', '_' and '.', starting and ending with a letter or digit)",
+            )
+    for index, toleration in enumerate(placement.tolerations):
+        at = f"{field}.tolerations[{index}]"
+        tol_key = toleration.get("key")
+        if isinstance(tol_key, str) and tol_key != "" and not is_label_key(tol_key):
+            raise InvalidSpec(f"{at}.key", f"a toleration key must be a label key: {tol_key!r}")
+        if "tolerationSeconds" in toleration and toleration.get("effect") != "NoExecute":
+            raise InvalidSpec(
+                f"{at}.tolerationSeconds", "tolerationSeconds is only allowed with effect NoExecute"
+            )
+    classes = (
+        ("runtimeClassName", placement.runtime_class_name, "RuntimeClass"),
+        ("priorityClassName", placement.priority_class_name, "PriorityClass"),
+    )
+    for name, class_name, kind in classes:
+        if class_name and not _DNS_SUBDOMAIN_STRICT.match(class_name):
+            raise InvalidSpec(
+                f"{field}.{name}",
+                f"{name} must be a {kind} name (lowercase letters, digits, '-' and '.'): "
+                f"{class_name!r}",
+            )
+
+
 def _check_cache(cache: Cache) -> None:
+    if cache.storage_class_name and not _DNS_SUBDOMAIN_STRICT.match(cache.storage_class_name):
+        raise InvalidSpec(
+            "spec.cache.storageClassName",
+            "storageClassName must be a StorageClass name (lowercase letters, digits, '-' and "
+            f"'.'): {cache.storage_class_name!r}",
+        )
     if (
         cache.kind == "PersistentVolumeClaim"
         and cache.size is None
