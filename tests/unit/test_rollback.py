@@ -46,6 +46,8 @@ class Start:
     flag: str | None = None  # what the worker's report blames itself
     phase: str | None = None  # the failed phase in the report
     report: bool = True  # a crash writes a report (only if flag or phase)
+    error: str = "RuntimeError"  # the report's error type
+    command: Literal["prefetch", "serve"] = "serve"
 
 
 READY = Start("ready")
@@ -75,6 +77,13 @@ def one_in_three(culprit: str, *, report: bool) -> Rule:
         return READY
 
     return rule
+
+
+def fails_with(error: str, phase: str, flag: str | None = None, when: str | None = None) -> Rule:
+    """Every start fails with `error` in `phase` (only while flag `when` is on, if given)."""
+    command: Literal["prefetch", "serve"] = "prefetch" if phase == "download" else "serve"
+    failing = Start("crash", flag=flag, phase=phase, error=error, command=command)
+    return lambda on, _: failing if when is None or when in on else READY
 
 
 def always(kind: Kind) -> Rule:
@@ -156,12 +165,12 @@ class SimPod:
         out: dict[str, Any] = {"exitCode": 1, "reason": "Error"}
         if start.report and (start.flag or start.phase):
             out["message"] = TerminationReport(
-                command="serve",
+                command=start.command,
                 outcome="failed",
                 phase=start.phase,
                 optimizations=list(self.flags),
                 flag=start.flag,
-                error=ErrorInfo("RuntimeError", "x" * 2000),
+                error=ErrorInfo(start.error, "x" * 2000),
             ).to_json()
         return out
 
@@ -442,6 +451,72 @@ SCENARIOS = [
             BUILTIN4, always("ready"), 4, {}, max_changes=0, max_starts=1, condition="AllActive"
         ),
         id="healthy:trial-flags-become-active",
+    ),
+    # The ModelServer's own problems: Degraded with their reason, no flag touched (issue 16).
+    pytest.param(
+        Scenario(
+            ["prefetch-page-cache", "fast-load"],
+            fails_with("CredentialsError", "download"),
+            6,
+            {},
+            degraded="CredentialsRefused",
+            max_changes=0,
+        ),
+        id="prefetch-401:credentials-not-the-download-flag",
+    ),
+    pytest.param(
+        Scenario(
+            ["prefetch-page-cache", "fast-load"],
+            fails_with("NotFoundError", "download"),
+            6,
+            {},
+            degraded="ModelNotFound",
+            max_changes=0,
+        ),
+        id="prefetch-404:not-found-not-the-download-flag",
+    ),
+    pytest.param(
+        Scenario(
+            ["prefetch-page-cache", "fast-load"],
+            fails_with("NoSpaceError", "download"),
+            6,
+            {},
+            degraded="NoSpace",
+            max_changes=0,
+        ),
+        id="prefetch-no-space:not-the-download-flag",
+    ),
+    pytest.param(
+        Scenario(
+            BUILTIN4,
+            fails_with("ModelConfigError", "config"),
+            6,
+            {},
+            degraded="InvalidConfig",
+            max_changes=0,
+        ),
+        id="bad-max-model-len:invalid-config-not-hf-offline",
+    ),
+    pytest.param(
+        Scenario(
+            BUILTIN4,
+            fails_with("CheckpointError", "load", flag="fast-load"),
+            6,
+            {},
+            degraded="CorruptData",
+            max_changes=0,
+        ),
+        id="corrupt-weights:corrupt-data-not-fast-load",
+    ),
+    pytest.param(
+        Scenario(
+            BUILTIN4,
+            fails_with("RuntimeError", "load", when="fast-load"),
+            6,
+            {"fast-load": "FailedInPhase"},
+            max_changes=1,
+        ),
+        id="phase-failure-that-goes-away-without-the-flag:rolled-back",
     ),
 ]
 
@@ -942,3 +1017,55 @@ def test_status_patch_is_valid_against_the_crd(rule: Rule, rounds: int) -> None:
     for entry in patch["optimizations"]:
         assert datetime.fromisoformat(entry["lastTransitionTime"].replace("Z", "+00:00"))
     assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", decision.condition.reason)
+
+
+def test_a_flag_rolled_back_on_phase_evidence_is_restored_when_the_failure_persists() -> None:
+    # A load-phase error that has nothing to do with fast-load: the first failure names only the
+    # phase, fast-load is rolled back, the next start fails the same way without it.
+    sim = Sim(BUILTIN4, fails_with("RuntimeError", "load"))
+    decision = sim.run(10)
+    assert sim.rollbacks == [("fast-load", "FailedInPhase")]
+    assert [e[1] for e in sim.events].count("OptimizationRestored") == 1
+    assert sim.rolled_back() == {}
+    assert decision.effective_flags == tuple(BUILTIN4)
+    state = next(s for s in sim.states if s.name == "fast-load")
+    assert state.reason == "FailurePersisted" and "in phase load: RuntimeError" in state.message
+    assert decision.degraded is not None
+    assert decision.degraded.reason == "StartupFailedWithoutFlags"
+    # Rolled back once, restored once: two template changes, then the flags stay.
+    assert sim.changes == 2
+
+
+def test_a_report_naming_the_flag_is_believed_even_if_the_phase_fails_later_too() -> None:
+    # The report's own blame is evidence: not restored (only phase-only blame is provisional).
+    def rule(on: frozenset[str], _: Mapping[str, int]) -> Start:
+        if "fast-load" in on:
+            return Start("crash", flag="fast-load", phase="load")
+        return Start("crash", phase="load")
+
+    sim = Sim(BUILTIN4, rule)
+    sim.run(10)
+    assert sim.rolled_back() == {"fast-load": "StartupFailed"}
+    assert "OptimizationRestored" not in [e[1] for e in sim.events]
+
+
+def test_a_credentials_failure_during_a_bisection_holds_it_and_blames_nobody() -> None:
+    starts: list[int] = []
+
+    def rule(on: frozenset[str], counts: Mapping[str, int]) -> Start:
+        starts.append(1)
+        if len(starts) <= 1:
+            return Start("crash")  # silent: starts a bisection
+        return Start("crash", phase="download", error="CredentialsError", command="prefetch")
+
+    sim = Sim(CUSTOM4, rule)
+    sim.run(2)
+    searching = sim.rollout.bisection
+    assert searching is not None, "a silent failure starts a search"
+    changes = sim.changes
+    decision = sim.run(6)
+    assert sim.rolled_back() == {}
+    assert decision.rollout.bisection == searching, "the search waits, it does not advance"
+    assert sim.changes == changes
+    assert decision.degraded is not None and decision.degraded.reason == "CredentialsRefused"
+    assert [e[1] for e in sim.events].count("CredentialsRefused") == 1

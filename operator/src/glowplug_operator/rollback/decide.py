@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from glowplug_operator.contract import flag_set_hash
 from glowplug_operator.rollback.bisection import Verdict, judge_trial, new_bisection, next_step
+from glowplug_operator.rollback.classify import not_a_flag_problem, same_failure
 from glowplug_operator.rollback.observations import DeploymentProgress, PodObservation
 from glowplug_operator.rollback.outputs import (
     NOT_A_FLAG_PROBLEM,
@@ -252,6 +253,8 @@ def _report_only(
     failures = [o for o in trial if not o.ok and o.kind != "oom"]
     if not failures or trial[-1].ok:
         return work
+    if (own := not_a_flag_problem(failures[-1])) is not None:
+        return replace(work, degraded=own)  # the ModelServer's problem: no flag is failing
     suspects = _evidence(flags, failures[-1])
     if len(suspects) == 1:
         name = suspects[0]
@@ -282,6 +285,12 @@ def _automatic(
 ) -> Work:
     """policy Automatic: roll back the flag the evidence names, else bisect."""
     failures = [o for o in trial if not o.ok]
+    if failures and (own := not_a_flag_problem(failures[-1])) is not None:
+        # The ModelServer's own problem (credentials, not found, no space, configuration,
+        # corrupt weights): no flag is blamed, the template stays, a search in progress waits.
+        return replace(work, degraded=own)
+    trial = [o for o in trial if o.ok or not_a_flag_problem(o) is None]  # never judged
+    failures = [o for o in trial if not o.ok]
     flag_failures = [o for o in failures if o.kind != "oom"]
     latest = failures[-1] if failures else None
     if latest is not None and latest.kind == "oom":
@@ -294,9 +303,12 @@ def _automatic(
                 f"the worker was OOMKilled with flags {names(flags)}; no flag is to blame",
             ),
         )
+    if latest is not None and (restored := _restore_if_persisting(work, flags, latest, now)):
+        return restored
     if latest is not None:
         suspects = _evidence(flags, latest)
-        if len(suspects) == 1:
+        # Phase evidence alone blames no flag once the failure has been seen without it.
+        if len(suspects) == 1 and (latest.flag == suspects[0] or not work.rollout.not_flag_problem):
             reason = "StartupFailed" if latest.flag == suspects[0] else "FailedInPhase"
             return roll_back(work, suspects[0], reason, blame_message(latest), now)
     bisection = work.rollout.bisection
@@ -337,6 +349,38 @@ def _automatic(
             f"{names(bisection.suspects)}: trying without {names(bisection.off)}",
         )
     )
+
+
+def _restore_if_persisting(
+    work: Work, flags: Sequence[str], latest: StartResult, now: datetime
+) -> Work | None:
+    """A flag rolled back on phase evidence alone (FailedInPhase) whose failure came back, the
+    same phase and error, with the flag off: the flag was not the cause. It comes back (as
+    Trial), and the failure is marked as not a flag problem until a pod becomes Ready."""
+    restore = [
+        name
+        for name, state in work.states.items()
+        if name not in flags
+        and state.state == "RolledBack"
+        and state.reason == "FailedInPhase"
+        and same_failure(state.message, latest)
+    ]
+    if not restore:
+        return None
+    message = f"the same failure came back with the flag off ({blame_message(latest)})"
+    work = work.with_states(
+        {
+            name: work.states[name].moved("Trial", "FailurePersisted", message, now)
+            for name in restore
+        }
+    ).with_rollout(not_flag_problem=True)
+    work = work.with_events(
+        *(
+            Event("Normal", "OptimizationRestored", truncate(f"restored flag {name}: {message}"))
+            for name in restore
+        )
+    )
+    return replace(work, degraded=NOT_A_FLAG_PROBLEM)
 
 
 def _continue_bisection(
