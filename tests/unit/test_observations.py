@@ -192,7 +192,7 @@ def test_identity_flags_times_and_hash() -> None:
     assert seen.flags_hash == flag_set_hash(["hf-offline", "fast-load"])
     assert seen.scheduled == datetime(2026, 11, 25, 11, 50, tzinfo=UTC)
     assert seen.ready_since == datetime(2026, 11, 25, 11, 55, tzinfo=UTC)
-    assert seen.attempt_started == seen.scheduled
+    assert seen.attempt_started == datetime(2026, 11, 25, 11, 58, tzinfo=UTC)  # the worker's
     assert seen.phase == "Running" and not seen.deleting
 
 
@@ -261,7 +261,10 @@ def test_budget_clock_in_pods_is_relative_to_now() -> None:
 @pytest.mark.parametrize(
     ("raw", "deadline"),
     [
-        (pod(worker=running()), datetime(2026, 11, 25, 12, 5, tzinfo=UTC)),
+        (pod(worker=running()), datetime(2026, 11, 25, 12, 13, tzinfo=UTC)),
+        (pod(worker=waiting("PodInitializing"), init=running() | {"name": "prefetch"}), None),
+        (pod(worker=waiting("ContainerCreating")), None),
+        (pod(worker=None), None),
         (
             pod(worker=running(1, exitCode=1, reason="Error")),
             datetime(2026, 11, 25, 12, 13, tzinfo=UTC),
@@ -271,7 +274,10 @@ def test_budget_clock_in_pods_is_relative_to_now() -> None:
         (pod(worker=running(), deleting=True), None),
     ],
     ids=[
-        "first-attempt-from-scheduling",
+        "first-attempt-from-the-worker-start",
+        "downloading-in-the-init-container",
+        "container-creating",
+        "no-container-status-yet",
         "restart-from-container-start",
         "ready",
         "blocked",

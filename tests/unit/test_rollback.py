@@ -1069,3 +1069,36 @@ def test_a_credentials_failure_during_a_bisection_holds_it_and_blames_nobody() -
     assert sim.changes == changes
     assert decision.degraded is not None and decision.degraded.reason == "CredentialsRefused"
     assert [e[1] for e in sim.events].count("CredentialsRefused") == 1
+
+
+@pytest.mark.parametrize("waiting", ["PodInitializing", "ContainerCreating"])
+def test_time_before_the_worker_runs_is_no_flags_time_out(waiting: str) -> None:
+    # An hour in the init container (a slow download) or ContainerCreating (a volume that does
+    # not attach): ten budgets, and no start has timed out, no search begins.
+    spec = ["prefetch-page-cache", "fast-load"]
+    raw = SimPod("pod-1", tuple(spec), "h", None, NOW0 - timedelta(hours=1)).raw()
+    raw["status"]["phase"] = "Pending"
+    raw["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": waiting}}
+    if waiting == "PodInitializing":
+        raw["status"]["initContainerStatuses"] = [
+            {
+                "name": "prefetch",
+                "restartCount": 0,
+                "state": {"running": {"startedAt": raw["metadata"]["creationTimestamp"]}},
+            }
+        ]
+    decision = decide(
+        spec_flags=spec,
+        policy="Automatic",
+        flag_states=(),
+        rollout=Rollout(),
+        pods=[observe_pod(raw, NOW0)],
+        progress=None,
+        budget_seconds=BUDGET,
+        retry_token=None,
+        now=NOW0,
+    )
+    assert decision.effective_flags == tuple(spec)
+    assert decision.rollout.bisection is None
+    assert [e.reason for e in decision.events] == []
+    assert all(s.failures == 0 for s in decision.flag_states)

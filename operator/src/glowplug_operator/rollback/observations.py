@@ -130,10 +130,12 @@ class PodObservation:
 
     @property
     def attempt_started(self) -> datetime | None:
-        """When the current start began: scheduling for the first, the container start after."""
-        if self.failed_starts == 0 or self.worker is None:
-            return self.scheduled
-        return self.worker.started_at if self.worker.running else None
+        """When the current start began: when the worker container started running. Before
+        that (a slow download in the init container, a volume that does not attach, the image
+        pulling, ContainerCreating) the pod's time is no flag's: no time-out is counted."""
+        if self.worker is None or not self.worker.running:
+            return None
+        return self.worker.started_at
 
     @property
     def failure(self) -> ContainerObservation | None:
