@@ -46,6 +46,8 @@ class TestParseSource:
             "https:///x",
             "s3:///x",
             "pvc:///x",
+            "pvc://claim/../..",
+            "pvc://claim/a/../../b",
             "file://rel/x",
         ],
     )

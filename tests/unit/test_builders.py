@@ -31,7 +31,7 @@ from glowplug_operator.builders import (
     startup_probe_timing,
 )
 from glowplug_operator.settings import Settings
-from glowplug_operator.spec import ModelServerSpec, parse_spec
+from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -253,6 +253,13 @@ class TestDeployment:
             assert container["resources"]["limits"]["memory"] == "16Gi"
             assert "cpu" not in container["resources"]["limits"]  # imports are not throttled
             assert container["resources"]["requests"] == {"memory": "16Gi", "cpu": "4"}
+
+    @pytest.mark.parametrize("cache", CACHES.values(), ids=CACHES.keys())
+    def test_a_large_claim_is_not_chowned_on_every_start(self, cache: Manifest) -> None:
+        # fsGroup alone makes the kubelet walk and chown every file of the volume on each start.
+        ctx = pod_spec(deployment(body(cache=cache)))["securityContext"]
+        assert ctx["fsGroup"] == ctx["runAsGroup"]
+        assert ctx["fsGroupChangePolicy"] == "OnRootMismatch"
 
     def test_dev_shm_is_an_in_memory_volume_of_the_worker(self) -> None:
         dep = deployment(body())
@@ -480,9 +487,15 @@ class TestDeployment:
         assert "hf-offline" in template_annotations(dep)["glowplug.dev/optimizations"]
         assert "HF_HUB_OFFLINE" not in env(prefetch(dep))
 
-    @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_HOME"])
-    def test_env_names_are_unique_when_a_custom_flag_overrides_one(self, variable: str) -> None:
+    @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_HOME", "HOME", "GLOWPLUG_X"])
+    def test_a_custom_flag_may_not_override_the_workers_own_env(self, variable: str) -> None:
+        # It would silently undo hf-offline, move the caches or change the worker's options.
         flags = [{"name": "hf-offline"}, {"name": "my-cache", "env": {variable: "/scratch"}}]
+        with pytest.raises(InvalidSpec, match=rf"optimizations\[1\]\.env: '{variable}': env may"):
+            parse_spec(body(startup={"optimizations": flags}))
+
+    def test_env_names_are_unique_across_flags(self) -> None:
+        flags = [{"name": "hf-offline"}, {"name": "my-cache", "env": {"XDG_CACHE_HOME": "/x"}}]
         for container in containers(deployment(body(startup={"optimizations": flags}))):
             names = [e["name"] for e in container["env"]]
             assert len(names) == len(set(names)), names

@@ -313,6 +313,8 @@ def _pod_spec(
             "runAsUser": UID,
             "runAsGroup": UID,
             "fsGroup": UID,
+            # Chown a volume only when its root is not ours yet, not every file on every start.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 60,

@@ -277,6 +277,8 @@ def _check_model(model: ModelSource) -> None:
         raise InvalidSpec(field, "a pvc:// source needs a claim name, as pvc://CLAIM/PATH")
     elif model.scheme == "pvc" and not _DNS_SUBDOMAIN.match(model.pvc_claim or ""):
         raise InvalidSpec(field, f"{model.pvc_claim!r} is not a valid PersistentVolumeClaim name")
+    elif model.scheme == "pvc" and ".." in (model.pvc_path or "").split("/"):
+        raise InvalidSpec(field, "a pvc:// path must not contain '..' (it would leave the claim)")
     elif model.scheme == "file" and not rest.startswith("/"):
         raise InvalidSpec(field, "a file:// source needs an absolute path, as file:///PATH")
     elif model.scheme in ("http", "https") and not rest.split("/", 1)[0]:
@@ -428,6 +430,12 @@ def _check_optimizations(optimizations: list[Optimization]) -> None:
                     f"{field}.env",
                     f"{key!r} is not a valid environment variable name: use letters, digits "
                     "and '_', not starting with a digit",
+                )
+            if key == "HOME" or key.startswith(("HF_", "GLOWPLUG_")):
+                raise InvalidSpec(
+                    f"{field}.env",
+                    f"{key!r}: env may not set HOME, HF_* or GLOWPLUG_*: the worker sets them "
+                    "itself (cache, offline mode, its own options)",
                 )
 
 

@@ -85,6 +85,8 @@ def parse_source(raw: str) -> SourceURI:
         claim, _, path = rest.partition("/")
         if not claim:
             raise UsageError(f"--source {raw!r}: a volume source is pvc://claim/path")
+        if ".." in path.split("/"):
+            raise UsageError(f"--source {raw!r}: a pvc:// path must not contain '..'")
         return SourceURI(raw, "pvc", f"{claim}/{path}".rstrip("/"))
     parts = urlsplit(text)
     path = unquote(parts.path)
