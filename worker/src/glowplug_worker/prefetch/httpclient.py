@@ -1,5 +1,6 @@
-"""A small HTTP/1.1 client for byte-range downloads: keep-alive per thread, redirects, and
-status codes mapped to the prefetcher's errors. Standard library only, so it starts fast."""
+"""A small HTTP/1.1 client for byte-range downloads: keep-alive per thread, redirects, proxies
+(HTTP_PROXY, HTTPS_PROXY, NO_PROXY, as curl reads them), and status codes mapped to the
+prefetcher's errors. Standard library only, so it starts fast."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import select
 import socket
 import ssl  # already imported by http.client
 import threading
-from urllib.parse import urljoin, urlsplit
+from base64 import b64encode
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urljoin, urlsplit
 
 from glowplug_worker.prefetch.errors import (
     CredentialsError,
@@ -106,13 +110,65 @@ def write_all(fd: int, data: bytes | memoryview, pos: int) -> None:
         view, pos = view[n:], pos + n
 
 
+def sends_credentials(origin: str, url: str) -> bool:
+    """Whether a request to `url`, reached from `origin` by redirects, gets our headers (the
+    token): only on the origin's host and port, and never over plain HTTP when the origin was
+    HTTPS (a downgrade would put the token on the wire in clear)."""
+    first, now = urlsplit(origin), urlsplit(url)
+    if now.netloc != first.netloc:
+        return False  # signed CDN URLs must not receive our token
+    return not (first.scheme == "https" and now.scheme != "https")
+
+
+@dataclass(frozen=True)
+class Proxies:
+    """The proxy settings of the environment: HTTP_PROXY, HTTPS_PROXY, NO_PROXY (lowercase
+    names win, as in curl; NO_PROXY holds hosts, domain suffixes, or `*`)."""
+
+    http: str | None = None
+    https: str | None = None
+    no_proxy: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Proxies:
+        def get(name: str) -> str | None:
+            return env.get(name.lower()) or env.get(name.upper()) or None
+
+        raw = get("no_proxy") or ""
+        return cls(
+            http=get("http_proxy"),
+            https=get("https_proxy"),
+            no_proxy=tuple(h.strip().lower() for h in raw.split(",") if h.strip()),
+        )
+
+    def for_url(self, scheme: str, host: str) -> str | None:
+        proxy = self.https if scheme == "https" else self.http
+        if proxy is None:
+            return None
+        host = host.lower().strip("[]")
+        for entry in self.no_proxy:
+            if entry == "*":
+                return None
+            entry = entry.lstrip(".").split(":")[0] if entry.count(":") == 1 else entry.lstrip(".")
+            if host == entry or host.endswith("." + entry):
+                return None
+        return proxy if "://" in proxy else f"http://{proxy}"
+
+
 class HttpClient:
     """One keep-alive connection per (thread, host). `headers` go to the first host only unless
-    a redirect stays on the same host (signed CDN URLs must not receive our token)."""
+    a redirect stays on it (`sends_credentials`). Connections go through the proxy the
+    environment names for the scheme, unless NO_PROXY lists the host."""
 
-    def __init__(self, headers: dict[str, str] | None, timeout: float) -> None:
+    def __init__(
+        self,
+        headers: dict[str, str] | None,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.headers = dict(headers or {})
         self.timeout = timeout
+        self.proxies = Proxies.from_env(os.environ if env is None else env)
         self._local = threading.local()
         self._pipes: set[tuple[int, int]] = set()
         self._pipes_lock = threading.Lock()
@@ -200,26 +256,56 @@ class HttpClient:
         pool = self._pool()
         conn = pool.get(key)
         if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout)
+            proxy = self.proxies.for_url(scheme, urlsplit(f"//{netloc}").hostname or netloc)
+            if proxy is None:
+                cls = (
+                    http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+                )
+                conn = cls(netloc, timeout=self.timeout)
             else:
-                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+                conn = self._via_proxy(scheme, netloc, proxy)
             pool[key] = conn
         return conn
 
+    def _via_proxy(self, scheme: str, netloc: str, proxy: str) -> http.client.HTTPConnection:
+        """https: a CONNECT tunnel through the proxy, TLS end to end; http: requests in absolute
+        form to the proxy (`_proxied` marks the connection)."""
+        parts = urlsplit(proxy)
+        address = f"{parts.hostname}:{parts.port or 80}"
+        auth: dict[str, str] = {}
+        if parts.username is not None:
+            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            auth["Proxy-Authorization"] = "Basic " + b64encode(user.encode()).decode()
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(address, timeout=self.timeout)
+            conn.set_tunnel(netloc, headers=auth)
+        else:
+            conn = http.client.HTTPConnection(address, timeout=self.timeout)
+            conn._glowplug_proxy_headers = auth  # type: ignore[attr-defined]
+        return conn
+
+    def _proxied(self, key: tuple[str, str]) -> dict[str, str] | None:
+        """The Proxy-Authorization headers of a plain-HTTP proxy connection, or None if direct."""
+        conn = self._pool().get(key) or self._connection(*key)
+        return getattr(conn, "_glowplug_proxy_headers", None)
+
     def get(self, url: str, extra: dict[str, str] | None = None) -> HttpStream:
         """GET with redirects. 2xx returns the open body; errors raise mapped exceptions."""
-        origin = urlsplit(url).netloc
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             parts = urlsplit(current)
             key = (parts.scheme, parts.netloc)
             headers = dict(extra or {})
-            if parts.netloc == origin:
+            if sends_credentials(url, current):
                 headers.update(self.headers)
             target = parts.path or "/"
             if parts.query:
                 target += "?" + parts.query
+            proxy_headers = self._proxied(key)
+            if proxy_headers is not None:  # plain HTTP through a proxy: the absolute URL
+                target = f"{parts.scheme}://{parts.netloc}{target}"
+                headers.update(proxy_headers)
             resp = self._send(key, target, headers, current)
             status = resp.status
             if status in (301, 302, 303, 307, 308):
