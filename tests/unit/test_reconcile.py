@@ -39,8 +39,15 @@ class RecordingKube:
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self.deleted.append((kind, name))
 
-    async def replace_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def replace_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
         self.statuses.append(copy.deepcopy(status))
+        return None
 
     async def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))

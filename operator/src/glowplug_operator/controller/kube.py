@@ -38,6 +38,14 @@ _RESOURCES: dict[str, Any] = {
 }
 
 
+class Gone(Exception):
+    """The object was deleted (a 404 on a write)."""
+
+
+class Stale(Exception):
+    """The object changed since the version a write was computed from (a 409)."""
+
+
 class Kube:
     """A thin async gateway; one instance per operator process."""
 
@@ -93,15 +101,34 @@ class Kube:
             if error.status.code != 404:
                 raise
 
-    async def replace_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Write the whole status (JSON patch `add /status` replaces it, or creates it)."""
-        await self.client.patch(
-            ModelServer.Status,
-            name,
-            [{"op": "add", "path": "/status", "value": status}],
-            namespace=namespace,
-            patch_type=PatchType.JSON,
-        )
+    async def replace_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
+        """Write the whole status (JSON patch `add /status` replaces it, or creates it); returns
+        the new resourceVersion. With `resource_version`, only onto that version of the object
+        (a patch that sets it is a precondition): a body replaced meanwhile raises Stale, and a
+        ModelServer deleted meanwhile raises Gone."""
+        patch: list[dict[str, Any]] = [{"op": "add", "path": "/status", "value": status}]
+        if resource_version:
+            patch.insert(
+                0, {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version}
+            )
+        try:
+            live = await self.client.patch(
+                ModelServer.Status, name, patch, namespace=namespace, patch_type=PatchType.JSON
+            )
+        except ApiError as error:
+            if error.status.code == 404:
+                raise Gone(f"ModelServer {namespace}/{name}") from error
+            if error.status.code == 409:
+                raise Stale(f"ModelServer {namespace}/{name}") from error
+            raise
+        version = getattr(getattr(live, "metadata", None), "resourceVersion", None)
+        return version if isinstance(version, str) else None
 
     async def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about a ModelServer, as `kubectl describe ms` shows it."""

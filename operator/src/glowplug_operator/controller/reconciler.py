@@ -15,7 +15,7 @@ from lightkube.core.exceptions import ApiError
 
 from glowplug_operator import builders
 from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_fingerprint
-from glowplug_operator.controller.kube import Kube
+from glowplug_operator.controller.kube import Gone, Kube, Stale
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.objects import contains
 from glowplug_operator.controller.store import Key, Store
@@ -39,6 +39,7 @@ from glowplug_operator.status import (
 )
 
 log = logging.getLogger(__name__)
+STALE_RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,30 @@ class Reconciler:
 
     async def reconcile(self, key: Key, now: datetime | None = None) -> float | None:
         """Converge one ModelServer; returns seconds until it should be looked at again."""
+        try:
+            return await self._reconcile(key, now)
+        except Gone:
+            # Deleted while we looked (a DELETED event lost in a watch relist, say): forget it.
+            self.store.drop_modelserver(key)
+            self.metrics.forget(*key)
+            return None
+        except Stale:
+            # The body changed while we computed its status; the newer one is on its way.
+            return STALE_RETRY_SECONDS
+
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        """Replace the status of exactly the body it was computed from (resourceVersion
+        precondition); our own write's new version is kept so the next write passes."""
+        meta = body["metadata"]
+        version = await self.kube.replace_status(
+            meta["namespace"], meta["name"], status, meta.get("resourceVersion")
+        )
+        self.metrics.api_writes.labels("ModelServer/status").inc()
+        body["status"] = status  # our own write; the watch will confirm it
+        if version:
+            meta["resourceVersion"] = version
+
+    async def _reconcile(self, key: Key, now: datetime | None) -> float | None:
         body = self.store.modelservers.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.metrics.forget(*key)
@@ -102,9 +127,7 @@ class Reconciler:
             now,
         )
         if status != previous:
-            await self.kube.replace_status(key[0], key[1], status)
-            self.metrics.api_writes.labels("ModelServer/status").inc()
-            body["status"] = status  # our own write; the watch will confirm it
+            await self._write_status(body, status)
         await self._announce(body, previous, status, decision)
         self.metrics.observe(
             key[0],
@@ -212,20 +235,14 @@ class Reconciler:
         previous = body.get("status") or {}
         status = invalid_spec_status(body, error.field, error.message, now)
         if status != previous:
-            meta = body["metadata"]
-            await self.kube.replace_status(meta["namespace"], meta["name"], status)
-            self.metrics.api_writes.labels("ModelServer/status").inc()
-            body["status"] = status
+            await self._write_status(body, status)
             await self._event(body, "Warning", "InvalidSpec", str(error))
 
     async def _blocked(self, body: dict[str, Any], blocked: Blocked, now: datetime) -> None:
         previous = body.get("status") or {}
         status = blocked_status(body, blocked.reason, blocked.message, blocked.hint, now)
         if status != previous:
-            meta = body["metadata"]
-            await self.kube.replace_status(meta["namespace"], meta["name"], status)
-            self.metrics.api_writes.labels("ModelServer/status").inc()
-            body["status"] = status
+            await self._write_status(body, status)
             await self._event(body, "Warning", blocked.reason, blocked.message)
 
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
