@@ -15,7 +15,7 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Service
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
@@ -23,6 +23,7 @@ from glowplug_operator.contract import (
     API_VERSION,
     GROUP,
     KIND,
+    MANAGED_BY,
     PLURAL,
     REPORTING_COMPONENT,
     VERSION,
@@ -35,6 +36,16 @@ _RESOURCES: dict[str, Any] = {
     "Service": Service,
     "PersistentVolumeClaim": PersistentVolumeClaim,
     "PodDisruptionBudget": PodDisruptionBudget,
+}
+
+
+_API_VERSIONS = {
+    "ModelServer": API_VERSION,
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "PersistentVolumeClaim": "v1",
+    "PodDisruptionBudget": "policy/v1",
+    "Pod": "v1",
 }
 
 
@@ -159,3 +170,20 @@ class Kube:
             "count": 1,
         }
         await self.client.create(cast(Event, Event.from_dict(event)))
+
+
+async def list_all(
+    client: AsyncClient, kind: str, namespaces: tuple[str, ...], labelled: bool = True
+) -> list[dict[str, Any]]:
+    """Every object of `kind` ("ModelServer", a child kind or "Pod") in the namespaces (all
+    when empty), only the operator's labelled ones unless `labelled` is False."""
+    resource: Any = {"ModelServer": ModelServer, "Pod": Pod}.get(kind) or _RESOURCES[kind]
+    labels: dict[str, Any] | None = dict(MANAGED_BY) if labelled else None
+    out: list[dict[str, Any]] = []
+    for namespace in namespaces or ("*",):
+        async for item in client.list(resource, namespace=namespace, labels=labels):
+            body = cast(dict[str, Any], cast(Any, item).to_dict())
+            body.setdefault("kind", kind)  # list items carry neither
+            body.setdefault("apiVersion", _API_VERSIONS[kind])
+            out.append(body)
+    return out

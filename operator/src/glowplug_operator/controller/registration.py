@@ -17,11 +17,11 @@ import kopf
 from prometheus_client import start_http_server
 
 from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
-from glowplug_operator.controller.kube import Kube
+from glowplug_operator.controller.kube import Kube, list_all
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
-from glowplug_operator.controller.store import Key, Store, key_of, owner_of
+from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of
 from glowplug_operator.controller.workqueue import WorkQueue
 from glowplug_operator.settings import Settings
 
@@ -53,7 +53,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(config.metrics_port, registry=metrics.registry)
     store: Store = Store()
     queue: WorkQueue[Key] = WorkQueue()
-    reconciler = Reconciler(config, Kube(config.field_manager), store, metrics)
+    kube = Kube(config.field_manager)
+    reconciler = Reconciler(config, kube, store, metrics)
+    # The initial lists, before any reconcile: a first reconcile after a restart must see the
+    # pods and children that exist, not an empty store (Ready=False and a Warning for nothing).
+    kinds: tuple[str, ...] = ("ModelServer", "Deployment", "Service", "PersistentVolumeClaim")
+    kinds += ("PodDisruptionBudget", "Pod")
+    lists = await asyncio.gather(
+        *(list_all(kube.client, k, config.namespaces, k != "ModelServer") for k in kinds)
+    )
+    for key in fill(store, dict(zip(kinds, lists, strict=True))):
+        queue.add(key)
     loops = [
         asyncio.create_task(reconcile_loop(queue, reconciler))
         for _ in range(config.reconcile_workers)

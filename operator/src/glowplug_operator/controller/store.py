@@ -80,3 +80,19 @@ class Store:
 
     def pods_of(self, key: Key) -> list[Body]:
         return list(self.pods.get(key, {}).values())
+
+
+def fill(store: Store, listed: dict[str, list[Body]]) -> list[Key]:
+    """Put what the initial lists returned into the store (kind -> bodies, "ModelServer" and
+    "Pod" included); returns the ModelServers' keys, to be reconciled."""
+    for kind, bodies in listed.items():
+        for body in bodies:
+            if kind == "ModelServer":
+                store.put_modelserver(body)
+            elif kind == "Pod":
+                owner = owner_of(body)
+                if owner is not None:
+                    store.put_pod(owner, body)
+            else:
+                store.put_child(kind, body)
+    return [key_of(b) for b in listed.get("ModelServer", [])]
