@@ -193,3 +193,33 @@ def test_metrics_export_startup_and_requests(baseline: Server) -> None:
     assert "glowplug_worker_time_to_first_token_seconds_count" in text
     assert "glowplug_worker_tokens_per_second_count" in text
     assert "glowplug_worker_queue_depth 0.0" in text
+
+
+def _raw_post(server: Server, head: str, body: bytes, timeout: float = 10.0) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(head.encode() + body)
+        return sock.recv(4096)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(baseline: Server) -> None:
+    # 200 MiB announced, 1 KiB sent: the answer comes without waiting for (or holding) the rest.
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {200 << 20}\r\n\r\n"
+    )
+    answer = _raw_post(baseline, head, b" " * 1024)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert baseline.client.get("/ready").status_code == 200
+
+
+def test_an_oversized_chunked_body_is_cut_at_the_limit(baseline: Server) -> None:
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b" " * (256 << 10)
+    body = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 6  # 1.5 MiB, no end chunk
+    answer = _raw_post(baseline, head, body)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
