@@ -223,3 +223,56 @@ def test_an_oversized_chunked_body_is_cut_at_the_limit(baseline: Server) -> None
     body = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 6  # 1.5 MiB, no end chunk
     answer = _raw_post(baseline, head, body)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+# A chat template that refuses some conversations (as many published ones do), and breaks on
+# others (a bug in it): the first is the client's 400 with the template's words, the second a
+# 500 that does not echo the exception (nor the prompt in it).
+REFUSING_TEMPLATE = (
+    "{% if messages[0]['role'] == 'assistant' %}"
+    "{{ raise_exception('Conversations must start with a user message') }}{% endif %}"
+    "{% if messages[0]['content'] == 'explode' %}{{ (messages[0]['content'] | int) // 0 }}"
+    "{% endif %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_chat_template_errors_are_400_or_a_500_without_internals(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    model = tmp_path / "refusing"
+    shutil.copytree(tiny_model, model)
+    config_path = model / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = REFUSING_TEMPLATE
+    config_path.write_text(json.dumps(config))
+    server = Server(model, tmp_path / "run").wait_ready()
+    try:
+        refused = server.client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "assistant", "content": "hi"}], "max_tokens": 2},
+        )
+        assert refused.status_code == 400, refused.text
+        assert "Conversations must start with a user message" in refused.json()["error"]["message"]
+        assert refused.json()["error"]["param"] == "messages"
+
+        broken = server.client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "explode"}], "max_tokens": 2},
+        )
+        assert broken.status_code == 500
+        message = broken.json()["error"]["message"]
+        assert "ZeroDivision" not in message and "explode" not in message and "id " in message
+        error_id = message.split("id ", 1)[1].split(";")[0]
+        assert error_id in server.log()  # the details are in the server's log
+        ok = server.client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2},
+        )
+        assert ok.status_code == 200
+    finally:
+        server.stop()

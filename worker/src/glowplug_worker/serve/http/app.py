@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -34,6 +36,7 @@ from glowplug_worker.serve.metrics import Metrics
 from glowplug_worker.serve.startup.state import StartupState
 
 MAX_BODY_BYTES = 1 << 20
+log = logging.getLogger("glowplug.serve")
 ModelHandler = Callable[[Request, Engine, float], Awaitable[Response]]
 
 
@@ -141,10 +144,16 @@ class Routes:
                 response = await handler(request, svc.engine, began)
             except ApiError as err:
                 response = error_response(err)
-            except Exception as exc:  # a bug or a model failure: 500, and the server stays up
+            except Exception:  # a bug or a model failure: 500, and the server stays up
+                # The exception's text stays in the server log: it can hold paths, prompts or
+                # internals; the client gets an id to quote.
+                error_id = uuid.uuid4().hex[:12]
+                log.exception("internal error %s in %s", error_id, name)
                 response = error_response(
                     ApiError(
-                        500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error"
+                        500,
+                        f"internal error (id {error_id}; the server log has the details)",
+                        type_="server_error",
                     )
                 )
             svc.metrics.requests.labels(name, str(response.status_code)).inc()
@@ -181,7 +190,9 @@ class Routes:
         if self.svc.task != "generate":
             raise bad("this server embeds (--task embed); use /v1/embeddings", param="model")
         self.check_model(req.model)
-        ids = engine.encode(self._prompt(req, engine, chat))
+        # The chat template and the tokenizer can take a while on a long prompt: off the event
+        # loop, so /ready and the other requests are not stalled behind them.
+        ids = await asyncio.to_thread(lambda: engine.encode(self._prompt(req, engine, chat)))
         sampling = Sampling(
             self._max_tokens(req, engine, len(ids), chat),
             req.temperature,
@@ -222,6 +233,13 @@ class Routes:
             return engine.chat_prompt(req.messages or [])
         except ValueError as exc:
             raise bad(str(exc), param="messages") from exc
+        except Exception as exc:
+            # `raise_exception(...)` in a chat template: its author's words to the user.
+            if type(exc).__name__ == "TemplateError" and type(exc).__module__.startswith("jinja2"):
+                raise bad(
+                    f"the chat template refused the messages: {exc}", param="messages"
+                ) from exc
+            raise
 
     @staticmethod
     def _max_tokens(req: GenerationRequest, engine: Engine, prompt_n: int, chat: bool) -> int:
