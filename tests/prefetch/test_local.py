@@ -144,3 +144,27 @@ def test_unwritable_destination_is_explained(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "Permission denied" in proc.stderr and "cannot write there" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_verify_reuse_refetches_a_cache_whose_files_were_replaced(tmp_path: Path) -> None:
+    # A shared host-path cache: someone with write access plants same-size forged weights.
+    model = _volume(tmp_path / "src")
+    dest = tmp_path / "d"
+    args = ["--source", f"file://{model.dir}", "--dest", str(dest)]
+    assert run_prefetch(args, tmp_path).rc == 0
+    forged = os.urandom(len(model.files["model.safetensors"]))
+    (dest / "model.safetensors").write_bytes(forged)
+
+    trusting = run_prefetch(args, tmp_path)  # sizes match: reused as it is
+    assert trusting.rc == 0 and (dest / "model.safetensors").read_bytes() == forged
+
+    checked = run_prefetch([*args, "--verify-reuse"], tmp_path)
+    assert checked.rc == 0, checked.stderr
+    assert "model.safetensors: sha256" in checked.stderr and "fetching again" in checked.stderr
+    assert_published(dest, model)
+    assert checked.report is not None
+    assert checked.report["download"]["bytes"] > 0  # type: ignore[index]
+
+    intact = run_prefetch([*args, "--verify-reuse"], tmp_path)  # now intact: reused
+    assert intact.rc == 0 and intact.report is not None
+    assert intact.report["download"]["bytes"] == 0  # type: ignore[index]

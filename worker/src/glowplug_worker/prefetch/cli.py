@@ -81,6 +81,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="pvc:// and file://: copy into DEST, or verify and link in place",
     )
     p.add_argument(
+        "--verify-reuse",
+        action="store_true",
+        help="reuse a completed cache only after every file matches its recorded sha256 "
+        "(a cache others can write: a shared host path); otherwise fetch it again",
+    )
+    p.add_argument(
         "--pvc-root",
         default=env.get("GLOWPLUG_PVC_ROOT", DEFAULT_PVC_ROOT),
         help="where pvc:// claims are mounted",
@@ -120,6 +126,7 @@ def parse_options(
         local_mode=args.local_mode,
         pvc_root=args.pvc_root,
         optimizations=optimizations,
+        verify_reuse=args.verify_reuse,
     )
     return opts, args.metrics_file
 

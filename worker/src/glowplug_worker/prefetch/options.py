@@ -47,6 +47,7 @@ class Options:
     local_mode: Literal["copy", "in-place"] = "copy"
     pvc_root: str = DEFAULT_PVC_ROOT
     optimizations: tuple[str, ...] = field(default_factory=tuple)
+    verify_reuse: bool = False  # a completed cache is reused only after its sha256s check out
 
     @property
     def warm_page_cache(self) -> bool:

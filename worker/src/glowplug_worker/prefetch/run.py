@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from glowplug_worker.prefetch.errors import NotFoundError, UsageError
+from glowplug_worker.prefetch.errors import IntegrityError, NotFoundError, UsageError
 from glowplug_worker.prefetch.fetch import FetchSettings, fetch_files
 from glowplug_worker.prefetch.options import Options, SourceURI, effective_revision
 from glowplug_worker.prefetch.plan import Plan, RemoteFile, Source
 from glowplug_worker.prefetch.progress import Progress, human_bytes, log
 from glowplug_worker.prefetch.retry import with_retries
 from glowplug_worker.prefetch.safepath import extract_archive
-from glowplug_worker.prefetch.store import CacheKey, Destination
+from glowplug_worker.prefetch.store import CacheKey, Destination, write_json
 from glowplug_worker.prefetch.warm import verify, warm
 
 ARCHIVE_DIR = ".glowplug-archive"
@@ -78,16 +78,49 @@ def prefetch(opts: Options, env: Mapping[str, str]) -> Outcome:
     dest = Destination(opts.dest)
 
     record = dest.completed(key)
+    if record is not None and opts.verify_reuse and not _intact(dest, record, opts):
+        record = None
     if record is None:
         record = dest.acquire(key, deadline)
         if record is None:
             try:
                 record = dest.completed(key)
+                if record is not None and opts.verify_reuse and not _intact(dest, record, opts):
+                    _distrust(dest, record)
+                    record = None
                 if record is None:
                     return _download(opts, env, key, revision, dest, started, deadline)
             finally:
                 dest.release()
+        elif opts.verify_reuse and not _intact(dest, record, opts):
+            raise IntegrityError(
+                f"{dest.dest}: the completed cache failed its recorded sha256s while another "
+                "prefetcher holds it; try again"
+            )
     return _reuse(opts, dest, record, started)
+
+
+def _intact(dest: Destination, record: dict[str, Any], opts: Options) -> bool:
+    """Every file of the record has a recorded sha256 and still matches it."""
+    files = record.get("files", [])
+    if any(not e.get("sha256") for e in files):
+        log(f"{dest.dest}: the completed cache has files without a recorded sha256; not reused")
+        return False
+    paths = {
+        e["path"]: (os.path.join(dest.dest, *e["path"].split("/")), e["sha256"]) for e in files
+    }
+    log(f"verifying {len(paths)} cached files against their recorded sha256 before reuse")
+    try:
+        verify(paths, threads=min(8, opts.concurrency))
+    except IntegrityError as error:
+        log(f"{dest.dest}: {error}; fetching again")
+        return False
+    return True
+
+
+def _distrust(dest: Destination, record: dict[str, Any]) -> None:
+    """Mark the record as matching no key: the files are fetched again and replace it."""
+    write_json(dest.record_path, {**record, "key": None, "distrusted": True}, durable=True)
 
 
 def _reuse(opts: Options, dest: Destination, record: dict[str, Any], started: float) -> Outcome:
