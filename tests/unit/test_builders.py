@@ -26,11 +26,12 @@ from glowplug_operator.builders import (
     build_disruption_budget,
     build_service,
     endpoint,
+    host_path_problem,
     label_selector,
     model_dir,
     startup_probe_timing,
 )
-from glowplug_operator.settings import Settings
+from glowplug_operator.settings import Settings, SettingsError
 from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -789,6 +790,52 @@ class TestModelDir:
     def test_inside_the_cache_mount(self) -> None:
         spec = parse_spec(body())
         assert model_dir(spec, Settings(cache_mount_path="/w")).startswith("/w/")
+
+
+class TestHostPathCache:
+    """A node directory is shared by every namespace's pods on the node (issue 16, item 2)."""
+
+    HOST = {"kind": "HostPath", "hostPath": "/var/lib/glowplug/cache"}
+    ALLOWED = Settings(host_path_prefixes=("/var/lib/glowplug",))
+
+    def test_off_unless_the_operator_allows_a_prefix(self) -> None:
+        spec = parse_spec(body(cache=self.HOST))
+        problem = host_path_problem(spec, Settings())
+        assert problem is not None and "GLOWPLUG_HOST_PATH_PREFIXES" in problem
+        assert host_path_problem(spec, self.ALLOWED) is None
+
+    @pytest.mark.parametrize(
+        "path", ["/var/lib/glowplugx", "/etc", "/var/lib/glowplug/../../etc", "/var/lib"]
+    )
+    def test_only_under_an_allowed_prefix(self, path: str) -> None:
+        spec = parse_spec(body(cache={"kind": "HostPath", "hostPath": path}))
+        assert "not under an allowed directory" in (host_path_problem(spec, self.ALLOWED) or "")
+
+    def test_other_caches_need_no_permission(self) -> None:
+        for cache in (CACHES["EmptyDir"], CACHES["PersistentVolumeClaim"]):
+            assert host_path_problem(parse_spec(body(cache=cache)), Settings()) is None
+
+    def test_the_directory_key_includes_the_namespace(self) -> None:
+        spec = parse_spec(body(cache=self.HOST))
+        a, b = model_dir(spec, self.ALLOWED, "team-a"), model_dir(spec, self.ALLOWED, "team-b")
+        assert a != b and "team-a" in a
+        shared = parse_spec(body(cache=CACHES["PersistentVolumeClaim"]))
+        assert model_dir(shared, SETTINGS, "team-a") == model_dir(shared, SETTINGS, "team-b")
+
+    def test_reuse_is_verified_and_both_containers_use_the_namespaced_directory(self) -> None:
+        dep = deployment(body(cache=self.HOST))
+        args = prefetch(dep)["args"]
+        assert "--verify-reuse" in args
+        dest = args[args.index("--dest") + 1]
+        model = worker(dep)["args"][worker(dep)["args"].index("--model") + 1]
+        assert dest == model and f"/{dep['metadata']['namespace']}." in dest
+        assert "--verify-reuse" not in prefetch(deployment(body()))["args"]
+
+    def test_settings_parse_and_refuse_relative_prefixes(self) -> None:
+        env = {"GLOWPLUG_HOST_PATH_PREFIXES": "/var/lib/glowplug/, /mnt/models"}
+        assert Settings.from_env(env).host_path_prefixes == ("/var/lib/glowplug", "/mnt/models")
+        with pytest.raises(SettingsError, match="GLOWPLUG_HOST_PATH_PREFIXES"):
+            Settings.from_env({"GLOWPLUG_HOST_PATH_PREFIXES": "var/lib"})
 
 
 class TestLabelSelector:

@@ -122,3 +122,22 @@ def test_a_drifted_child_is_applied_again() -> None:
     _reconcile(reconciler)
     assert [m["kind"] for m in kube.applied] == ["Deployment"]
     assert kube.applied[0]["spec"]["replicas"] == 1
+
+
+def test_a_host_path_cache_is_refused_unless_the_operator_allows_it() -> None:
+    # A node directory is shared by every namespace on the node: off by default.
+    body = _body(cache={"kind": "HostPath", "hostPath": "/var/lib/glowplug"})
+    reconciler, kube, _ = _reconciler(body)
+    assert _reconcile(reconciler) is None
+    assert kube.applied == []
+    ready = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert ready["message"].startswith("spec.cache.hostPath: HostPath caches are off")
+
+    allowed = Settings(host_path_prefixes=("/var/lib/glowplug",))
+    permitted = Reconciler(allowed, RecordingKube(), Store(), Metrics())  # type: ignore[arg-type]
+    permitted.store.put_modelserver(
+        _body(cache={"kind": "HostPath", "hostPath": "/var/lib/glowplug"})
+    )
+    _reconcile(permitted)
+    assert [m["kind"] for m in permitted.kube.applied] == ["Deployment", "Service"]  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,10 +111,36 @@ class PrefetchKey:
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def model_dir(spec: ModelServerSpec, settings: Settings) -> str:
+def model_dir(spec: ModelServerSpec, settings: Settings, namespace: str = "") -> str:
     """Where the weights live in the cache volume: keyed by the PrefetchKey, so ModelServers
-    sharing a volume and a model share one download, and different globs never share one."""
-    return f"{settings.cache_mount_path}/{PrefetchKey.of(spec).digest()}"
+    sharing a volume and a model share one download, and different globs never share one. On a
+    HostPath cache (shared by every namespace on the node) the key starts with the namespace:
+    no namespace reads, or plants, another's weights."""
+    digest = PrefetchKey.of(spec).digest()
+    if spec.cache.kind == "HostPath":
+        return f"{settings.cache_mount_path}/{namespace}.{digest}"
+    return f"{settings.cache_mount_path}/{digest}"
+
+
+def host_path_problem(spec: ModelServerSpec, settings: Settings) -> str | None:
+    """Why this operator refuses the spec's HostPath cache, or None (not HostPath, or allowed)."""
+    path = spec.cache.host_path
+    if spec.cache.kind != "HostPath" or path is None:
+        return None
+    if not settings.host_path_prefixes:
+        return (
+            "HostPath caches are off in this operator (GLOWPLUG_HOST_PATH_PREFIXES lists no "
+            "directory); use a PersistentVolumeClaim or EmptyDir cache"
+        )
+    normal = posixpath.normpath(path)
+    if ".." in path.split("/") or not any(
+        normal == prefix or normal.startswith(prefix + "/")
+        for prefix in settings.host_path_prefixes
+    ):
+        return (
+            f"{path!r} is not under an allowed directory ({', '.join(settings.host_path_prefixes)})"
+        )
+    return None
 
 
 def budget_seconds(spec: ModelServerSpec, settings: Settings) -> int:
@@ -201,9 +228,15 @@ def _mounts(spec: ModelServerSpec, settings: Settings) -> list[Manifest]:
 
 
 def _prefetch_container(
-    spec: ModelServerSpec, settings: Settings, image: str, flags: Sequence[Optimization]
+    spec: ModelServerSpec,
+    settings: Settings,
+    image: str,
+    flags: Sequence[Optimization],
+    namespace: str,
 ) -> Manifest:
-    args = ["prefetch", *PrefetchKey.of(spec).args(model_dir(spec, settings))]
+    args = ["prefetch", *PrefetchKey.of(spec).args(model_dir(spec, settings, namespace))]
+    if spec.cache.kind == "HostPath":
+        args.append("--verify-reuse")  # others on the node can write there: trust no sizes
     container: Manifest = {
         "name": INIT_CONTAINER,
         "image": image,
@@ -250,12 +283,16 @@ def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Mani
 
 
 def _worker_container(
-    spec: ModelServerSpec, settings: Settings, image: str, flags: Sequence[Optimization]
+    spec: ModelServerSpec,
+    settings: Settings,
+    image: str,
+    flags: Sequence[Optimization],
+    namespace: str,
 ) -> Manifest:
     serving = spec.serving
     args = [
         "serve",
-        "--model", model_dir(spec, settings),
+        "--model", model_dir(spec, settings, namespace),
         "--task", spec.model.task,
         "--port", str(serving.port),
         "--dtype", serving.dtype,
@@ -318,8 +355,8 @@ def _pod_spec(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 60,
-        "initContainers": [_prefetch_container(spec, settings, image, flags)],
-        "containers": [_worker_container(spec, settings, image, flags)],
+        "initContainers": [_prefetch_container(spec, settings, image, flags, owner.namespace)],
+        "containers": [_worker_container(spec, settings, image, flags, owner.namespace)],
         "volumes": volumes,
     }
     placement = spec.placement

@@ -44,6 +44,24 @@ class Settings(BaseModel):
     resync_seconds: float = Field(default=300.0, ge=5)
     """A converged ModelServer is re-checked this often (reads only; writes only on drift)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    host_path_prefixes: tuple[str, ...] = ()
+    """Directories under which a ModelServer may put a HostPath cache; empty turns HostPath
+    caches off (a node directory is shared by every namespace's pods on that node)."""
+
+    @field_validator("host_path_prefixes", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("host_path_prefixes")
+    @classmethod
+    def _absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/") or ".." in path.split("/") or path == "/":
+                raise ValueError(f"{path!r} must be an absolute directory other than /")
+        return tuple(path.rstrip("/") for path in value)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -102,6 +102,9 @@ class Reconciler:
         except InvalidSpec as error:
             await self._invalid(body, error, now)
             return None
+        if (problem := builders.host_path_problem(spec, self.settings)) is not None:
+            await self._invalid(body, InvalidSpec("spec.cache.hostPath", problem), now)
+            return None
         owner = builders.Owner(key[1], key[0], body["metadata"]["uid"])
         observations = [observe_pod(p, now) for p in self.store.pods_of(key)]
         deployment = self.store.child("Deployment", key[0], key[1])
