@@ -100,7 +100,7 @@ def pod_spec(dep: Manifest) -> Manifest:
 
 
 def prefetch(dep: Manifest) -> Manifest:
-    (container,) = pod_spec(dep)["initContainers"]
+    *_, container = pod_spec(dep)["initContainers"]  # a HostPath cache's cache-owner first
     assert container["name"] == "prefetch"
     return container
 
@@ -320,8 +320,32 @@ class TestDeployment:
     @pytest.mark.parametrize("cache", CACHES.values(), ids=CACHES.keys())
     def test_host_path_is_the_only_exception_and_only_when_asked(self, cache: Manifest) -> None:
         problems = restricted_violations(pod_spec(deployment(body(cache=cache))))
-        expected = ["volume cache: hostPath"] if cache["kind"] == "HostPath" else []
-        assert problems == expected
+        expected = []
+        if cache["kind"] == "HostPath":  # and the one container that hands the directory over
+            expected = [
+                "volume cache: hostPath",
+                "initContainers cache-owner: capabilities.add beyond NET_BIND_SERVICE",
+                "initContainers cache-owner: runAsNonRoot must be true",
+                "initContainers cache-owner: runAsUser 0",
+            ]
+        assert sorted(problems) == sorted(expected)
+
+    def test_a_host_path_directory_is_handed_to_the_pods_user_and_nothing_else(self) -> None:
+        # The kubelet creates it root-owned, and fsGroup does not apply to hostPath.
+        init = pod_spec(deployment(body(cache=CACHES["HostPath"])))["initContainers"]
+        owner = init[0]
+        assert [c["name"] for c in init] == ["cache-owner", "prefetch"]
+        ctx_pod = pod_spec(deployment(body(cache=CACHES["HostPath"])))["securityContext"]
+        uid = ctx_pod["runAsUser"]
+        assert owner["command"] == ["chown", f"{uid}:{uid}", "/models"]  # not recursive
+        ctx = owner["securityContext"]
+        assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+        assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"]
+        for cache in ("EmptyDir", "PersistentVolumeClaim"):
+            names = [
+                c["name"] for c in pod_spec(deployment(body(cache=CACHES[cache])))["initContainers"]
+            ]
+            assert names == ["prefetch"]
 
     @pytest.mark.parametrize(
         ("breach", "problem"),

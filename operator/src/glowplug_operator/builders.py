@@ -16,6 +16,7 @@ from typing import Any
 
 from glowplug_operator.contract import (
     API_VERSION,
+    CACHE_OWNER_CONTAINER,
     FLAGS_ANNOTATION,
     FLAGS_HASH_LABEL,
     INIT_CONTAINER,
@@ -227,6 +228,32 @@ def _mounts(spec: ModelServerSpec, settings: Settings) -> list[Manifest]:
     return mounts
 
 
+def _cache_owner(spec: ModelServerSpec, settings: Settings, image: str) -> list[Manifest]:
+    """For a HostPath cache only: the kubelet creates the node directory root-owned, and
+    fsGroup does not apply to hostPath, so the non-root prefetcher could not write there. This
+    container hands the directory (not what is in it) to the pods' user: root with CHOWN and
+    nothing else."""
+    if spec.cache.kind != "HostPath":
+        return []
+    return [
+        {
+            "name": CACHE_OWNER_CONTAINER,
+            "image": image,
+            "command": ["chown", f"{UID}:{UID}", settings.cache_mount_path],
+            "volumeMounts": [{"name": "cache", "mountPath": settings.cache_mount_path}],
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": False,
+                "runAsUser": 0,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}},
+        }
+    ]
+
+
 def _prefetch_container(
     spec: ModelServerSpec,
     settings: Settings,
@@ -355,7 +382,10 @@ def _pod_spec(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 60,
-        "initContainers": [_prefetch_container(spec, settings, image, flags, owner.namespace)],
+        "initContainers": [
+            *_cache_owner(spec, settings, image),
+            _prefetch_container(spec, settings, image, flags, owner.namespace),
+        ],
         "containers": [_worker_container(spec, settings, image, flags, owner.namespace)],
         "volumes": volumes,
     }

@@ -33,6 +33,7 @@ RETRY_ANNOTATION = f"{GROUP}/retry-optimizations"
 
 # The pod's containers and where they leave their termination report.
 INIT_CONTAINER = "prefetch"
+CACHE_OWNER_CONTAINER = "cache-owner"  # HostPath caches only: chowns the node directory
 WORKER_CONTAINER = "worker"
 TERMINATION_PATH = "/dev/termination-log"
 
