@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,9 +22,11 @@ from glowplug_operator.controller.kube import Kube, list_all
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
-from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of
+from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of, resync
 from glowplug_operator.controller.workqueue import WorkQueue
 from glowplug_operator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,18 +60,42 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     reconciler = Reconciler(config, kube, store, metrics)
     # The initial lists, before any reconcile: a first reconcile after a restart must see the
     # pods and children that exist, not an empty store (Ready=False and a Warning for nothing).
-    kinds: tuple[str, ...] = ("ModelServer", "Deployment", "Service", "PersistentVolumeClaim")
-    kinds += ("PodDisruptionBudget", "Pod")
-    lists = await asyncio.gather(
-        *(list_all(kube.client, k, config.namespaces, k != "ModelServer") for k in kinds)
-    )
-    for key in fill(store, dict(zip(kinds, lists, strict=True))):
+    for key in fill(store, await _lists(kube, config.namespaces)):
         queue.add(key)
     loops = [
         asyncio.create_task(reconcile_loop(queue, reconciler))
         for _ in range(config.reconcile_workers)
     ]
+    loops.append(asyncio.create_task(_relist_loop(kube, store, queue, config)))
     memo.controller = Controller(store, queue, reconciler, loops)
+
+
+KINDS: tuple[str, ...] = ("ModelServer", "Deployment", "Service", "PersistentVolumeClaim")
+KINDS += ("PodDisruptionBudget", "Pod")
+
+
+async def _lists(kube: Kube, namespaces: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    lists = await asyncio.gather(
+        *(list_all(kube.client, k, namespaces, k != "ModelServer") for k in KINDS)
+    )
+    return dict(zip(KINDS, lists, strict=True))
+
+
+async def _relist_loop(kube: Kube, store: Store, queue: WorkQueue[Key], config: Settings) -> None:
+    """Every resync period, the store is checked against fresh lists: after a watch relist
+    (410 Gone) kopf lists again but reports no DELETED for what went in the gap."""
+    while True:
+        await asyncio.sleep(config.resync_seconds)
+        started = time.monotonic()
+        try:
+            listed = await _lists(kube, config.namespaces)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the watches still run; the next period tries again
+            log.warning("relisting for the store failed", exc_info=True)
+            continue
+        for key in resync(store, listed, started):
+            queue.add(key)
 
 
 @kopf.on.cleanup()

@@ -4,6 +4,7 @@ a converged ModelServer costs no API requests at all."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,26 +50,38 @@ class Store:
     modelservers: dict[Key, Body] = field(default_factory=dict)
     children: dict[tuple[str, str, str], Body] = field(default_factory=dict)
     pods: defaultdict[Key, dict[str, Body]] = field(default_factory=lambda: defaultdict(dict))
+    # When each entry was last put, by (kind, namespace, name): a relist drops only what was
+    # in the store before the list began and is not in the list.
+    stamps: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def _stamp(self, kind: str, body: Body) -> None:
+        namespace, name = key_of(body)
+        self.stamps[kind, namespace, name] = time.monotonic()
 
     def put_modelserver(self, body: Body) -> None:
+        self._stamp("ModelServer", body)
         self.modelservers[key_of(body)] = slim(body)
 
     def drop_modelserver(self, key: Key) -> None:
         self.modelservers.pop(key, None)
+        self.stamps.pop(("ModelServer", *key), None)
         self.pods.pop(key, None)
 
     def put_child(self, kind: str, body: Body) -> None:
+        self._stamp(kind, body)
         namespace, name = key_of(body)
         self.children[kind, namespace, name] = slim(body)
 
     def drop_child(self, kind: str, body: Body) -> None:
         namespace, name = key_of(body)
+        self.stamps.pop((kind, namespace, name), None)
         self.children.pop((kind, namespace, name), None)
 
     def child(self, kind: str, namespace: str, name: str) -> Body | None:
         return self.children.get((kind, namespace, name))
 
     def put_pod(self, owner: Key, body: Body) -> None:
+        self._stamp("Pod", body)
         self.pods[owner][body["metadata"]["name"]] = slim_pod(body)
 
     def drop_pod(self, owner: Key, body: Body) -> None:
@@ -96,3 +109,57 @@ def fill(store: Store, listed: dict[str, list[Body]]) -> list[Key]:
             else:
                 store.put_child(kind, body)
     return [key_of(b) for b in listed.get("ModelServer", [])]
+
+
+def resync(store: Store, listed: dict[str, list[Body]], started: float) -> set[Key]:
+    """Bring the store in line with fresh lists (kind -> bodies) begun at `started`
+    (time.monotonic()): an entry put before the list began and missing from it was deleted
+    while a watch was down (its DELETED event lost in a relist) and is dropped; a listed object
+    the store lacks is added. Entries put since the list began are the watch's newer word and
+    are kept. Returns the ModelServers to reconcile."""
+    touched: set[Key] = set()
+
+    def stale(kind: str, namespace: str, name: str, names: set[tuple[str, str]]) -> bool:
+        return (namespace, name) not in names and store.stamps.get(
+            (kind, namespace, name), 0
+        ) < started
+
+    for kind, bodies in listed.items():
+        names = {key_of(b) for b in bodies}
+        if kind == "ModelServer":
+            for key in [k for k in store.modelservers if stale(kind, *k, names)]:
+                store.drop_modelserver(key)
+                store.stamps.pop((kind, *key), None)
+            for body in bodies:
+                if key_of(body) not in store.modelservers:
+                    store.put_modelserver(body)
+                    touched.add(key_of(body))
+        elif kind == "Pod":
+            for owner, pods in list(store.pods.items()):
+                for name in [n for n in pods if stale(kind, owner[0], n, names)]:
+                    store.drop_pod(owner, pods[name])
+                    store.stamps.pop((kind, owner[0], name), None)
+                    touched.add(owner)
+            for body in bodies:
+                pod_owner = owner_of(body)
+                if pod_owner is not None and body["metadata"]["name"] not in store.pods.get(
+                    pod_owner, {}
+                ):
+                    store.put_pod(pod_owner, body)
+                    touched.add(pod_owner)
+        else:
+            for k, namespace, name in [
+                c for c in store.children if c[0] == kind and stale(kind, c[1], c[2], names)
+            ]:
+                child_owner = owner_of(store.children[k, namespace, name])
+                store.drop_child(kind, store.children[k, namespace, name])
+                store.stamps.pop((kind, namespace, name), None)
+                if child_owner is not None:
+                    touched.add(child_owner)
+            for body in bodies:
+                namespace, name = key_of(body)
+                if (kind, namespace, name) not in store.children:
+                    store.put_child(kind, body)
+                    if (listed_owner := owner_of(body)) is not None:
+                        touched.add(listed_owner)
+    return {k for k in touched if k in store.modelservers}

@@ -1,0 +1,74 @@
+"""The store against fresh lists (issue 16, item 7): after a watch relist, objects deleted in
+the gap are dropped, objects missed are added, and what the watch delivered since the list
+began is kept."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from glowplug_operator.controller.store import Store, resync
+
+
+def _obj(name: str, owner: str | None = None, namespace: str = "ml") -> dict[str, Any]:
+    labels = {"glowplug.dev/modelserver": owner} if owner else {}
+    return {"metadata": {"name": name, "namespace": namespace, "labels": labels}}
+
+
+def _lists(**kinds: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    base: dict[str, list[dict[str, Any]]] = {
+        k: [] for k in ("ModelServer", "Deployment", "Service", "Pod")
+    }
+    base.update(kinds)
+    return base
+
+
+def test_what_was_deleted_in_a_watch_gap_is_dropped_and_its_owner_reconciled() -> None:
+    store = Store()
+    store.put_modelserver(_obj("a"))
+    store.put_modelserver(_obj("gone"))
+    store.put_child("Deployment", _obj("a", owner="a"))
+    store.put_child("Service", _obj("a", owner="a"))
+    store.put_pod(("ml", "a"), _obj("a-1", owner="a"))
+    store.put_pod(("ml", "a"), _obj("a-2", owner="a"))
+    started = time.monotonic()
+    listed = _lists(
+        ModelServer=[_obj("a")],
+        Deployment=[_obj("a", owner="a")],
+        Pod=[_obj("a-2", owner="a")],
+    )
+    touched = resync(store, listed, started)
+    assert set(store.modelservers) == {("ml", "a")}
+    assert store.child("Service", "ml", "a") is None
+    assert store.child("Deployment", "ml", "a") is not None
+    assert set(store.pods[("ml", "a")]) == {"a-2"}
+    assert touched == {("ml", "a")}
+
+
+def test_what_the_watch_delivered_after_the_list_began_is_kept() -> None:
+    store = Store()
+    store.put_modelserver(_obj("a"))
+    started = time.monotonic()
+    time.sleep(0.001)
+    store.put_modelserver(_obj("new"))  # created after the list's snapshot
+    store.put_pod(("ml", "a"), _obj("a-3", owner="a"))
+    touched = resync(store, _lists(ModelServer=[_obj("a")]), started)
+    assert set(store.modelservers) == {("ml", "a"), ("ml", "new")}
+    assert "a-3" in store.pods[("ml", "a")]
+    assert touched == set()
+
+
+def test_what_the_watch_missed_is_added() -> None:
+    store = Store()
+    store.put_modelserver(_obj("a"))
+    started = time.monotonic()
+    listed = _lists(
+        ModelServer=[_obj("a"), _obj("b")],
+        Deployment=[_obj("a", owner="a")],
+        Pod=[_obj("a-1", owner="a")],
+    )
+    touched = resync(store, listed, started)
+    assert ("ml", "b") in store.modelservers
+    assert store.child("Deployment", "ml", "a") is not None
+    assert "a-1" in store.pods[("ml", "a")]
+    assert touched == {("ml", "a"), ("ml", "b")}
