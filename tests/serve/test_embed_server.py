@@ -58,3 +58,33 @@ def test_generation_endpoints_refuse_on_an_embedding_server(embed_server: Server
     assert r.status_code == 400 and "/v1/embeddings" in r.json()["error"]["message"]
     r = embed_server.client.post("/v1/embeddings", json={"input": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+
+
+def test_an_embeddings_batch_past_the_request_timeout_is_a_504(
+    minilm: Path, tmp_path: Path
+) -> None:
+    import time
+
+    server = Server(
+        minilm,
+        tmp_path / "run",
+        task="embed",
+        extra=["--request-timeout", "0.2", "--max-concurrency", "1", "--max-queue", "0"],
+    )
+    server.wait_ready()
+    try:
+        batch = [" ".join(["a glow plug pre-heats a diesel engine"] * 30)] * 256
+        slow = server.client.post("/v1/embeddings", json={"input": batch})
+        assert slow.status_code == 504, slow.text[:200]
+        assert slow.json()["error"]["type"] == "timeout_error"
+        # The batch still runs and holds the one slot until it ends; then the server serves.
+        deadline = time.monotonic() + 60
+        while True:
+            small = server.client.post("/v1/embeddings", json={"input": ["hi"]})
+            if small.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert small.status_code in (429, 504), small.text
+            time.sleep(0.2)
+        assert small.status_code == 200
+    finally:
+        server.stop()

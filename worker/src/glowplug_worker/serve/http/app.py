@@ -37,6 +37,7 @@ from glowplug_worker.serve.startup.state import StartupState
 
 MAX_BODY_BYTES = 1 << 20
 log = logging.getLogger("glowplug.serve")
+_BACKGROUND: set[asyncio.Task[None]] = set()
 ModelHandler = Callable[[Request, Engine, float], Awaitable[Response]]
 
 
@@ -311,7 +312,22 @@ class Routes:
         await self._admit(stack, began)
         async with stack:
             loop = asyncio.get_running_loop()
-            vectors, tokens = await loop.run_in_executor(svc.pool, engine.embed, req.inputs)
+            work = loop.run_in_executor(svc.pool, engine.embed, req.inputs)
+            remaining = svc.request_timeout - (time.monotonic() - began)
+            try:
+                vectors, tokens = await asyncio.wait_for(asyncio.shield(work), max(remaining, 0))
+            except TimeoutError as exc:
+                # The batch cannot be stopped mid-way: its slot stays taken until it ends, so
+                # the server never runs more than --max-concurrency batches at once.
+                held = stack.pop_all()
+
+                def release(_: object) -> None:
+                    task = loop.create_task(held.aclose())
+                    _BACKGROUND.add(task)  # referenced until done
+                    task.add_done_callback(_BACKGROUND.discard)
+
+                work.add_done_callback(release)
+                raise timed_out() from exc
         svc.metrics.prompt_tokens.inc(tokens)
         body = openai.embeddings(
             vectors, model=svc.model_name, tokens=tokens, encoding_format=req.encoding_format
