@@ -262,6 +262,15 @@ class TestDeployment:
         assert ctx["fsGroup"] == ctx["runAsGroup"]
         assert ctx["fsGroupChangePolicy"] == "OnRootMismatch"
 
+    def test_the_worker_keeps_serving_until_endpoints_stop_routing_to_it(self) -> None:
+        # SIGTERM only after a preStop pause, and the pause plus the worker's drain fit in the
+        # grace period: a rollout (every flag trial is one) does not cut requests off.
+        dep = deployment(body())
+        pre_stop = worker(dep)["lifecycle"]["preStop"]["sleep"]["seconds"]
+        drain = 25  # the worker's --drain-seconds default
+        assert pre_stop >= 5
+        assert pre_stop + drain < pod_spec(dep)["terminationGracePeriodSeconds"]
+
     def test_dev_shm_is_an_in_memory_volume_of_the_worker(self) -> None:
         dep = deployment(body())
         assert mount(worker(dep), "dshm")["mountPath"] == "/dev/shm"

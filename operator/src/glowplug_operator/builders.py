@@ -34,6 +34,8 @@ from glowplug_operator.spec import ModelServerSpec, Optimization
 
 PVC_MOUNT_ROOT = "/mnt/pvc"
 UID = 1000
+PRE_STOP_SECONDS = 10  # before SIGTERM, while endpoints stop routing to the pod
+TERMINATION_GRACE_SECONDS = 60  # preStop, then the worker's drain (--drain-seconds 25), then exit
 Manifest = dict[str, Any]
 
 
@@ -347,6 +349,9 @@ def _worker_container(
         "securityContext": _container_security(),
         "terminationMessagePath": TERMINATION_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # The kubelet waits before SIGTERM: endpoints controllers and kube-proxies take a few
+        # seconds to stop routing to a terminating pod; the server keeps serving meanwhile.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
     }
     if spec.image.pull_policy:
         container["imagePullPolicy"] = spec.image.pull_policy
@@ -381,7 +386,7 @@ def _pod_spec(
             "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "initContainers": [
             *_cache_owner(spec, settings, image),
             _prefetch_container(spec, settings, image, flags, owner.namespace),
