@@ -224,12 +224,18 @@ def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Mani
 
 
 def _worker_container(
-    spec: ModelServerSpec, settings: Settings, image: str, flags: Sequence[Optimization]
+    owner: Owner,
+    spec: ModelServerSpec,
+    settings: Settings,
+    image: str,
+    flags: Sequence[Optimization],
 ) -> Manifest:
     serving = spec.serving
     args = [
         "serve",
         "--model", model_dir(spec, settings),
+        # Clients name the model as they name the ModelServer.
+        "--served-model-name", owner.name,
         "--task", spec.model.task,
         "--port", str(serving.port),
         "--dtype", serving.dtype,
@@ -291,7 +297,7 @@ def _pod_spec(
         },
         "terminationGracePeriodSeconds": 60,
         "initContainers": [_prefetch_container(spec, settings, image, flags)],
-        "containers": [_worker_container(spec, settings, image, flags)],
+        "containers": [_worker_container(owner, spec, settings, image, flags)],
         "volumes": volumes,
     }
     placement = spec.placement

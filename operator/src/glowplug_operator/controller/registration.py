@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import kopf
@@ -38,6 +39,21 @@ class Controller:
 
 def _controller(memo: kopf.Memo) -> Controller:
     return cast(Controller, memo.controller)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the API server is where KUBERNETES_SERVICE_HOST/PORT say, as client-go finds it:
+    kopf's own service-account login names `kubernetes.default.svc`, which needs cluster DNS.
+    Elsewhere, the kubeconfig."""
+    info = kopf.login_with_service_account(**kwargs)
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if info is None or not host:
+        return info or kopf.login_with_kubeconfig(**kwargs)
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    return replace(
+        info, server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    )
 
 
 @kopf.on.startup()
