@@ -20,8 +20,9 @@ OPERATOR_IMAGE=ghcr.io/glowplug/operator:$APP_VERSION
 WORKER_IMAGE=ghcr.io/glowplug/worker:$APP_VERSION
 PAUSE_IMAGE=localhost/glowplug/pause:$PAUSE_VERSION
 BASE_IMAGE=localhost/glowplug/debian-python:$BASE_SUITE
+BUSYBOX_IMAGE=localhost/glowplug/busybox:$(cut -d: -f2 <<<"${BUSYBOX_DEB_VERSION%%-*}")
 # What the pods on the real node use; the base is only a build input.
-NODE_IMAGES=("$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$WORKER_IMAGE")
+NODE_IMAGES=("$PAUSE_IMAGE" "$BUSYBOX_IMAGE" "$OPERATOR_IMAGE" "$WORKER_IMAGE")
 
 log() { printf '[images] %s\n' "$*" >&2; }
 
@@ -38,6 +39,23 @@ build_pause() {
   "${buildah[@]}" copy "$c" "$work/pause" /pause >/dev/null
   "${buildah[@]}" config --entrypoint '["/pause"]' --user 65535:65535 "$c"
   "${buildah[@]}" commit --quiet --format oci "$c" "$PAUSE_IMAGE" >/dev/null
+  "${buildah[@]}" rm "$c" >/dev/null
+  rm -rf "$work"
+}
+
+# Debian's static busybox: a shell and coreutils for the local-path provisioner's helper pods.
+build_busybox() {
+  exists "$BUSYBOX_IMAGE" && return
+  log "building $BUSYBOX_IMAGE (busybox-static)"
+  local work c tool
+  work=$(mktemp -d)
+  mkdir -p "$work/bin"
+  cp /bin/busybox "$work/bin/busybox"
+  for tool in sh mkdir rm chmod ls cat; do ln -s busybox "$work/bin/$tool"; done
+  c=$("${buildah[@]}" from scratch)
+  "${buildah[@]}" copy "$c" "$work/" / >/dev/null
+  "${buildah[@]}" config --cmd '["/bin/sh"]' "$c"
+  "${buildah[@]}" commit --quiet --format oci "$c" "$BUSYBOX_IMAGE" >/dev/null
   "${buildah[@]}" rm "$c" >/dev/null
   rm -rf "$work"
 }
@@ -78,6 +96,7 @@ build_app() {  # build_app DOCKERFILE TAG
 build() {
   mkdir -p "$store"
   build_pause
+  build_busybox
   build_base
   build_app operator/Dockerfile "$OPERATOR_IMAGE"
   build_app worker/Dockerfile "$WORKER_IMAGE"
@@ -102,16 +121,17 @@ load() {
   for image in "${NODE_IMAGES[@]}"; do
     id=$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$image")
     name=${image//[\/:]/_}
-    if "${ctr[@]}" images ls -q "name==$image" | grep -q . \
-      && [[ $("${ctr[@]}" images label "$image" 2>/dev/null) == *"glowplug.dev/id=$id"* ]]; then
+    if "${ctr[@]}" images ls "name==$image" 2>/dev/null | grep -q "glowplug.dev/id=$id"; then
       continue
     fi
     log "importing $image into the node's containerd"
     rm -f "$archives/$name.tar"
     "${buildah[@]}" push --quiet --disable-compression "$image" "oci-archive:$archives/$name.tar:$image"
-    "${ctr[@]}" images import --snapshotter overlayfs --no-unpack=false "$archives/$name.tar" >/dev/null
-    "${ctr[@]}" images label "$image" "glowplug.dev/id=$id" >/dev/null
-    rm -f "$archives/$name.tar"
+    # (ctr's stderr also carries containerd's cgroup v1 deprecation notice: shown on failure only.)
+    "${ctr[@]}" images import --snapshotter overlayfs "$archives/$name.tar" >/dev/null 2>"$archives/$name.err" \
+      || { cat "$archives/$name.err" >&2; exit 1; }
+    "${ctr[@]}" images label "$image" "glowplug.dev/id=$id" >/dev/null 2>&1
+    rm -f "$archives/$name.tar" "$archives/$name.err"
   done
 }
 
