@@ -1,0 +1,259 @@
+"""glowplug's own images on the local cluster's real node (kubelet + containerd + runc): the
+chart's operator in-cluster with its own ServiceAccount, a real prefetch init container fetching
+from nginx on the node's bridge, a real worker probed by the kubelet and answering through the
+Service (kube-proxy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from glowplug_worker.devtools.manifest import write_manifest
+
+from tests.cluster.kube import ROOT, Kubectl
+from tests.prefetch.servers import Nginx
+
+pytestmark = pytest.mark.e2e
+
+REAL_NODE = "glowplug.dev/real-node"
+# The node's bridge address (hack/node.sh NODE_IP): pods reach the host there and nowhere else.
+NODE_IP = "10.88.0.1"
+PLACEMENT = {
+    "nodeSelector": {REAL_NODE: "true"},
+    "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
+}
+PROMPT = [{"role": "user", "content": "Hello, glowplug!"}]
+RESULTS = ROOT / "bench" / "results" / "realnode_e2e.md"
+
+
+@pytest.fixture(scope="module")
+def real_node(kubectl: Kubectl) -> dict[str, Any]:
+    nodes = kubectl.get("nodes", selector=REAL_NODE)["items"]
+    if not nodes:
+        message = "no node labelled glowplug.dev/real-node: run `make cluster-up`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return nodes[0]
+
+
+@dataclass
+class Weights:
+    source: str  # the manifest URL the init container fetches
+    model_dir: Path  # the same files on this machine, for the reference decode
+    bytes_sent: Callable[[], int]  # what nginx has sent of them so far
+
+
+@pytest.fixture(scope="module")
+def weights(
+    tmp_path_factory: pytest.TempPathFactory, real_node: dict[str, Any]
+) -> Iterator[Weights]:
+    """A tiny Llama made here, served by nginx on the bridge address with a sha256 manifest."""
+    www = tmp_path_factory.mktemp("www")
+    www.chmod(0o755)
+    model = www / "tiny"
+    subprocess.run(
+        [sys.executable, "-m", "glowplug_worker.devtools.tiny_model", str(model)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    write_manifest(model, revision="tiny-e2e")
+    for p in [model, *model.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    server = Nginx(www, tmp_path_factory.mktemp("nginx-run"), host=NODE_IP)
+    yield Weights(f"{server.url}/tiny/manifest.json", model, lambda: server.bytes_sent("/tiny/"))
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx_bytes(weights: Weights) -> Callable[[], int]:
+    """Bytes nginx has sent of the model so far."""
+    return weights.bytes_sent
+
+
+@pytest.fixture(scope="module")
+def workloads(kubectl: Kubectl, real_node: dict[str, Any]) -> Iterator[str]:
+    """The namespace the in-cluster operator watches (PodSecurity `restricted`)."""
+    name = f"real-{uuid.uuid4().hex[:8]}"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "glowplug.dev/test": "true",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                },
+            },
+        }
+    )
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def release(
+    kubectl: Kubectl, crd: None, workloads: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Kubectl]:
+    """`helm install` of charts/glowplug with its default images, placed on the real node."""
+    helm = shutil.which("helm")
+    if helm is None:
+        pytest.fail("helm is not on PATH: run the tests through `make test-e2e`")
+    namespace = f"glowplug-system-{uuid.uuid4().hex[:6]}"
+    values = tmp_path_factory.mktemp("values") / "values.yaml"
+    values.write_text(json.dumps({"namespaces": [workloads], **PLACEMENT}))
+    base = [helm, "--kubeconfig", kubectl.kubeconfig, "--namespace", namespace]
+    subprocess.run(
+        [*base, "install", "glowplug", str(ROOT / "charts" / "glowplug"), "--create-namespace",
+         "--skip-crds", "-f", str(values), "--wait", "--timeout", "120s"],
+        check=True, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    yield kubectl.in_namespace(namespace)
+    subprocess.run([*base, "uninstall", "glowplug", "--wait"], capture_output=True, timeout=120)
+    kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _record(title: str, text: str) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as out:
+        out.write(f"## {title}\n\n```\n{text.rstrip()}\n```\n\n")
+
+
+def test_the_real_node_runs_containerd(kubectl: Kubectl, real_node: dict[str, Any]) -> None:
+    info = real_node["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"].startswith("containerd://2.")
+    assert info["kubeletVersion"] == kubectl.json("version")["serverVersion"]["gitVersion"]
+    addresses = {a["type"]: a["address"] for a in real_node["status"]["addresses"]}
+    assert addresses["InternalIP"] == NODE_IP
+    RESULTS.unlink(missing_ok=True)
+    _record("kubectl get nodes -o wide", kubectl.run("get", "nodes", "-o", "wide"))
+
+
+def test_the_chart_runs_the_operator_in_cluster(
+    release: Kubectl, real_node: dict[str, Any]
+) -> None:
+    pod = release.get("pods", selector="app.kubernetes.io/name=glowplug")["items"][0]
+    assert pod["spec"]["nodeName"] == real_node["metadata"]["name"]
+    assert pod["spec"]["containers"][0]["image"] == "ghcr.io/glowplug/operator:0.1.0"
+    # The chart's ServiceAccount token is the operator's only credential.
+    assert pod["spec"]["serviceAccountName"].startswith("glowplug")
+    state = pod["status"]["containerStatuses"][0]
+    assert state["ready"] and "running" in state["state"]
+
+
+def _reference_answer(model_dir: Path, max_tokens: int) -> str:
+    """transformers' own greedy decode of the same chat prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt")
+    if not isinstance(ids, torch.Tensor):  # a BatchEncoding in newer transformers
+        ids = ids["input_ids"]
+    out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False)
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def test_a_modelserver_serves_from_our_images_on_the_real_node(
+    kubectl: Kubectl, release: Kubectl, workloads: str, weights: Weights,
+    real_node: dict[str, Any],
+) -> None:  # fmt: skip
+    k = kubectl.in_namespace(workloads)
+    flags = ["prefetch-weights", "fast-load", "hf-offline", "native-model"]
+    k.apply(
+        _modelserver(
+            "tiny",
+            weights,
+            cache={"kind": "EmptyDir"},
+            startup={"budgetSeconds": 300, "optimizations": [{"name": f} for f in flags]},
+        )
+    )
+    k.run("wait", "--for=condition=Ready", "modelserver/tiny", "--timeout=300s", timeout=320)
+
+    pod = k.get("pods", selector="glowplug.dev/modelserver=tiny")["items"][0]
+    assert pod["spec"]["nodeName"] == real_node["metadata"]["name"]
+    init = pod["status"]["initContainerStatuses"][0]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    # The prefetcher's report (its termination message) says what it fetched.
+    report = json.loads(init["state"]["terminated"]["message"])
+    worker = pod["status"]["containerStatuses"][0]
+    assert worker["ready"] and worker["restartCount"] == 0
+    assert worker["imageID"], "containerd resolved the worker image"
+
+    service = k.get("service", "tiny")
+    url = f"http://{service['spec']['clusterIP']}:8000/v1/chat/completions"
+    body = json.dumps({"model": "tiny", "messages": PROMPT, "max_tokens": 8, "temperature": 0})
+    body = body.encode()
+    request = urllib.request.Request(url, body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)["choices"][0]["message"]["content"]
+    assert answer == _reference_answer(weights.model_dir, 8)
+
+    _record("kubectl get pods -o wide", k.run("get", "pods", "-o", "wide"))
+    _record("the prefetcher's report", json.dumps(report, indent=1))
+    _record("POST /v1/chat/completions through the Service", answer)
+    _record(
+        "status.coldStart",
+        json.dumps(k.get("ms", "tiny")["status"].get("coldStart"), indent=1),
+    )
+
+
+def _modelserver(name: str, weights: Weights, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "glowplug.dev/v1alpha1",
+        "kind": "ModelServer",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": weights.source, "task": "generate"},
+            "resources": {"gpus": 0, "cpu": "500m", "memory": "3Gi"},
+            "placement": PLACEMENT,
+            "startup": {"budgetSeconds": 300},
+            **spec,
+        },
+    }
+
+
+def test_two_replicas_share_one_claim_and_download_once(
+    kubectl: Kubectl,
+    release: Kubectl,
+    workloads: str,
+    weights: Weights,
+    nginx_bytes: Callable[[], int],
+) -> None:
+    """A `local-path` claim is a real directory on the node: the second pod finds the weights
+    the first one fetched."""
+    k = kubectl.in_namespace(workloads)
+    before = nginx_bytes()
+    cache = {"kind": "PersistentVolumeClaim", "size": "1Gi", "storageClassName": "local-path",
+             "accessMode": "ReadWriteOnce"}  # fmt: skip
+    k.apply(_modelserver("shared", weights, replicas=2, cache=cache))
+    k.run("wait", "--for=condition=Ready", "modelserver/shared", "--timeout=400s", timeout=420)
+
+    claim = k.get("pvc", "shared-cache")
+    assert claim["status"]["phase"] == "Bound"
+    volume = kubectl.get("pv", claim["spec"]["volumeName"])
+    assert volume["spec"]["storageClassName"] == "local-path"
+    pods = k.get("pods", selector="glowplug.dev/modelserver=shared")["items"]
+    assert len(pods) == 2 and all(p["status"]["containerStatuses"][0]["ready"] for p in pods)
+    downloads = sorted(
+        (json.loads(p["status"]["initContainerStatuses"][0]["state"]["terminated"]["message"])["download"]
+         for p in pods),
+        key=lambda d: d["reused"],
+    )  # fmt: skip
+    assert [d["reused"] for d in downloads] == [False, True]
+    assert downloads[1]["bytes"] == 0
+    model_bytes = sum(p.stat().st_size for p in weights.model_dir.rglob("*") if p.is_file())
+    # One copy of the weights left nginx (the manifest was fetched by both).
+    assert model_bytes <= nginx_bytes() - before < 2 * model_bytes
+    _record("two replicas, one claim: the prefetchers' reports", json.dumps(downloads, indent=1))
