@@ -89,14 +89,16 @@ curl -fsS "http://$ip:8000/v1/chat/completions" -H 'content-type: application/js
 echo
 
 say "Its cold start (status.coldStart)"
-kubectl -n $ns get ms tiny-real -o json | python3 -c '
+kubectl -n $ns get ms tiny-real -o json | python3 -c "$(cat <<'PY'
 import json, sys
 cold = json.load(sys.stdin)["status"].get("coldStart") or {}
 phases = cold.get("phases") or {}
 total = max(sum(phases.values()), 1e-9)
 for name, seconds in phases.items():
     print(f"  {name:>10} {seconds:7.2f} s  " + "#" * max(1, round(40 * seconds / total)))
-print(f"  {\"total\":>10} {cold.get(\"lastSeconds\", 0):7.2f} s")'
+print(f"  {'total':>10} {cold.get('lastSeconds', 0):7.2f} s")
+PY
+)"
 
 say "examples/modelserver.yaml on kwok's simulated GPU nodes (GPU scheduling; no GPU here)"
 kubectl -n $ns apply -f examples/modelserver.yaml
