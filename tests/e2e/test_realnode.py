@@ -257,3 +257,90 @@ def test_two_replicas_share_one_claim_and_download_once(
     # One copy of the weights left nginx (the manifest was fetched by both).
     assert model_bytes <= nginx_bytes() - before < 2 * model_bytes
     _record("two replicas, one claim: the prefetchers' reports", json.dumps(downloads, indent=1))
+
+
+def _native_model_cannot_take(model_dir: Path, www: Path) -> None:
+    """A copy of the model whose final norm tensor has a name native-model has no place for
+    (transformers, without fast-load, loads it and warns)."""
+    odd = www / "odd"
+    shutil.copytree(model_dir, odd)
+    weights = odd / "model.safetensors"
+    raw = weights.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["model.nrm_.weight"] = header.pop("model.norm.weight")  # same length, same offsets
+    text = json.dumps(header, separators=(",", ":")).encode()
+    weights.write_bytes(raw[:8] + text.ljust(size) + raw[8 + size :])
+    write_manifest(odd, revision="odd")
+    for p in [odd, *odd.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _rolled_back(k: Kubectl, name: str) -> dict[str, dict[str, Any]]:
+    status = k.get("ms", name).get("status") or {}
+    return {o["name"]: o for o in status.get("optimizations") or []}
+
+
+def _first_failure_to_ready(k: Kubectl, name: str) -> float:
+    """Seconds from the first worker container that ended in failure to the ModelServer's Ready."""
+    from datetime import datetime
+
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    failures = []
+    for event in k.get("events")["items"]:
+        if event.get("reason") in ("BackOff", "Unhealthy", "Killing") or "Failed" in event.get(
+            "reason", ""
+        ):
+            stamp = event.get("firstTimestamp") or event.get("eventTime")
+            if stamp:
+                failures.append(at(stamp))
+    ready = next(c for c in k.get("ms", name)["status"]["conditions"] if c["type"] == "Ready")
+    return at(ready["lastTransitionTime"]) - min(failures)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "source", "flags", "culprit", "reasons"),
+    [
+        # The worker fails in its load phase and its report names the flag: rolled back at once.
+        ("report names the flag", "odd", [{"name": "native-model"}, {"name": "hf-offline"}],
+         "native-model", {"StartupFailed", "FailedInPhase"}),
+        # The worker's own command line refuses the flag's args before any report is written:
+        # crash-loop with the kubelet's back-off, found by bisection.
+        ("no report: bisection", "tiny",
+         [{"name": "hf-offline"}, {"name": "bad-arg", "args": ["--no-such-option"]}],
+         "bad-arg", {"Bisected"}),
+    ],
+)  # fmt: skip
+def test_a_flag_that_breaks_real_starts_is_rolled_back(
+    kubectl: Kubectl, release: Kubectl, workloads: str, weights: Weights,
+    scenario: str, source: str, flags: list[dict[str, Any]], culprit: str, reasons: set[str],
+) -> None:  # fmt: skip
+    if source == "odd" and not (weights.model_dir.parent / "odd").exists():
+        _native_model_cannot_take(weights.model_dir, weights.model_dir.parent)
+    k = kubectl.in_namespace(workloads)
+    name = f"rb-{culprit}"
+    url = weights.source.replace("/tiny/", f"/{source}/")
+    body = _modelserver(name, weights, startup={"budgetSeconds": 120, "optimizations": flags})
+    body["spec"]["model"]["source"] = url
+    k.apply(body)
+    generation = k.get("ms", name)["metadata"]["generation"]
+    k.run("wait", "--for=condition=Ready", f"modelserver/{name}", "--timeout=480s", timeout=500)
+
+    states = _rolled_back(k, name)
+    assert states[culprit]["state"] == "RolledBack"
+    assert states[culprit]["reason"] in reasons
+    assert all(s["state"] == "Active" for n, s in states.items() if n != culprit)
+    ms = k.get("ms", name)
+    assert ms["metadata"]["generation"] == generation  # the spec is untouched
+    assert [f["name"] for f in ms["spec"]["startup"]["optimizations"]] == [f["name"] for f in flags]
+    events = k.run("get", "events", "--field-selector", f"involvedObject.name={name}")
+    assert "OptimizationRolledBack" in events and culprit in events
+    pod = k.get("pods", selector=f"glowplug.dev/modelserver={name}")["items"]
+    assert any(p["status"]["containerStatuses"][0]["ready"] for p in pod)
+    seconds = _first_failure_to_ready(k, name)
+    _record(
+        f"rollback on real containers ({scenario}): first failure -> Ready {seconds:.1f} s",
+        k.run("describe", "ms", name),
+    )
