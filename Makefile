@@ -45,7 +45,7 @@ images: packages ## Build the operator and worker images from their Dockerfiles 
 	hack/images.sh build
 
 .PHONY: lint
-lint: setup ## ruff (lint + format check), mypy (strict on the operator), CRD copy in the chart.
+lint: setup ## ruff (lint + format check), mypy (strict, operator and worker), CRD copy in the chart.
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy

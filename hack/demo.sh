@@ -84,8 +84,13 @@ kubectl -n $ns get pods -o wide -l glowplug.dev/modelserver=tiny-real
 
 say "POST /v1/chat/completions through its Service (kube-proxy)"
 ip=$(kubectl -n $ns get service tiny-real -o jsonpath='{.spec.clusterIP}')
-curl -fsS "http://$ip:8000/v1/chat/completions" -H 'content-type: application/json' \
-  -d '{"model": "tiny-real", "messages": [{"role": "user", "content": "Hello, glowplug!"}], "max_tokens": 8, "temperature": 0}'
+# kube-proxy routes the Service to the pod a moment after the pod turns Ready.
+for attempt in $(seq 60); do
+  curl -fs "http://$ip:8000/v1/chat/completions" -H 'content-type: application/json' \
+    -d '{"model": "tiny-real", "messages": [{"role": "user", "content": "Hello, glowplug!"}], "max_tokens": 8, "temperature": 0}' \
+    && break
+  ((attempt < 60)) && sleep 0.5
+done
 echo
 
 say "Its cold start (status.coldStart)"

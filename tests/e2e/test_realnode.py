@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from glowplug_worker.devtools.manifest import write_manifest
 
-from tests.cluster.kube import ROOT, Kubectl
+from tests.cluster.kube import ROOT, Kubectl, wait_until
 from tests.prefetch.servers import Nginx
 
 pytestmark = pytest.mark.e2e
@@ -165,6 +166,25 @@ def _reference_answer(model_dir: Path, max_tokens: int) -> str:
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
+def _chat(url: str, body: bytes) -> str | None:
+    """The answer, or None while kube-proxy has not yet routed the Service to the new endpoint
+    (it follows the pod's readiness by a moment)."""
+    request = urllib.request.Request(url, body, {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return str(json.load(response)["choices"][0]["message"]["content"])
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ConnectionRefusedError):
+            return None
+        raise
+
+
+def _with_worker_phases(k: Kubectl, name: str) -> dict[str, float] | None:
+    """status.coldStart.phases once they hold the worker's own import, load and warmup."""
+    phases = (k.get("ms", name)["status"].get("coldStart") or {}).get("phases") or {}
+    return phases if {"import", "load", "warmup"} <= set(phases) else None
+
+
 def test_a_modelserver_serves_from_our_images_on_the_real_node(
     kubectl: Kubectl, release: Kubectl, workloads: str, weights: Weights,
     real_node: dict[str, Any],
@@ -195,10 +215,19 @@ def test_a_modelserver_serves_from_our_images_on_the_real_node(
     url = f"http://{service['spec']['clusterIP']}:8000/v1/chat/completions"
     body = json.dumps({"model": "tiny", "messages": PROMPT, "max_tokens": 8, "temperature": 0})
     body = body.encode()
-    request = urllib.request.Request(url, body, {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.load(response)["choices"][0]["message"]["content"]
+    answer = wait_until("an answer through the Service", lambda: _chat(url, body), 30)
     assert answer == _reference_answer(weights.model_dir, 8)
+
+    # The operator read the worker's own phases from its /startup into status and its metrics.
+    phases = wait_until(
+        "the worker's phases in status.coldStart", lambda: _with_worker_phases(k, "tiny"), 30
+    )
+    assert phases["download"] == report["phases"]["download"]
+    operator = release.get("pods", selector="app.kubernetes.io/name=glowplug")["items"][0]
+    url = f"http://{operator['status']['podIP']}:9090/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'glowplug_cold_start_seconds_count{phase="load"}' in metrics
 
     _record("kubectl get pods -o wide", k.run("get", "pods", "-o", "wide"))
     _record("the prefetcher's report", json.dumps(report, indent=1))
@@ -216,7 +245,8 @@ def _modelserver(name: str, weights: Weights, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {
             "model": {"source": weights.source, "task": "generate"},
-            "resources": {"gpus": 0, "cpu": "500m", "memory": "3Gi"},
+            # The node has 2 CPUs for every test's pods; a worker uses what is free.
+            "resources": {"gpus": 0, "cpu": "100m", "memory": "3Gi"},
             "placement": PLACEMENT,
             "startup": {"budgetSeconds": 300},
             **spec,

@@ -22,6 +22,7 @@ from glowplug_operator.controller.kube import Kube
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
+from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store, key_of, owner_of
 from glowplug_operator.controller.workqueue import WorkQueue
 from glowplug_operator.settings import Settings
@@ -69,7 +70,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(config.metrics_port, registry=metrics.registry)
     store: Store = Store()
     queue: WorkQueue[Key] = WorkQueue()
-    reconciler = Reconciler(config, Kube(config.field_manager), store, metrics)
+    reports = StartupReports(requeue=queue.add, observe=metrics.observe_phases)
+    reconciler = Reconciler(config, Kube(config.field_manager), store, metrics, reports)
     loops = [
         asyncio.create_task(reconcile_loop(queue, reconciler))
         for _ in range(config.reconcile_workers)
@@ -83,6 +85,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in controller.loops:
         task.cancel()
     await asyncio.gather(*controller.loops, return_exceptions=True)
+    if controller.reconciler.startup_reports is not None:
+        await controller.reconciler.startup_reports.close()
     await controller.reconciler.kube.close()
 
 
