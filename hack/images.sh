@@ -3,6 +3,8 @@
 #   images.sh build        the pause, base, operator and worker images (buildah, chroot isolation)
 #   images.sh load SOCKET  import them into the real node's containerd (skips what it already has)
 #   images.sh sizes        one line per image: name and size
+#   images.sh bench SOCKET the hand-written alternative of bench/realnode_coldstart.py
+#                          (transformers serve on the worker image), built and imported
 # buildah's storage (and its layer cache) is kept in $GLOWPLUG_CACHE/buildah, so a second build
 # with only source changes rebuilds only the top layer of each image.
 set -euo pipefail
@@ -19,6 +21,7 @@ APP_VERSION=$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "$root/charts/glowplug/Char
 OPERATOR_IMAGE=ghcr.io/glowplug/operator:$APP_VERSION
 WORKER_IMAGE=ghcr.io/glowplug/worker:$APP_VERSION
 PAUSE_IMAGE=localhost/glowplug/pause:$PAUSE_VERSION
+TRANSFORMERS_SERVE_IMAGE=localhost/glowplug/transformers-serve:$APP_VERSION
 BASE_IMAGE=localhost/glowplug/debian-python:$BASE_SUITE
 BUSYBOX_IMAGE=localhost/glowplug/busybox:$(cut -d: -f2 <<<"${BUSYBOX_DEB_VERSION%%-*}")
 # What the pods on the real node use; the base is only a build input.
@@ -85,12 +88,14 @@ build_base() {
 # reached through a TLS-inspecting proxy that only the host trusts.
 HOST_CA_BUNDLE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 
-build_app() {  # build_app DOCKERFILE TAG
-  log "building $2 from $1"
+build_app() {  # build_app DOCKERFILE TAG [BUILD-ARG ...]
+  local dockerfile=$1 tag=$2 arg args=()
+  shift 2
+  for arg in "BASE_IMAGE=$BASE_IMAGE" "UV_VERSION=$UV_VERSION" "$@"; do args+=(--build-arg "$arg"); done
+  log "building $tag from $dockerfile"
   "${buildah[@]}" bud --quiet --isolation chroot --layers --format oci \
     --volume "$HOST_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
-    --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "UV_VERSION=$UV_VERSION" \
-    -f "$root/$1" -t "$2" "$root" >/dev/null
+    "${args[@]}" -f "$root/$dockerfile" -t "$tag" "$root" >/dev/null
 }
 
 build() {
@@ -114,11 +119,14 @@ sizes() {
 
 # Import into containerd what it does not have yet: images travel as uncompressed OCI archives
 # (compressing multi-GB layers only to unpack them again costs minutes).
-load() {
+load() {  # load SOCKET [IMAGE ...]: by default the node's images
   local socket=$1 image id name
+  shift
+  local images=("${NODE_IMAGES[@]}")
+  if (($#)); then images=("$@"); fi
   local ctr=("$cache/bin/containerd-$CONTAINERD_VERSION/ctr" --address "$socket" -n k8s.io)
   mkdir -p "$archives"
-  for image in "${NODE_IMAGES[@]}"; do
+  for image in "${images[@]}"; do
     id=$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$image")
     name=${image//[\/:]/_}
     if "${ctr[@]}" images ls "name==$image" 2>/dev/null | grep -q "glowplug.dev/id=$id"; then
@@ -135,9 +143,16 @@ load() {
   done
 }
 
+bench() {
+  build
+  build_app bench/transformers-serve.Dockerfile "$TRANSFORMERS_SERVE_IMAGE" "WORKER_IMAGE=$WORKER_IMAGE"
+  load "$1" "${NODE_IMAGES[@]}" "$TRANSFORMERS_SERVE_IMAGE"
+}
+
 case ${1:-} in
   build) build ;;
+  bench) bench "${2:?usage: $0 bench CONTAINERD_SOCKET}" ;;
   load) load "${2:?usage: $0 load CONTAINERD_SOCKET}" ;;
   sizes) sizes ;;
-  *) echo "usage: $0 build|load SOCKET|sizes" >&2; exit 2 ;;
+  *) echo "usage: $0 build|load SOCKET|bench SOCKET|sizes" >&2; exit 2 ;;
 esac
