@@ -9,7 +9,7 @@ UV := python3 -m uv
 RUN := $(UV) run --locked
 K8S_BIN := $(GLOWPLUG_CACHE)/bin/kubernetes-$(KUBERNETES_VERSION)
 # The control plane's binaries come first on PATH for every recipe (kubectl, helm, kwok, etcd).
-export PATH := $(K8S_BIN):$(GLOWPLUG_CACHE)/bin/helm-$(HELM_VERSION):$(GLOWPLUG_CACHE)/bin/kwok-$(KWOK_VERSION):$(GLOWPLUG_CACHE)/bin/etcd-$(ETCD_VERSION):$(PATH)
+export PATH := $(K8S_BIN):$(GLOWPLUG_CACHE)/bin/helm-$(HELM_VERSION):$(GLOWPLUG_CACHE)/bin/kwok-$(KWOK_VERSION):$(GLOWPLUG_CACHE)/bin/etcd-$(ETCD_VERSION):$(GLOWPLUG_CACHE)/bin/containerd-$(CONTAINERD_VERSION):$(PATH)
 LOCAL_KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 PYTEST := $(RUN) pytest -p no:cacheprovider
 # Compiled bytecode, kept outside the tree: a process that compiles torch and transformers from
@@ -32,12 +32,20 @@ setup: ## Install uv and the locked Python environment (.venv).
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(UV) sync --locked --all-packages
 
+.PHONY: packages
+packages: ## Install the Debian packages the cluster, image build and tests need (apt, once per machine).
+	hack/install-packages.sh
+
 .PHONY: binaries
-binaries: ## Build the control plane's binaries once per machine (cached in $GLOWPLUG_CACHE).
+binaries: packages ## Build the cluster's binaries once per machine (cached in $GLOWPLUG_CACHE).
 	hack/build-control-plane.sh
 
+.PHONY: images
+images: packages ## Build the operator and worker images from their Dockerfiles (buildah; layer cache in $GLOWPLUG_CACHE).
+	hack/images.sh build
+
 .PHONY: lint
-lint: setup ## ruff (lint + format check), mypy (strict on the operator), CRD copy in the chart.
+lint: setup ## ruff (lint + format check), mypy (strict, operator and worker), CRD copy in the chart.
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
@@ -62,22 +70,22 @@ test-unit: setup ## Pure unit tests (no cluster, no torch).
 	$(PYTEST) tests/unit
 
 .PHONY: test-worker
-test-worker: setup ## Worker tests: prefetcher against nginx/S3, model server on tiny models (CPU).
+test-worker: setup packages ## Worker tests: prefetcher against nginx/S3, model server on tiny models (CPU).
 	$(PYTEST) tests/prefetch tests/serve
 
 .PHONY: test-e2e
-test-e2e: setup ## End-to-end tests on the local control plane (or on $KUBECONFIG when it is set).
+test-e2e: setup ## End-to-end tests on the local cluster, kwok and real node (or on $KUBECONFIG when it is set).
 	@if [[ -z "$${KUBECONFIG:-}" ]]; then $(MAKE) --no-print-directory cluster-up; fi
 	KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)} $(PYTEST) tests/e2e
 
 ##@ Local control plane
 
 .PHONY: cluster-up
-cluster-up: binaries ## Start (or reuse) etcd, kube-apiserver, controller-manager, scheduler, kwok GPU nodes.
+cluster-up: binaries images ## Start (or reuse) the control plane, kwok GPU nodes and a real node with our images.
 	hack/cluster.sh up
 
 .PHONY: cluster-down
-cluster-down: ## Stop every process cluster-up started.
+cluster-down: ## Stop every process cluster-up started and undo its changes to the host.
 	hack/cluster.sh down
 
 ##@ Demo and benchmarks

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries from the Go module proxy, once per machine: the control plane,
-# the real node's kubelet, kube-proxy and containerd, kwok and helm.
+# the real node's kubelet, kube-proxy and containerd, its claims' provisioner, kwok and helm.
 # Output: $GLOWPLUG_CACHE/bin/<tool>-<version>/<binary>; a tool whose directory is complete is skipped.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -107,6 +107,7 @@ build_containerd() {
 build_etcd
 build_containerd
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+go_install local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" github.com/rancher/local-path-provisioner
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 build_kubernetes
 

@@ -175,7 +175,7 @@ up() {
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --use-service-account-credentials=true \
-    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach' \
+    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-attachdetach' \
     --kube-api-qps 5000 --kube-api-burst 10000 \
     --concurrent-deployment-syncs 20 --concurrent-replicaset-syncs 20 --concurrent-gc-syncs 40
   cat >"$dir/scheduler.yaml" <<EOF

@@ -1,68 +1,114 @@
 #!/usr/bin/env bash
-# `make demo`: the main job end to end on the local control plane.
-#  1. the CRD and the operator (a real process, watching the demo namespace);
-#  2. examples/modelserver.yaml applied and Ready (its pods are simulated by kwok: no GPU here);
-#  3. the real worker, on this machine: prefetch a small model made on the spot, serve it,
-#     answer one chat request.
+# `make demo`: the main job end to end on the local cluster.
+#  1. the chart installed with its defaults: the operator runs in-cluster from its image, on the
+#     real node, with the chart's ServiceAccount and RBAC;
+#  2. a ModelServer on the real node: the prefetch init container fetches a small model made on
+#     the spot from nginx on the node's bridge, the worker imports, loads and serves it, the
+#     kubelet's probes make it Ready, a chat completion comes back through its Service;
+#  3. examples/modelserver.yaml on kwok's simulated GPU nodes: GPU scheduling, which the real node
+#     (no GPU) cannot show.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 dir=${GLOWPLUG_CLUSTER_DIR:-$root/.cluster}
 export KUBECONFIG=${KUBECONFIG:-$dir/kubeconfig}
 ns=glowplug-demo
+system=glowplug-system
+# The real node's bridge address (hack/node.sh): pods reach the host here.
+node_ip=10.88.0.1
 run="python3 -m uv run --locked"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+placement='{"nodeSelector": {"glowplug.dev/real-node": "true"},
+  "tolerations": [{"key": "glowplug.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]}'
 
-say "Installing the ModelServer CRD"
-kubectl apply --server-side --force-conflicts -f crds/modelserver.yaml
-kubectl wait --for=condition=Established crd/modelservers.glowplug.dev --timeout=60s
+say "The nodes: kwok's simulated GPU nodes and one real node (containerd)"
+kubectl get nodes -o wide
 
-say "Starting the operator (log: $dir/logs/operator.log; 'make cluster-down' stops it)"
-if [[ -f $dir/pids/operator ]] && kill -0 "$(cat "$dir/pids/operator")" 2>/dev/null; then
-  echo "already running"
-else
-  GLOWPLUG_METRICS_PORT=0 GLOWPLUG_NAMESPACES=$ns setsid $run glowplug-operator \
-    >"$dir/logs/operator.log" 2>&1 </dev/null &
-  echo $! >"$dir/pids/operator"
-fi
-
-say "Applying examples/modelserver.yaml in namespace $ns (PodSecurity: restricted)"
+say "helm install glowplug (the chart's default images, built by 'make images'; placed on the real node)"
 kubectl create namespace $ns --dry-run=client -o yaml \
   | kubectl label --local -f - pod-security.kubernetes.io/enforce=restricted -o yaml \
   | kubectl apply -f -
-kubectl -n $ns apply -f examples/modelserver.yaml
-echo "(the pods run on kwok's simulated GPU nodes: they go Pending -> Running -> Ready without a GPU)"
-kubectl -n $ns wait --for=condition=Ready modelserver/tiny-llama --timeout=120s
+values=$(mktemp)
+trap 'rm -f "$values"' EXIT
+printf '{"namespaces": ["%s"], %s' "$ns" "${placement#\{}" >"$values"
+helm upgrade --install glowplug charts/glowplug -n $system --create-namespace -f "$values" --wait --timeout 180s
+kubectl -n $system get pods -o wide
 
-say "kubectl get ms"
-kubectl -n $ns get modelservers
-say "Its status"
-kubectl -n $ns get ms tiny-llama -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}){"\n"}{end}'
-kubectl -n $ns get ms tiny-llama -o jsonpath='endpoint: {.status.endpoint}{"\n"}cold start: {.status.coldStart}{"\n"}flags: {.status.effectiveOptimizations}{"\n"}'
-say "Its children"
-kubectl -n $ns get deployment,service,pods -l glowplug.dev/modelserver=tiny-llama
-
-say "The real worker on this machine: a small model made on the spot, prefetched, served"
-work=$(mktemp -d)
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-$run python -m glowplug_worker.devtools.tiny_model "$work/source" >/dev/null 2>&1
+say "A small model made on the spot, served by nginx on $node_ip (the weight source)"
+www=$dir/demo/www
+mkdir -p "$www" "$dir/demo/nginx"
+if [[ ! -f $www/tiny/manifest.json ]]; then
+  $run python -m glowplug_worker.devtools.tiny_model "$www/tiny" >/dev/null
+  $run python -m glowplug_worker.devtools.manifest "$www/tiny" --revision demo >/dev/null
+  chmod -R a+rX "$www"
+fi
 echo "(a tiny Llama-shaped model with random weights: its answer is noise; the path is the point)"
-$run glowplug-worker prefetch --source "file://$work/source" --dest "$work/models/tiny" >/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-HF_HUB_OFFLINE=1 GLOWPLUG_TERMINATION_PATH=$work/termination.json \
-  $run glowplug-worker serve --model "$work/models/tiny" --port "$port" --device cpu \
-  --optimizations prefetch-weights,fast-load,hf-offline,native-model >"$work/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 300); do
-  curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
-  kill -0 $server 2>/dev/null || { cat "$work/serve.log"; exit 1; }
-  sleep 0.2
+if [[ ! -f $dir/pids/demo-nginx ]] || ! kill -0 "$(cat "$dir/pids/demo-nginx")" 2>/dev/null; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$dir/demo/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $dir/demo/nginx/nginx.pid;
+error_log $dir/demo/nginx/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log $dir/demo/nginx/access.log;
+  client_body_temp_path $dir/demo/nginx/body;
+  server { listen $node_ip:$port; root $www; }
+}
+EOF
+  echo "$port" >"$dir/demo/nginx/port"
+  setsid nginx -c "$dir/demo/nginx/nginx.conf" -p "$dir/demo/nginx" >/dev/null 2>&1 </dev/null &
+  echo $! >"$dir/pids/demo-nginx"
+fi
+source_url="http://$node_ip:$(cat "$dir/demo/nginx/port")/tiny/manifest.json"
+echo "source: $source_url"
+
+say "A ModelServer on the real node (gpus: 0)"
+kubectl -n $ns apply -f - <<EOF
+apiVersion: glowplug.dev/v1alpha1
+kind: ModelServer
+metadata: {name: tiny-real}
+spec:
+  model: {source: "$source_url", task: generate}
+  resources: {gpus: 0, cpu: 500m, memory: 3Gi}
+  placement: $(tr -d '\n' <<<"$placement")
+  cache: {kind: EmptyDir}
+  startup:
+    budgetSeconds: 300
+    optimizations: [{name: prefetch-weights}, {name: fast-load}, {name: hf-offline}, {name: native-model}]
+EOF
+kubectl -n $ns wait --for=condition=Ready modelserver/tiny-real --timeout=300s
+kubectl -n $ns get modelservers
+kubectl -n $ns get pods -o wide -l glowplug.dev/modelserver=tiny-real
+
+say "POST /v1/chat/completions through its Service (kube-proxy)"
+ip=$(kubectl -n $ns get service tiny-real -o jsonpath='{.spec.clusterIP}')
+# kube-proxy routes the Service to the pod a moment after the pod turns Ready.
+for attempt in $(seq 60); do
+  curl -fs "http://$ip:8000/v1/chat/completions" -H 'content-type: application/json' \
+    -d '{"model": "tiny-real", "messages": [{"role": "user", "content": "Hello, glowplug!"}], "max_tokens": 8, "temperature": 0}' \
+    && break
+  ((attempt < 60)) && sleep 0.5
 done
-echo "GET /startup (seconds per phase of the worker's start):"
-curl -fsS "http://127.0.0.1:$port/startup" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("phases", "time_to_ready_seconds", "optimizations")}))'
-echo "POST /v1/chat/completions:"
-curl -fsS "http://127.0.0.1:$port/v1/chat/completions" -H 'content-type: application/json' \
-  -d '{"model": "tiny", "messages": [{"role": "user", "content": "Hello, glowplug!"}], "max_tokens": 8}'
 echo
 
-say "Done. Try: kubectl -n $ns describe ms tiny-llama; make cluster-down when finished."
+say "Its cold start (status.coldStart)"
+kubectl -n $ns get ms tiny-real -o json | python3 -c "$(cat <<'PY'
+import json, sys
+cold = json.load(sys.stdin)["status"].get("coldStart") or {}
+phases = cold.get("phases") or {}
+total = max(sum(phases.values()), 1e-9)
+for name, seconds in phases.items():
+    print(f"  {name:>10} {seconds:7.2f} s  " + "#" * max(1, round(40 * seconds / total)))
+print(f"  {'total':>10} {cold.get('lastSeconds', 0):7.2f} s")
+PY
+)"
+
+say "examples/modelserver.yaml on kwok's simulated GPU nodes (GPU scheduling; no GPU here)"
+kubectl -n $ns apply -f examples/modelserver.yaml
+kubectl -n $ns wait --for=condition=Ready modelserver/tiny-llama --timeout=120s
+kubectl -n $ns get modelservers
+kubectl -n $ns get pods -o wide -l glowplug.dev/modelserver=tiny-llama
+
+say "Done. Try: kubectl -n $ns describe ms tiny-real; make cluster-down when finished."

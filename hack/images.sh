@@ -3,6 +3,8 @@
 #   images.sh build        the pause, base, operator and worker images (buildah, chroot isolation)
 #   images.sh load SOCKET  import them into the real node's containerd (skips what it already has)
 #   images.sh sizes        one line per image: name and size
+#   images.sh bench SOCKET the hand-written alternative of bench/realnode_coldstart.py
+#                          (transformers serve on the worker image), built and imported
 # buildah's storage (and its layer cache) is kept in $GLOWPLUG_CACHE/buildah, so a second build
 # with only source changes rebuilds only the top layer of each image.
 set -euo pipefail
@@ -19,9 +21,11 @@ APP_VERSION=$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "$root/charts/glowplug/Char
 OPERATOR_IMAGE=ghcr.io/glowplug/operator:$APP_VERSION
 WORKER_IMAGE=ghcr.io/glowplug/worker:$APP_VERSION
 PAUSE_IMAGE=localhost/glowplug/pause:$PAUSE_VERSION
+TRANSFORMERS_SERVE_IMAGE=localhost/glowplug/transformers-serve:$APP_VERSION
 BASE_IMAGE=localhost/glowplug/debian-python:$BASE_SUITE
+BUSYBOX_IMAGE=localhost/glowplug/busybox:$(cut -d: -f2 <<<"${BUSYBOX_DEB_VERSION%%-*}")
 # What the pods on the real node use; the base is only a build input.
-NODE_IMAGES=("$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$WORKER_IMAGE")
+NODE_IMAGES=("$PAUSE_IMAGE" "$BUSYBOX_IMAGE" "$OPERATOR_IMAGE" "$WORKER_IMAGE")
 
 log() { printf '[images] %s\n' "$*" >&2; }
 
@@ -38,6 +42,23 @@ build_pause() {
   "${buildah[@]}" copy "$c" "$work/pause" /pause >/dev/null
   "${buildah[@]}" config --entrypoint '["/pause"]' --user 65535:65535 "$c"
   "${buildah[@]}" commit --quiet --format oci "$c" "$PAUSE_IMAGE" >/dev/null
+  "${buildah[@]}" rm "$c" >/dev/null
+  rm -rf "$work"
+}
+
+# Debian's static busybox: a shell and coreutils for the local-path provisioner's helper pods.
+build_busybox() {
+  exists "$BUSYBOX_IMAGE" && return
+  log "building $BUSYBOX_IMAGE (busybox-static)"
+  local work c tool
+  work=$(mktemp -d)
+  mkdir -p "$work/bin"
+  cp /bin/busybox "$work/bin/busybox"
+  for tool in sh mkdir rm chmod ls cat; do ln -s busybox "$work/bin/$tool"; done
+  c=$("${buildah[@]}" from scratch)
+  "${buildah[@]}" copy "$c" "$work/" / >/dev/null
+  "${buildah[@]}" config --cmd '["/bin/sh"]' "$c"
+  "${buildah[@]}" commit --quiet --format oci "$c" "$BUSYBOX_IMAGE" >/dev/null
   "${buildah[@]}" rm "$c" >/dev/null
   rm -rf "$work"
 }
@@ -67,17 +88,20 @@ build_base() {
 # reached through a TLS-inspecting proxy that only the host trusts.
 HOST_CA_BUNDLE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 
-build_app() {  # build_app DOCKERFILE TAG
-  log "building $2 from $1"
+build_app() {  # build_app DOCKERFILE TAG [BUILD-ARG ...]
+  local dockerfile=$1 tag=$2 arg args=()
+  shift 2
+  for arg in "BASE_IMAGE=$BASE_IMAGE" "UV_VERSION=$UV_VERSION" "$@"; do args+=(--build-arg "$arg"); done
+  log "building $tag from $dockerfile"
   "${buildah[@]}" bud --quiet --isolation chroot --layers --format oci \
     --volume "$HOST_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
-    --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "UV_VERSION=$UV_VERSION" \
-    -f "$root/$1" -t "$2" "$root" >/dev/null
+    "${args[@]}" -f "$root/$dockerfile" -t "$tag" "$root" >/dev/null
 }
 
 build() {
   mkdir -p "$store"
   build_pause
+  build_busybox
   build_base
   build_app operator/Dockerfile "$OPERATOR_IMAGE"
   build_app worker/Dockerfile "$WORKER_IMAGE"
@@ -95,29 +119,40 @@ sizes() {
 
 # Import into containerd what it does not have yet: images travel as uncompressed OCI archives
 # (compressing multi-GB layers only to unpack them again costs minutes).
-load() {
+load() {  # load SOCKET [IMAGE ...]: by default the node's images
   local socket=$1 image id name
+  shift
+  local images=("${NODE_IMAGES[@]}")
+  if (($#)); then images=("$@"); fi
   local ctr=("$cache/bin/containerd-$CONTAINERD_VERSION/ctr" --address "$socket" -n k8s.io)
   mkdir -p "$archives"
-  for image in "${NODE_IMAGES[@]}"; do
+  for image in "${images[@]}"; do
     id=$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$image")
     name=${image//[\/:]/_}
-    if "${ctr[@]}" images ls -q "name==$image" | grep -q . \
-      && [[ $("${ctr[@]}" images label "$image" 2>/dev/null) == *"glowplug.dev/id=$id"* ]]; then
+    if "${ctr[@]}" images ls "name==$image" 2>/dev/null | grep -q "glowplug.dev/id=$id"; then
       continue
     fi
     log "importing $image into the node's containerd"
     rm -f "$archives/$name.tar"
     "${buildah[@]}" push --quiet --disable-compression "$image" "oci-archive:$archives/$name.tar:$image"
-    "${ctr[@]}" images import --snapshotter overlayfs --no-unpack=false "$archives/$name.tar" >/dev/null
-    "${ctr[@]}" images label "$image" "glowplug.dev/id=$id" >/dev/null
-    rm -f "$archives/$name.tar"
+    # (ctr's stderr also carries containerd's cgroup v1 deprecation notice: shown on failure only.)
+    "${ctr[@]}" images import --snapshotter overlayfs "$archives/$name.tar" >/dev/null 2>"$archives/$name.err" \
+      || { cat "$archives/$name.err" >&2; exit 1; }
+    "${ctr[@]}" images label "$image" "glowplug.dev/id=$id" >/dev/null 2>&1
+    rm -f "$archives/$name.tar" "$archives/$name.err"
   done
+}
+
+bench() {
+  build
+  build_app bench/transformers-serve.Dockerfile "$TRANSFORMERS_SERVE_IMAGE" "WORKER_IMAGE=$WORKER_IMAGE"
+  load "$1" "${NODE_IMAGES[@]}" "$TRANSFORMERS_SERVE_IMAGE"
 }
 
 case ${1:-} in
   build) build ;;
+  bench) bench "${2:?usage: $0 bench CONTAINERD_SOCKET}" ;;
   load) load "${2:?usage: $0 load CONTAINERD_SOCKET}" ;;
   sizes) sizes ;;
-  *) echo "usage: $0 build|load SOCKET|sizes" >&2; exit 2 ;;
+  *) echo "usage: $0 build|load SOCKET|bench SOCKET|sizes" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@
 #   iptables              kube-proxy and kubelet rules
 #   buildah, mmdebstrap   daemonless image builds and the Debian base image
 #   gcc, libc6-dev        the static pause binary
+#   busybox-static        the local-path provisioner's helper image
 set -euo pipefail
 # shellcheck source=versions.env
 source "$(dirname "$0")/versions.env"
@@ -15,6 +16,7 @@ want=(
   "containernetworking-plugins=$CNI_PLUGINS_DEB_VERSION"
   "buildah=$BUILDAH_DEB_VERSION"
   "mmdebstrap=$MMDEBSTRAP_DEB_VERSION"
+  "busybox-static=$BUSYBOX_DEB_VERSION"
 )
 need=()
 for spec in "${want[@]}"; do

@@ -2,7 +2,8 @@
 # The local cluster's real node: containerd + runc + CNI bridge, kubelet and kube-proxy (iptables),
 # beside kwok's simulated GPU nodes. Driven by cluster.sh; state under $dir/node.
 #   node.sh bridge   create the pod bridge (the API server listens on its address, so it comes first)
-#   node.sh up       start containerd, load glowplug's images, start kubelet and kube-proxy
+#   node.sh up       start containerd, load glowplug's images, start kubelet, kube-proxy and the
+#                    local-path provisioner (claims of the `local-path` StorageClass)
 #   node.sh down     stop them and undo every change made to the host (mounts, links, iptables
 #                    chains, sysctls, cgroups, paths); `node.sh leftovers` lists what is still there
 # The node is labelled and tainted `glowplug.dev/real-node`: only pods that tolerate the taint run
@@ -16,6 +17,7 @@ dir=${GLOWPLUG_CLUSTER_DIR:-$root/.cluster}
 node=$dir/node
 k8s_bin=$cache/bin/kubernetes-$KUBERNETES_VERSION
 containerd_bin=$cache/bin/containerd-$CONTAINERD_VERSION
+provisioner_bin=$cache/bin/local-path-provisioner-$LOCAL_PATH_PROVISIONER_VERSION/local-path-provisioner
 kubectl="$k8s_bin/kubectl --kubeconfig=$dir/kubeconfig"
 
 NODE_NAME=glowplug-real
@@ -192,7 +194,10 @@ resolvConf: ""
 podLogsDir: $node/pod-logs
 volumePluginDir: $node/volume-plugins
 serializeImagePulls: false
-evictionHard: {memory.available: 100Mi, nodefs.available: 5%, imagefs.available: 5%, nodefs.inodesFree: 5%}
+# A shared disk: no eviction unless it is nearly full (image imports need several GB for a while),
+# and a pressure taint that lifts 10 s after the pressure does.
+evictionHard: {memory.available: 100Mi, nodefs.available: 1Gi, imagefs.available: 1Gi, nodefs.inodesFree: 1%}
+evictionPressureTransitionPeriod: 10s
 imageGCHighThresholdPercent: 95
 imageGCLowThresholdPercent: 90
 registerWithTaints:
@@ -223,12 +228,35 @@ EOF
   start kube-proxy "$k8s_bin/kube-proxy" --config "$node/kube-proxy.yaml"
 }
 
+# Claims of the `local-path` StorageClass become directories under $node/local-path.
+start_provisioner() {
+  mkdir -p "$node/local-path"
+  $kubectl apply -f "$root/hack/storage/local-path.yaml" >/dev/null
+  printf '{"nodePathMap": [{"node": "%s", "paths": ["%s"]}]}\n' "$NODE_NAME" "$node/local-path" \
+    >"$node/local-path.json"
+  cat >"$node/local-path-helper.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: helper-pod}
+spec:
+  containers:
+  - name: helper-pod
+    image: localhost/glowplug/busybox:$(cut -d: -f2 <<<"${BUSYBOX_DEB_VERSION%%-*}")
+    imagePullPolicy: IfNotPresent
+YAML
+  start local-path-provisioner "$provisioner_bin" start --kubeconfig "$dir/kubeconfig" \
+    --config "$node/local-path.json" --helper-pod-file "$node/local-path-helper.yaml" \
+    --namespace local-path-storage --service-account-name local-path-provisioner \
+    --configmap-name local-path-config --provisioner-name rancher.io/local-path
+}
+
 node_ready() {
   [[ $($kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
 }
 
 up() {
-  for b in "$k8s_bin/kubelet" "$k8s_bin/kube-proxy" "$containerd_bin/containerd" "$(command -v runc)" /usr/lib/cni/bridge; do
+  for b in "$k8s_bin/kubelet" "$k8s_bin/kube-proxy" "$containerd_bin/containerd" "$provisioner_bin" \
+    "$(command -v runc)" /usr/lib/cni/bridge; do
     [[ -x $b ]] || { log "missing $b: run 'make binaries'"; exit 1; }
   done
   record_host_state
@@ -239,6 +267,7 @@ up() {
   start_kubelet
   start_kube_proxy
   wait_for 90 "the real node $NODE_NAME to be Ready" node_ready
+  start_provisioner
   log "real node $NODE_NAME Ready ($NODE_IP, containerd $CONTAINERD_VERSION)"
 }
 
@@ -310,6 +339,7 @@ down() {
     wait_for 30 "the node's pods to stop" \
       bash -c "[[ -z \$($kubectl get pods -A --field-selector spec.nodeName=$NODE_NAME -o name 2>/dev/null) ]]" || true
   fi
+  stop_pid local-path-provisioner
   stop_pid kube-proxy
   "$k8s_bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
   stop_pid kubelet
@@ -346,7 +376,7 @@ leftovers() {
   for hierarchy in /sys/fs/cgroup/*/; do
     for top in kubepods k8s.io; do [[ -d $hierarchy$top ]] && echo "cgroup $hierarchy$top"; done
   done
-  pgrep -a -f "$k8s_bin/(kubelet|kube-proxy)|$containerd_bin/containerd" || true
+  pgrep -a -f "$k8s_bin/(kubelet|kube-proxy)|$containerd_bin/containerd|$provisioner_bin" || true
   [[ -d $node ]] && echo "dir $node"
   return 0
 }

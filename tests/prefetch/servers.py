@@ -23,15 +23,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, deadline_s: float = 10.0) -> None:
+def wait_port(port: int, deadline_s: float = 10.0, host: str = "127.0.0.1") -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection((host, port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s}s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {deadline_s}s")
 
 
 NGINX_CONF = """
@@ -55,7 +55,7 @@ http {{
   keepalive_requests 100000;
   {http_extra}
   server {{
-    listen 127.0.0.1:{port};
+    listen {host}:{port};
     root {root};
     location = /status/503 {{ return 503; }}
     location = /status/401 {{ return 401; }}
@@ -68,7 +68,7 @@ http {{
 
 
 class Nginx:
-    """nginx serving `root` on a free port. /slow/ is the same tree behind limit_rate."""
+    """nginx serving `root` on a free port of `host`. /slow/ is the same tree behind limit_rate."""
 
     def __init__(
         self,
@@ -79,15 +79,17 @@ class Nginx:
         http_extra: str = "",
         server_extra: str = "",
         locations: str = "",
+        host: str = "127.0.0.1",
     ) -> None:
         if not os.path.exists(NGINX):
             raise RuntimeError("the prefetch tests need nginx: apt-get install -y nginx-light")
-        self.root, self.run_dir = root, run
+        self.root, self.run_dir, self.host = root, run, host
         self.port = free_port()
         run.mkdir(parents=True, exist_ok=True)
         conf = NGINX_CONF.format(
             workers=workers,
             run=run,
+            host=host,
             port=self.port,
             root=root,
             rate=rate,
@@ -101,11 +103,11 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_port(self.port)
+        wait_port(self.port, host=host)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def access_log(self) -> list[tuple[str, int, int, str]]:
         """(uri, status, body bytes, range header) per request; nginx writes it per request."""

@@ -244,6 +244,7 @@ def status(
     replicas: int = 1,
     deployment: Mapping[str, Any] | None = None,
     decided: Decision | None = None,
+    worker_phases: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Status:
     previous = previous or {}
     chosen = decided or decision(previous, now)
@@ -255,6 +256,7 @@ def status(
         flags_hash=chosen.flags_hash,
         selector=label_selector(OWNER),
         endpoint=endpoint(OWNER, SPEC),
+        worker_phases=worker_phases or {},
     )
     return modelserver_status(previous, observed, chosen, now)
 
@@ -510,6 +512,21 @@ class TestModelServerStatus:
         ready = pod(init_done(None, started=3, finished=45), worker_running(True), ready_at=60)
         phases = status([ready])["coldStart"]["phases"]
         assert phases == {"schedule": 2.0, "download": 42.0, "start": 15.0}
+
+    def test_the_workers_own_phases_join_once_read_for_the_pod_that_turned_ready_last(
+        self,
+    ) -> None:
+        early = ready_pod(uid="pod-1", scheduled=2, ready_at=60)
+        late = ready_pod(uid="pod-2", name="llama-6f7d9c-q8r2m", scheduled=50, ready_at=80)
+        read = {
+            "pod-1": {"import": 9.0, "load": 3.0},
+            "pod-2": {"import": 4.5, "config": 0.1, "load": 1.25, "warmup": 0.5},
+        }
+        phases = status([early, late], replicas=2, worker_phases=read)["coldStart"]["phases"]
+        assert phases == {
+            "schedule": 50.0, "download": 41.0, "start": 35.0,
+            "import": 4.5, "config": 0.1, "load": 1.25, "warmup": 0.5,
+        }  # fmt: skip
 
     def test_cold_start_is_the_most_recent_start(self) -> None:
         early = ready_pod(uid="pod-1", scheduled=2, ready_at=60)

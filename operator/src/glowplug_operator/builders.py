@@ -312,16 +312,18 @@ def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Mani
 
 
 def _worker_container(
+    owner: Owner,
     spec: ModelServerSpec,
     settings: Settings,
     image: str,
     flags: Sequence[Optimization],
-    namespace: str,
 ) -> Manifest:
     serving = spec.serving
     args = [
         "serve",
-        "--model", model_dir(spec, settings, namespace),
+        "--model", model_dir(spec, settings, owner.namespace),
+        # Clients name the model as they name the ModelServer.
+        "--served-model-name", owner.name,
         "--task", spec.model.task,
         "--port", str(serving.port),
         "--dtype", serving.dtype,
@@ -391,7 +393,7 @@ def _pod_spec(
             *_cache_owner(spec, settings, image),
             _prefetch_container(spec, settings, image, flags, owner.namespace),
         ],
-        "containers": [_worker_container(spec, settings, image, flags, owner.namespace)],
+        "containers": [_worker_container(owner, spec, settings, image, flags)],
         "volumes": volumes,
     }
     placement = spec.placement

@@ -9,7 +9,7 @@ status and the operator writes nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -136,6 +136,8 @@ class Observed:
     flags_hash: str
     selector: str
     endpoint: str
+    # The worker's own phases per pod UID, read from its /startup (controller/startup_reports.py).
+    worker_phases: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def modelserver_status(
@@ -157,7 +159,9 @@ def modelserver_status(
         decision.condition,
         _degraded(decision),
     ]
-    cold_start = _cold_start(observed.observations) or _kept_cold_start(previous)
+    cold_start = _cold_start(observed.observations, observed.worker_phases) or _kept_cold_start(
+        previous
+    )
     return ModelServerStatus(
         observed_generation=observed.generation,
         conditions=_conditions(previous.get("conditions") or [], wanted, observed.generation, now),
@@ -242,13 +246,21 @@ def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Conditi
     )
 
 
-def _cold_start(observations: Sequence[PodObservation]) -> ColdStart | None:
-    """The most recent start that reached Ready: seconds from scheduling to Ready, and phases
-    (schedule wait, the prefetcher's download, the worker's start) where the pod shows them."""
+def latest_ready(observations: Sequence[PodObservation]) -> PodObservation | None:
+    """The pod whose start reached Ready last: the one `status.coldStart` describes."""
     ready = [o for o in observations if o.ready and o.ready_since and o.scheduled]
-    if not ready:
+    return max(ready, key=lambda o: o.ready_since or datetime.min) if ready else None
+
+
+def _cold_start(
+    observations: Sequence[PodObservation], worker_phases: Mapping[str, Mapping[str, float]]
+) -> ColdStart | None:
+    """The most recent start that reached Ready: seconds from scheduling to Ready, and phases
+    (schedule wait, the prefetcher's download, the worker's start) where the pod shows them,
+    with the worker's own import, config, load and warmup once its /startup was read."""
+    latest = latest_ready(observations)
+    if latest is None:
         return None
-    latest = max(ready, key=lambda o: o.ready_since or datetime.min)
     assert latest.ready_since and latest.scheduled
     phases: dict[str, float] = {}
     if latest.created:
@@ -264,6 +276,7 @@ def _cold_start(observations: Sequence[PodObservation]) -> ColdStart | None:
         worker_started = end
     if worker_started:
         phases["start"] = _seconds(latest.ready_since - worker_started)
+    phases.update(worker_phases.get(latest.uid) or {})
     return ColdStart(last_seconds=_seconds(latest.ready_since - latest.scheduled), phases=phases)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -40,6 +40,14 @@ class Metrics:
             labels,
             registry=self.registry,
         )
+        self.phase_seconds = Histogram(
+            "glowplug_cold_start_seconds",
+            "Seconds of each phase of a start that reached Ready: the prefetcher's download and "
+            "the worker's import, config, load and warmup.",
+            ["phase"],
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "glowplug_reconcile_seconds",
             "Time to reconcile one ModelServer.",
@@ -73,6 +81,10 @@ class Metrics:
                 self.flag_state.labels(namespace, name, flag.name, state).set(
                     1 if flag.state == state else 0
                 )
+
+    def observe_phases(self, phases: Mapping[str, float]) -> None:
+        for phase, seconds in phases.items():
+            self.phase_seconds.labels(phase).observe(seconds)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop the series of a deleted ModelServer."""

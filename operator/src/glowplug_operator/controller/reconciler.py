@@ -18,6 +18,7 @@ from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_finger
 from glowplug_operator.controller.kube import Gone, Kube, Stale
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.objects import contains
+from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store
 from glowplug_operator.rollback import (
     Decision,
@@ -35,6 +36,7 @@ from glowplug_operator.status import (
     Observed,
     blocked_status,
     invalid_spec_status,
+    latest_ready,
     modelserver_status,
 )
 
@@ -65,6 +67,8 @@ class Reconciler:
     kube: Kube
     store: Store
     metrics: Metrics
+    # Reads each Ready pod's /startup once; None where pods cannot be reached (unit tests).
+    startup_reports: StartupReports | None = None
 
     async def reconcile(self, key: Key, now: datetime | None = None) -> float | None:
         """Converge one ModelServer; returns seconds until it should be looked at again."""
@@ -114,6 +118,7 @@ class Reconciler:
         if blocked is not None:
             await self._blocked(body, blocked, now)
             return self.settings.resync_seconds  # a user must act; their edit is an event
+        self._read_startup(key, spec, observations)
         previous = body.get("status") or {}
         status = modelserver_status(
             previous,
@@ -125,6 +130,7 @@ class Reconciler:
                 flags_hash=decision.flags_hash,
                 selector=builders.label_selector(owner),
                 endpoint=builders.endpoint(owner, spec),
+                worker_phases=self._worker_phases(observations),
             ),
             decision,
             now,
@@ -140,6 +146,30 @@ class Reconciler:
             decision.flag_states,
         )
         return self._next_look(spec, status, observations, now)
+
+    def _read_startup(
+        self, key: Key, spec: ModelServerSpec, observations: list[PodObservation]
+    ) -> None:
+        """Ask the worker of the pod that turned Ready last for its start phases, once."""
+        latest = latest_ready(observations)
+        if self.startup_reports is None or latest is None:
+            return
+        body = next((p for p in self.store.pods_of(key) if p["metadata"]["uid"] == latest.uid), {})
+        ip = (body.get("status") or {}).get("podIP")
+        if not ip:
+            return
+        host = f"[{ip}]" if ":" in ip else ip
+        report = latest.init.final_report if latest.init else None
+        download = report.phases.get("download") if report else None
+        self.startup_reports.request(
+            key, latest.uid, f"http://{host}:{spec.serving.port}/startup", download
+        )
+
+    def _worker_phases(self, observations: list[PodObservation]) -> dict[str, dict[str, float]]:
+        if self.startup_reports is None:
+            return {}
+        found = {o.uid: self.startup_reports.phases(o.uid) for o in observations}
+        return {uid: phases for uid, phases in found.items() if phases}
 
     def _decide(
         self,

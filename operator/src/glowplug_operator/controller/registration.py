@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import kopf
@@ -22,6 +23,7 @@ from glowplug_operator.controller.kube import Kube, list_all
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
+from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of, resync
 from glowplug_operator.controller.workqueue import WorkQueue
 from glowplug_operator.settings import Settings
@@ -43,6 +45,21 @@ def _controller(memo: kopf.Memo) -> Controller:
     return cast(Controller, memo.controller)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the API server is where KUBERNETES_SERVICE_HOST/PORT say, as client-go finds it:
+    kopf's own service-account login names `kubernetes.default.svc`, which needs cluster DNS.
+    Elsewhere, the kubeconfig."""
+    info = kopf.login_with_service_account(**kwargs)
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if info is None or not host:
+        return info or kopf.login_with_kubeconfig(**kwargs)
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    return replace(
+        info, server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    )
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = cast(Settings, memo.settings)
@@ -57,7 +74,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     store: Store = Store()
     queue: WorkQueue[Key] = WorkQueue()
     kube = Kube(config.field_manager)
-    reconciler = Reconciler(config, kube, store, metrics)
+    reports = StartupReports(requeue=queue.add, observe=metrics.observe_phases)
+    reconciler = Reconciler(config, kube, store, metrics, reports)
     # The initial lists, before any reconcile: a first reconcile after a restart must see the
     # pods and children that exist, not an empty store (Ready=False and a Warning for nothing).
     for key in fill(store, await _lists(kube, config.namespaces)):
@@ -104,6 +122,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in controller.loops:
         task.cancel()
     await asyncio.gather(*controller.loops, return_exceptions=True)
+    if controller.reconciler.startup_reports is not None:
+        await controller.reconciler.startup_reports.close()
     await controller.reconciler.kube.close()
 
 

@@ -1,0 +1,376 @@
+"""glowplug's own images on the local cluster's real node (kubelet + containerd + runc): the
+chart's operator in-cluster with its own ServiceAccount, a real prefetch init container fetching
+from nginx on the node's bridge, a real worker probed by the kubelet and answering through the
+Service (kube-proxy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from glowplug_worker.devtools.manifest import write_manifest
+
+from tests.cluster.kube import ROOT, Kubectl, wait_until
+from tests.prefetch.servers import Nginx
+
+pytestmark = pytest.mark.e2e
+
+REAL_NODE = "glowplug.dev/real-node"
+# The node's bridge address (hack/node.sh NODE_IP): pods reach the host there and nowhere else.
+NODE_IP = "10.88.0.1"
+PLACEMENT = {
+    "nodeSelector": {REAL_NODE: "true"},
+    "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
+}
+PROMPT = [{"role": "user", "content": "Hello, glowplug!"}]
+RESULTS = ROOT / "bench" / "results" / "realnode_e2e.md"
+
+
+@pytest.fixture(scope="module")
+def real_node(kubectl: Kubectl) -> dict[str, Any]:
+    nodes = kubectl.get("nodes", selector=REAL_NODE)["items"]
+    if not nodes:
+        message = "no node labelled glowplug.dev/real-node: run `make cluster-up`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return nodes[0]
+
+
+@dataclass
+class Weights:
+    source: str  # the manifest URL the init container fetches
+    model_dir: Path  # the same files on this machine, for the reference decode
+    bytes_sent: Callable[[], int]  # what nginx has sent of them so far
+
+
+@pytest.fixture(scope="module")
+def weights(
+    tmp_path_factory: pytest.TempPathFactory, real_node: dict[str, Any]
+) -> Iterator[Weights]:
+    """A tiny Llama made here, served by nginx on the bridge address with a sha256 manifest."""
+    www = tmp_path_factory.mktemp("www")
+    www.chmod(0o755)
+    model = www / "tiny"
+    subprocess.run(
+        [sys.executable, "-m", "glowplug_worker.devtools.tiny_model", str(model)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    write_manifest(model, revision="tiny-e2e")
+    for p in [model, *model.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    server = Nginx(www, tmp_path_factory.mktemp("nginx-run"), host=NODE_IP)
+    yield Weights(f"{server.url}/tiny/manifest.json", model, lambda: server.bytes_sent("/tiny/"))
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx_bytes(weights: Weights) -> Callable[[], int]:
+    """Bytes nginx has sent of the model so far."""
+    return weights.bytes_sent
+
+
+@pytest.fixture(scope="module")
+def workloads(kubectl: Kubectl, real_node: dict[str, Any]) -> Iterator[str]:
+    """The namespace the in-cluster operator watches (PodSecurity `restricted`)."""
+    name = f"real-{uuid.uuid4().hex[:8]}"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "glowplug.dev/test": "true",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                },
+            },
+        }
+    )
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def release(
+    kubectl: Kubectl, crd: None, workloads: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Kubectl]:
+    """`helm install` of charts/glowplug with its default images, placed on the real node."""
+    helm = shutil.which("helm")
+    if helm is None:
+        pytest.fail("helm is not on PATH: run the tests through `make test-e2e`")
+    namespace = f"glowplug-system-{uuid.uuid4().hex[:6]}"
+    values = tmp_path_factory.mktemp("values") / "values.yaml"
+    values.write_text(json.dumps({"namespaces": [workloads], **PLACEMENT}))
+    base = [helm, "--kubeconfig", kubectl.kubeconfig, "--namespace", namespace]
+    subprocess.run(
+        [*base, "install", "glowplug", str(ROOT / "charts" / "glowplug"), "--create-namespace",
+         "--skip-crds", "-f", str(values), "--wait", "--timeout", "120s"],
+        check=True, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    yield kubectl.in_namespace(namespace)
+    subprocess.run([*base, "uninstall", "glowplug", "--wait"], capture_output=True, timeout=120)
+    kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _record(title: str, text: str) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as out:
+        out.write(f"## {title}\n\n```\n{text.rstrip()}\n```\n\n")
+
+
+def test_the_real_node_runs_containerd(kubectl: Kubectl, real_node: dict[str, Any]) -> None:
+    info = real_node["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"].startswith("containerd://2.")
+    assert info["kubeletVersion"] == kubectl.json("version")["serverVersion"]["gitVersion"]
+    addresses = {a["type"]: a["address"] for a in real_node["status"]["addresses"]}
+    assert addresses["InternalIP"] == NODE_IP
+    RESULTS.unlink(missing_ok=True)
+    _record("kubectl get nodes -o wide", kubectl.run("get", "nodes", "-o", "wide"))
+
+
+def test_the_chart_runs_the_operator_in_cluster(
+    release: Kubectl, real_node: dict[str, Any]
+) -> None:
+    pod = release.get("pods", selector="app.kubernetes.io/name=glowplug")["items"][0]
+    assert pod["spec"]["nodeName"] == real_node["metadata"]["name"]
+    assert pod["spec"]["containers"][0]["image"] == "ghcr.io/glowplug/operator:0.1.0"
+    # The chart's ServiceAccount token is the operator's only credential.
+    assert pod["spec"]["serviceAccountName"].startswith("glowplug")
+    state = pod["status"]["containerStatuses"][0]
+    assert state["ready"] and "running" in state["state"]
+
+
+def _reference_answer(model_dir: Path, max_tokens: int) -> str:
+    """transformers' own greedy decode of the same chat prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt")
+    if not isinstance(ids, torch.Tensor):  # a BatchEncoding in newer transformers
+        ids = ids["input_ids"]
+    out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False)
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def _chat(url: str, body: bytes) -> str | None:
+    """The answer, or None while kube-proxy has not yet routed the Service to the new endpoint
+    (it follows the pod's readiness by a moment)."""
+    request = urllib.request.Request(url, body, {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return str(json.load(response)["choices"][0]["message"]["content"])
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ConnectionRefusedError):
+            return None
+        raise
+
+
+def _with_worker_phases(k: Kubectl, name: str) -> dict[str, float] | None:
+    """status.coldStart.phases once they hold the worker's own import, load and warmup."""
+    phases = (k.get("ms", name)["status"].get("coldStart") or {}).get("phases") or {}
+    return phases if {"import", "load", "warmup"} <= set(phases) else None
+
+
+def test_a_modelserver_serves_from_our_images_on_the_real_node(
+    kubectl: Kubectl, release: Kubectl, workloads: str, weights: Weights,
+    real_node: dict[str, Any],
+) -> None:  # fmt: skip
+    k = kubectl.in_namespace(workloads)
+    flags = ["prefetch-weights", "fast-load", "hf-offline", "native-model"]
+    k.apply(
+        _modelserver(
+            "tiny",
+            weights,
+            cache={"kind": "EmptyDir"},
+            startup={"budgetSeconds": 300, "optimizations": [{"name": f} for f in flags]},
+        )
+    )
+    k.run("wait", "--for=condition=Ready", "modelserver/tiny", "--timeout=300s", timeout=320)
+
+    pod = k.get("pods", selector="glowplug.dev/modelserver=tiny")["items"][0]
+    assert pod["spec"]["nodeName"] == real_node["metadata"]["name"]
+    init = pod["status"]["initContainerStatuses"][0]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    # The prefetcher's report (its termination message) says what it fetched.
+    report = json.loads(init["state"]["terminated"]["message"])
+    worker = pod["status"]["containerStatuses"][0]
+    assert worker["ready"] and worker["restartCount"] == 0
+    assert worker["imageID"], "containerd resolved the worker image"
+
+    service = k.get("service", "tiny")
+    url = f"http://{service['spec']['clusterIP']}:8000/v1/chat/completions"
+    body = json.dumps({"model": "tiny", "messages": PROMPT, "max_tokens": 8, "temperature": 0})
+    body = body.encode()
+    answer = wait_until("an answer through the Service", lambda: _chat(url, body), 30)
+    assert answer == _reference_answer(weights.model_dir, 8)
+
+    # The operator read the worker's own phases from its /startup into status and its metrics.
+    phases = wait_until(
+        "the worker's phases in status.coldStart", lambda: _with_worker_phases(k, "tiny"), 30
+    )
+    assert phases["download"] == report["phases"]["download"]
+    operator = release.get("pods", selector="app.kubernetes.io/name=glowplug")["items"][0]
+    url = f"http://{operator['status']['podIP']}:9090/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'glowplug_cold_start_seconds_count{phase="load"}' in metrics
+
+    _record("kubectl get pods -o wide", k.run("get", "pods", "-o", "wide"))
+    _record("the prefetcher's report", json.dumps(report, indent=1))
+    _record("POST /v1/chat/completions through the Service", answer)
+    _record(
+        "status.coldStart",
+        json.dumps(k.get("ms", "tiny")["status"].get("coldStart"), indent=1),
+    )
+
+
+def _modelserver(name: str, weights: Weights, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "glowplug.dev/v1alpha1",
+        "kind": "ModelServer",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": weights.source, "task": "generate"},
+            # The node has 2 CPUs for every test's pods; a worker uses what is free.
+            "resources": {"gpus": 0, "cpu": "100m", "memory": "3Gi"},
+            "placement": PLACEMENT,
+            "startup": {"budgetSeconds": 300},
+            **spec,
+        },
+    }
+
+
+def test_two_replicas_share_one_claim_and_download_once(
+    kubectl: Kubectl,
+    release: Kubectl,
+    workloads: str,
+    weights: Weights,
+    nginx_bytes: Callable[[], int],
+) -> None:
+    """A `local-path` claim is a real directory on the node: the second pod finds the weights
+    the first one fetched."""
+    k = kubectl.in_namespace(workloads)
+    before = nginx_bytes()
+    cache = {"kind": "PersistentVolumeClaim", "size": "1Gi", "storageClassName": "local-path",
+             "accessMode": "ReadWriteOnce"}  # fmt: skip
+    k.apply(_modelserver("shared", weights, replicas=2, cache=cache))
+    k.run("wait", "--for=condition=Ready", "modelserver/shared", "--timeout=400s", timeout=420)
+
+    claim = k.get("pvc", "shared-cache")
+    assert claim["status"]["phase"] == "Bound"
+    volume = kubectl.get("pv", claim["spec"]["volumeName"])
+    assert volume["spec"]["storageClassName"] == "local-path"
+    pods = k.get("pods", selector="glowplug.dev/modelserver=shared")["items"]
+    assert len(pods) == 2 and all(p["status"]["containerStatuses"][0]["ready"] for p in pods)
+    downloads = sorted(
+        (json.loads(p["status"]["initContainerStatuses"][0]["state"]["terminated"]["message"])["download"]
+         for p in pods),
+        key=lambda d: d["reused"],
+    )  # fmt: skip
+    assert [d["reused"] for d in downloads] == [False, True]
+    assert downloads[1]["bytes"] == 0
+    model_bytes = sum(p.stat().st_size for p in weights.model_dir.rglob("*") if p.is_file())
+    # One copy of the weights left nginx (the manifest was fetched by both).
+    assert model_bytes <= nginx_bytes() - before < 2 * model_bytes
+    _record("two replicas, one claim: the prefetchers' reports", json.dumps(downloads, indent=1))
+
+
+def _native_model_cannot_take(model_dir: Path, www: Path) -> None:
+    """A copy of the model whose final norm tensor has a name native-model has no place for
+    (transformers, without fast-load, loads it and warns)."""
+    odd = www / "odd"
+    shutil.copytree(model_dir, odd)
+    weights = odd / "model.safetensors"
+    raw = weights.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["model.nrm_.weight"] = header.pop("model.norm.weight")  # same length, same offsets
+    text = json.dumps(header, separators=(",", ":")).encode()
+    weights.write_bytes(raw[:8] + text.ljust(size) + raw[8 + size :])
+    write_manifest(odd, revision="odd")
+    for p in [odd, *odd.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _rolled_back(k: Kubectl, name: str) -> dict[str, dict[str, Any]]:
+    status = k.get("ms", name).get("status") or {}
+    return {o["name"]: o for o in status.get("optimizations") or []}
+
+
+def _first_failure_to_ready(k: Kubectl, name: str) -> float:
+    """Seconds from the first worker container that ended in failure to the ModelServer's Ready."""
+    from datetime import datetime
+
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    failures = []
+    for event in k.get("events")["items"]:
+        if event.get("reason") in ("BackOff", "Unhealthy", "Killing") or "Failed" in event.get(
+            "reason", ""
+        ):
+            stamp = event.get("firstTimestamp") or event.get("eventTime")
+            if stamp:
+                failures.append(at(stamp))
+    ready = next(c for c in k.get("ms", name)["status"]["conditions"] if c["type"] == "Ready")
+    return at(ready["lastTransitionTime"]) - min(failures)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "source", "flags", "culprit", "reasons"),
+    [
+        # The worker fails in its load phase and its report names the flag: rolled back at once.
+        ("report names the flag", "odd", [{"name": "native-model"}, {"name": "hf-offline"}],
+         "native-model", {"StartupFailed", "FailedInPhase"}),
+        # The worker's own command line refuses the flag's args before any report is written:
+        # crash-loop with the kubelet's back-off, found by bisection.
+        ("no report: bisection", "tiny",
+         [{"name": "hf-offline"}, {"name": "bad-arg", "args": ["--no-such-option"]}],
+         "bad-arg", {"Bisected"}),
+    ],
+)  # fmt: skip
+def test_a_flag_that_breaks_real_starts_is_rolled_back(
+    kubectl: Kubectl, release: Kubectl, workloads: str, weights: Weights,
+    scenario: str, source: str, flags: list[dict[str, Any]], culprit: str, reasons: set[str],
+) -> None:  # fmt: skip
+    if source == "odd" and not (weights.model_dir.parent / "odd").exists():
+        _native_model_cannot_take(weights.model_dir, weights.model_dir.parent)
+    k = kubectl.in_namespace(workloads)
+    name = f"rb-{culprit}"
+    url = weights.source.replace("/tiny/", f"/{source}/")
+    body = _modelserver(name, weights, startup={"budgetSeconds": 120, "optimizations": flags})
+    body["spec"]["model"]["source"] = url
+    k.apply(body)
+    generation = k.get("ms", name)["metadata"]["generation"]
+    k.run("wait", "--for=condition=Ready", f"modelserver/{name}", "--timeout=480s", timeout=500)
+
+    states = _rolled_back(k, name)
+    assert states[culprit]["state"] == "RolledBack"
+    assert states[culprit]["reason"] in reasons
+    assert all(s["state"] == "Active" for n, s in states.items() if n != culprit)
+    ms = k.get("ms", name)
+    assert ms["metadata"]["generation"] == generation  # the spec is untouched
+    assert [f["name"] for f in ms["spec"]["startup"]["optimizations"]] == [f["name"] for f in flags]
+    events = k.run("get", "events", "--field-selector", f"involvedObject.name={name}")
+    assert "OptimizationRolledBack" in events and culprit in events
+    pod = k.get("pods", selector=f"glowplug.dev/modelserver={name}")["items"]
+    assert any(p["status"]["containerStatuses"][0]["ready"] for p in pod)
+    seconds = _first_failure_to_ready(k, name)
+    _record(
+        f"rollback on real containers ({scenario}): first failure -> Ready {seconds:.1f} s",
+        k.run("describe", "ms", name),
+    )
