@@ -240,6 +240,7 @@ def test_liveness_probe_hits_kopfs_health_endpoint() -> None:
 def test_default_settings_reach_the_operator_environment() -> None:
     env = env_of(render())
     assert env["GLOWPLUG_NAMESPACES"] == "", "empty means all namespaces"
+    assert env["GLOWPLUG_HOST_PATH_PREFIXES"] == "", "empty refuses HostPath caches"
     assert env["GLOWPLUG_METRICS_PORT"] == "9090"
     assert env["GLOWPLUG_LOG_LEVEL"] == "INFO"
     assert env["GLOWPLUG_DEFAULT_BUDGET_SECONDS"] == "900"
@@ -258,9 +259,11 @@ def test_values_change_the_environment_ports_and_images() -> None:
         "worker.image.repository=registry.example/worker",
         "worker.image.tag=v2",
         "image.tag=v3",
+        "hostPathPrefixes={/var/cache/models,/mnt/nvme}",
     )
     env = env_of(docs)
     assert env["GLOWPLUG_NAMESPACES"] == "ml,research"
+    assert env["GLOWPLUG_HOST_PATH_PREFIXES"] == "/var/cache/models,/mnt/nvme"
     assert env["GLOWPLUG_METRICS_PORT"] == "9300"
     assert env["GLOWPLUG_LOG_LEVEL"] == "DEBUG"
     assert env["GLOWPLUG_DEFAULT_BUDGET_SECONDS"] == "1800"
