@@ -779,6 +779,11 @@ class TestStartupProbeTiming:
         assert budget <= period * failures < budget + period
         assert failures >= 1
 
+    def test_a_ready_worker_is_seen_within_a_second(self) -> None:
+        serve = worker(deployment(body()))
+        assert serve["startupProbe"]["periodSeconds"] == 1
+        assert serve["readinessProbe"]["periodSeconds"] == 1
+
 
 class TestModelDir:
     def test_same_model_same_directory_across_modelservers(self) -> None:
