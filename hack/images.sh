@@ -118,7 +118,7 @@ sizes() {
 }
 
 # Import into containerd what it does not have yet: images travel as uncompressed OCI archives
-# (compressing multi-GB layers only to unpack them again costs minutes).
+# (compressing multi-GB layers only to unpack them again costs minutes), and are pinned.
 load() {  # load SOCKET [IMAGE ...]: by default the node's images
   local socket=$1 image id name
   shift
@@ -138,7 +138,9 @@ load() {  # load SOCKET [IMAGE ...]: by default the node's images
     # (ctr's stderr also carries containerd's cgroup v1 deprecation notice: shown on failure only.)
     "${ctr[@]}" images import --snapshotter overlayfs "$archives/$name.tar" >/dev/null 2>"$archives/$name.err" \
       || { cat "$archives/$name.err" >&2; exit 1; }
-    "${ctr[@]}" images label "$image" "glowplug.dev/id=$id" >/dev/null 2>&1
+    # Pinned: nothing can pull them again, so the kubelet's image GC must not remove them.
+    "${ctr[@]}" images label "$image" "glowplug.dev/id=$id" io.cri-containerd.pinned=pinned \
+      >/dev/null 2>&1
     rm -f "$archives/$name.tar" "$archives/$name.err"
   done
 }
