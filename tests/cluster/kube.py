@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,26 @@ class Kubectl:
             cmd.append(f"--namespace={self.namespace}")
         proc = subprocess.run(cmd, input=manifest, capture_output=True, text=True, timeout=60)
         return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def make_namespace(kubectl: Kubectl, prefix: str) -> str:
+    """A fresh namespace PREFIX-xxxxxxxx, labelled as a test's and PodSecurity `restricted`."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "glowplug.dev/test": "true",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+        }
+    )
+    return name
 
 
 def kubeconfig_path() -> str:

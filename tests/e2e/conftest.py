@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cluster import behaviours
-from tests.cluster.kube import LOCAL_KUBECONFIG, Kubectl, kubeconfig_path
+from tests.cluster.kube import LOCAL_KUBECONFIG, Kubectl, kubeconfig_path, make_namespace
 from tests.cluster.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,29 +43,10 @@ def needs_kwok(has_kwok: bool) -> None:
         pytest.skip("needs kwok-simulated nodes and Stages (the local control plane)")
 
 
-def _make_namespace(kubectl: Kubectl, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "glowplug.dev/test": "true",
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                },
-            },
-        }
-    )
-    return name
-
-
 @pytest.fixture
 def namespace(kubectl: Kubectl) -> Iterator[str]:
     """A fresh namespace, labelled with the PodSecurity `restricted` profile, deleted after."""
-    name = _make_namespace(kubectl, "t")
+    name = make_namespace(kubectl, "t")
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
@@ -74,7 +54,7 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
 @pytest.fixture
 def sim_namespace(kubectl: Kubectl, needs_kwok: None) -> Iterator[str]:
     """A namespace whose pods get their outcome from the test's own kwok Stages (`stages`)."""
-    name = _make_namespace(kubectl, "sim")
+    name = make_namespace(kubectl, "sim")
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from glowplug_worker.devtools.manifest import write_manifest
 
-from tests.cluster.kube import ROOT, Kubectl, wait_until
+from tests.cluster.kube import ROOT, Kubectl, make_namespace, wait_until
 from tests.prefetch.servers import Nginx
 
 pytestmark = pytest.mark.e2e
@@ -84,20 +84,7 @@ def nginx_bytes(weights: Weights) -> Callable[[], int]:
 @pytest.fixture(scope="module")
 def workloads(kubectl: Kubectl, real_node: dict[str, Any]) -> Iterator[str]:
     """The namespace the in-cluster operator watches (PodSecurity `restricted`)."""
-    name = f"real-{uuid.uuid4().hex[:8]}"
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "glowplug.dev/test": "true",
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                },
-            },
-        }
-    )
+    name = make_namespace(kubectl, "real")
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
