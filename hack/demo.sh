@@ -98,9 +98,13 @@ kubectl -n $ns get ms tiny-real -o json | python3 -c "$(cat <<'PY'
 import json, sys
 cold = json.load(sys.stdin)["status"].get("coldStart") or {}
 phases = cold.get("phases") or {}
-total = max(sum(phases.values()), 1e-9)
-for name, seconds in phases.items():
-    print(f"  {name:>10} {seconds:7.2f} s  " + "#" * max(1, round(40 * seconds / total)))
+total = max(cold.get("lastSeconds") or 0, *phases.values(), 1e-9)  # bars: shares of the start
+# The pod's phases, then the worker's own (inside `start`), in the order they happen.
+order = ["schedule", "download", "start", "import", "config", "load", "warmup"]
+for name in sorted(phases, key=lambda p: order.index(p) if p in order else len(order)):
+    seconds = phases[name]
+    indent = "    " if name in order[3:] else "  "
+    print(f"{indent}{name:>10} {seconds:7.2f} s  " + "#" * max(1, round(40 * seconds / total)))
 print(f"  {'total':>10} {cold.get('lastSeconds', 0):7.2f} s")
 PY
 )"
