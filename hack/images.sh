@@ -31,18 +31,26 @@ log() { printf '[images] %s\n' "$*" >&2; }
 
 exists() { "${buildah[@]}" inspect --type image "$1" >/dev/null 2>&1; }
 
+# from_scratch TAG SOURCE [buildah config option ...]: an image of SOURCE alone (a directory, or a
+# tar that `buildah add` unpacks).
+from_scratch() {
+  local tag=$1 source=$2 c
+  shift 2
+  c=$("${buildah[@]}" from scratch)
+  "${buildah[@]}" add "$c" "$source" / >/dev/null
+  "${buildah[@]}" config "$@" "$c"
+  "${buildah[@]}" commit --quiet --format oci "$c" "$tag" >/dev/null
+  "${buildah[@]}" rm "$c" >/dev/null
+}
+
 build_pause() {
   exists "$PAUSE_IMAGE" && return
   log "building $PAUSE_IMAGE (static pause.c)"
   local work
   work=$(mktemp -d)
-  gcc -static -O2 -s -o "$work/pause" "$root/hack/node/pause.c"
-  local c
-  c=$("${buildah[@]}" from scratch)
-  "${buildah[@]}" copy "$c" "$work/pause" /pause >/dev/null
-  "${buildah[@]}" config --entrypoint '["/pause"]' --user 65535:65535 "$c"
-  "${buildah[@]}" commit --quiet --format oci "$c" "$PAUSE_IMAGE" >/dev/null
-  "${buildah[@]}" rm "$c" >/dev/null
+  mkdir "$work/root"
+  gcc -static -O2 -s -o "$work/root/pause" "$root/hack/node/pause.c"
+  from_scratch "$PAUSE_IMAGE" "$work/root" --entrypoint '["/pause"]' --user 65535:65535
   rm -rf "$work"
 }
 
@@ -50,16 +58,12 @@ build_pause() {
 build_busybox() {
   exists "$BUSYBOX_IMAGE" && return
   log "building $BUSYBOX_IMAGE (busybox-static)"
-  local work c tool
+  local work tool
   work=$(mktemp -d)
   mkdir -p "$work/bin"
   cp /bin/busybox "$work/bin/busybox"
   for tool in sh mkdir rm chmod ls cat; do ln -s busybox "$work/bin/$tool"; done
-  c=$("${buildah[@]}" from scratch)
-  "${buildah[@]}" copy "$c" "$work/" / >/dev/null
-  "${buildah[@]}" config --cmd '["/bin/sh"]' "$c"
-  "${buildah[@]}" commit --quiet --format oci "$c" "$BUSYBOX_IMAGE" >/dev/null
-  "${buildah[@]}" rm "$c" >/dev/null
+  from_scratch "$BUSYBOX_IMAGE" "$work" --cmd '["/bin/sh"]'
   rm -rf "$work"
 }
 
@@ -74,13 +78,8 @@ build_base() {
     --dpkgopt='path-exclude=/usr/share/{doc,man,locale}/*' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
     "$BASE_SUITE" "$work/rootfs.tar"
-  local c
-  c=$("${buildah[@]}" from scratch)
-  "${buildah[@]}" add "$c" "$work/rootfs.tar" / >/dev/null
-  "${buildah[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --cmd '["python3"]' "$c"
-  "${buildah[@]}" commit --quiet --format oci "$c" "$BASE_IMAGE" >/dev/null
-  "${buildah[@]}" rm "$c" >/dev/null
+  from_scratch "$BASE_IMAGE" "$work/rootfs.tar" \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd '["python3"]'
   rm -rf "$work"
 }
 

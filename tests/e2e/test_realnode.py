@@ -279,15 +279,15 @@ def test_two_replicas_share_one_claim_and_download_once(
 def _native_model_cannot_take(model_dir: Path, www: Path) -> None:
     """A copy of the model whose final norm tensor has a name native-model has no place for
     (transformers, without fast-load, loads it and warns)."""
+    from tests.serve.test_loading import rewrite_header  # imports torch: only when needed
+
     odd = www / "odd"
     shutil.copytree(model_dir, odd)
-    weights = odd / "model.safetensors"
-    raw = weights.read_bytes()
-    size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + size])
-    header["model.nrm_.weight"] = header.pop("model.norm.weight")  # same length, same offsets
-    text = json.dumps(header, separators=(",", ":")).encode()
-    weights.write_bytes(raw[:8] + text.ljust(size) + raw[8 + size :])
+
+    def rename(header: dict[str, Any]) -> None:
+        header["model.nrm_.weight"] = header.pop("model.norm.weight")  # same length, same offsets
+
+    rewrite_header(odd / "model.safetensors", rename)
     write_manifest(odd, revision="odd")
     for p in [odd, *odd.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
