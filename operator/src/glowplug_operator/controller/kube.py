@@ -17,6 +17,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.resources.storage_v1 import StorageClass
 from lightkube.types import PatchType
 
 from glowplug_operator.contract import (
@@ -186,4 +187,19 @@ async def list_all(
             body.setdefault("kind", kind)  # list items carry neither
             body.setdefault("apiVersion", _API_VERSIONS[kind])
             out.append(body)
+    return out
+
+
+async def list_storage_classes(client: AsyncClient) -> list[dict[str, Any]] | None:
+    """Every StorageClass (cluster-scoped), to say why a cache claim is not bound; None when
+    they cannot be read (a namespaced install without the permission)."""
+    out: list[dict[str, Any]] = []
+    try:
+        async for item in client.list(StorageClass):
+            body = cast(dict[str, Any], cast(Any, item).to_dict())
+            out.append({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", **body})
+    except ApiError as error:
+        if error.status.code == 403:
+            return None
+        raise
     return out

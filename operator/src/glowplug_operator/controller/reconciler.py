@@ -21,11 +21,13 @@ from glowplug_operator.controller.objects import contains
 from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store
 from glowplug_operator.rollback import (
+    ClaimObservation,
     Decision,
     PodObservation,
     Rollout,
     decide,
     flag_states_from_status,
+    observe_claim,
     observe_deployment_progress,
     observe_pod,
     startup_deadline,
@@ -193,7 +195,17 @@ class Reconciler:
             retry_token=(body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
             now=now,
             fingerprints={f.name: flag_fingerprint(f.model_dump(by_alias=True)) for f in flags},
+            claim=self._claim(body, spec),
         )
+
+    def _claim(self, body: Mapping[str, Any], spec: ModelServerSpec) -> ClaimObservation | None:
+        """The cache claim the operator made, as the store has it, with its StorageClass."""
+        if spec.cache.kind != "PersistentVolumeClaim" or spec.cache.existing_claim:
+            return None
+        meta = body["metadata"]
+        name = child_name("PersistentVolumeClaim", meta["name"])
+        live = self.store.child("PersistentVolumeClaim", meta["namespace"], name)
+        return observe_claim(live, self.store.storage_classes) if live is not None else None
 
     async def _converge_children(
         self, owner: builders.Owner, spec: ModelServerSpec, decision: Decision

@@ -19,7 +19,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
-from glowplug_operator.controller.kube import Kube, list_all
+from glowplug_operator.controller.kube import Kube, list_all, list_storage_classes
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
@@ -96,7 +96,11 @@ async def _lists(kube: Kube, namespaces: tuple[str, ...]) -> dict[str, list[dict
     lists = await asyncio.gather(
         *(list_all(kube.client, k, namespaces, k != "ModelServer") for k in KINDS)
     )
-    return dict(zip(KINDS, lists, strict=True))
+    listed = dict(zip(KINDS, lists, strict=True))
+    classes = await list_storage_classes(kube.client)
+    if classes is not None:
+        listed["StorageClass"] = classes
+    return listed
 
 
 async def _relist_loop(kube: Kube, store: Store, queue: WorkQueue[Key], config: Settings) -> None:
@@ -175,6 +179,21 @@ def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_BY)
 def disruption_budget_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _child_event("PodDisruptionBudget", event, memo)
+
+
+@kopf.on.event("storage.k8s.io", "v1", "storageclasses")
+def storage_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """StorageClasses say why a cache claim is not bound; a new or changed one may be the
+    answer for the ModelServers whose claim waits."""
+    controller = _controller(memo)
+    body = _body(event)
+    if event["type"] == "DELETED":
+        controller.store.drop_storage_class(body)
+    else:
+        controller.store.put_storage_class(body)
+    for owner in controller.store.claims_of_class(body["metadata"]["name"]):
+        if owner in controller.store.modelservers:
+            controller.queue.add(owner)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED_BY)

@@ -53,6 +53,32 @@ class Store:
     # When each entry was last put, by (kind, namespace, name): a relist drops only what was
     # in the store before the list began and is not in the list.
     stamps: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    # StorageClasses by name (cluster-scoped), to say why a cache claim is not bound; None until
+    # they are listed (then an unbound claim's class is not judged).
+    storage_classes: dict[str, Body] | None = None
+
+    def put_storage_class(self, body: Body) -> None:
+        if self.storage_classes is None:
+            self.storage_classes = {}
+        self.storage_classes[body["metadata"]["name"]] = slim(body)
+
+    def drop_storage_class(self, body: Body) -> None:
+        if self.storage_classes is not None:
+            self.storage_classes.pop(body["metadata"]["name"], None)
+
+    def claims_of_class(self, name: str) -> list[Key]:
+        """The ModelServers whose unbound claim names StorageClass `name` (or none: a new
+        default class is theirs too)."""
+        out = []
+        for (kind, _, _), body in self.children.items():
+            if kind != "PersistentVolumeClaim":
+                continue
+            if (body.get("status") or {}).get("phase") == "Bound":
+                continue
+            wanted = (body.get("spec") or {}).get("storageClassName")
+            if (wanted in (None, "", name)) and (owner := owner_of(body)) is not None:
+                out.append(owner)
+        return out
 
     def _stamp(self, kind: str, body: Body) -> None:
         namespace, name = key_of(body)
@@ -99,6 +125,9 @@ def fill(store: Store, listed: dict[str, list[Body]]) -> list[Key]:
     """Put what the initial lists returned into the store (kind -> bodies, "ModelServer" and
     "Pod" included); returns the ModelServers' keys, to be reconciled."""
     for kind, bodies in listed.items():
+        if kind == "StorageClass":
+            store.storage_classes = {b["metadata"]["name"]: slim(b) for b in bodies}
+            continue
         for body in bodies:
             if kind == "ModelServer":
                 store.put_modelserver(body)
@@ -125,6 +154,10 @@ def resync(store: Store, listed: dict[str, list[Body]], started: float) -> set[K
         ) < started
 
     for kind, bodies in listed.items():
+        if kind == "StorageClass":
+            # Few and cluster-scoped: the list replaces them (an event since is seen again).
+            store.storage_classes = {b["metadata"]["name"]: slim(b) for b in bodies}
+            continue
         names = {key_of(b) for b in bodies}
         if kind == "ModelServer":
             for key in [k for k in store.modelservers if stale(kind, *k, names)]:

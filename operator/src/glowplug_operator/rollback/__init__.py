@@ -14,8 +14,10 @@ from glowplug_operator.rollback.decide import (
     flag_states_from_status,
 )
 from glowplug_operator.rollback.observations import (
+    ClaimObservation,
     DeploymentProgress,
     PodObservation,
+    observe_claim,
     observe_deployment_progress,
     observe_pod,
     startup_deadline,
@@ -30,6 +32,7 @@ __all__ = [
     "INTERMITTENT_FAILURES",
     "INTERMITTENT_WINDOW",
     "STATES",
+    "ClaimObservation",
     "Condition",
     "Decision",
     "Degraded",
@@ -42,6 +45,7 @@ __all__ = [
     "Rollout",
     "decide",
     "flag_states_from_status",
+    "observe_claim",
     "observe_deployment_progress",
     "observe_pod",
     "parse_report",

@@ -23,8 +23,13 @@ from typing import Any, Literal
 
 from glowplug_operator.contract import flag_set_hash
 from glowplug_operator.rollback.bisection import Verdict, judge_trial, new_bisection, next_step
+from glowplug_operator.rollback.blockers import blocker
 from glowplug_operator.rollback.classify import not_a_flag_problem, same_failure
-from glowplug_operator.rollback.observations import DeploymentProgress, PodObservation
+from glowplug_operator.rollback.observations import (
+    ClaimObservation,
+    DeploymentProgress,
+    PodObservation,
+)
 from glowplug_operator.rollback.outputs import (
     NOT_A_FLAG_PROBLEM,
     Condition,
@@ -111,12 +116,14 @@ def decide(
     retry_token: str | None,
     now: datetime,
     fingerprints: Mapping[str, str] | None = None,
+    claim: ClaimObservation | None = None,
 ) -> Decision:
     """Decide which flags the pod template runs now, and what status says about them.
 
     `spec_flags`: the flag names in spec order. `fingerprints` (optional): flag name -> hash of
     its definition (`contract.flag_fingerprint`); a changed fingerprint brings a rolled-back
     flag back to Trial. `retry_token`: the glowplug.dev/retry-optimizations annotation.
+    `claim`: the cache's claim the operator made, if any (an unbound one blocks the pods).
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
@@ -141,7 +148,18 @@ def decide(
         trial = []
     # 3. Judge the starts: blocked, report only, or roll back / bisect.
     kept = work
-    blocked = _blocked(current, progress)
+    others = [p for p in pods if p.flags_hash != digest and not p.deleting]
+    on_trial = work.rollout.bisection is not None or any(
+        work.states[f].state == "Trial" for f in before if f in work.states
+    )
+    blocked = blocker(
+        current,
+        others,
+        progress,
+        claim,
+        trial_flags=tuple(before) if on_trial else None,
+        now=now,
+    )
     if blocked is not None:
         work = replace(work, degraded=blocked)
     elif policy == "Off":
@@ -227,21 +245,6 @@ def _keep_recent_of(work: Work, digest: str) -> Work:
         s if s.hash == digest or not s.recent else replace(s, recent=()) for s in work.rollout.sets
     )
     return work.with_rollout(sets=sets)
-
-
-def _blocked(
-    current: Sequence[PodObservation], progress: DeploymentProgress | None
-) -> Degraded | None:
-    """Problems no flag can cause: no template change, no blame."""
-    for pod in current:
-        reason = pod.blocked_reason
-        if reason in ("CreateContainerConfigError", "CreateContainerError"):
-            return Degraded("ContainerConfigError", f"pod {pod.name}: {reason}")
-        if reason is not None:
-            return Degraded("ImagePullFailed", f"pod {pod.name}: {reason}")
-    if progress and progress.stuck and not any(p.scheduled for p in current):
-        return Degraded("RolloutStuck", truncate(progress.message or "progress deadline exceeded"))
-    return None
 
 
 def _report_only(

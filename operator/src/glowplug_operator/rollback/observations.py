@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from glowplug_operator.contract import (
     FLAGS_ANNOTATION,
@@ -38,6 +38,7 @@ class ContainerObservation:
     running: bool
     started_at: datetime | None  # of the current run, if running
     waiting_reason: str | None
+    waiting_message: str | None  # what the kubelet says with the waiting reason
     terminated_reason: str | None  # current state, else last state
     exit_code: int | None  # current state, else last state
     terminated_now: bool  # the current state is terminated (not only the last state)
@@ -88,6 +89,8 @@ class PodObservation:
     trial: str | None  # the glowplug.dev/trial annotation (a forced restart of a trial)
     created: datetime | None
     scheduled: datetime | None
+    # The scheduler's word while it cannot place the pod (PodScheduled=False, Unschedulable).
+    unschedulable: str | None
     ready: bool
     ready_since: datetime | None
     phase: str  # Pending | Running | Succeeded | Failed | Unknown
@@ -110,6 +113,13 @@ class PodObservation:
         if self.init and self.init.waiting_reason and not self._init_done:
             return self.init.waiting_reason
         return self.worker.waiting_reason if self.worker else None
+
+    @property
+    def waiting_message(self) -> str | None:
+        """The message that goes with `waiting_reason`."""
+        if self.init and self.init.waiting_reason and not self._init_done:
+            return self.init.waiting_message
+        return self.worker.waiting_message if self.worker else None
 
     @property
     def _init_done(self) -> bool:
@@ -181,6 +191,78 @@ class DeploymentProgress:
     reason: str | None
     message: str | None
     last_update: datetime | None
+    # ReplicaFailure=True (reason FailedCreate): the ReplicaSet cannot create pods, and the API
+    # server's refusal (a ResourceQuota, an admission policy), as the Deployment repeats it.
+    replica_failure: str | None = None
+
+
+# How a claim's storage class provisions (observe_claim): `missing` (no such StorageClass),
+# `unnamed` (no class named and no default one), `manual` (kubernetes.io/no-provisioner: a
+# PersistentVolume must be made for it), `first-consumer` (WaitForFirstConsumer, no pod scheduled
+# yet), `provisioner` (a provisioner is to create the volume), `unknown` (the classes are not
+# known: not listed yet, or not readable).
+ClassState = Literal["missing", "unnamed", "manual", "first-consumer", "provisioner", "unknown"]
+NO_PROVISIONER = "kubernetes.io/no-provisioner"
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
+SELECTED_NODE_ANNOTATION = "volume.kubernetes.io/selected-node"
+
+
+@dataclass(frozen=True)
+class ClaimObservation:
+    """The cache's PersistentVolumeClaim, with what its StorageClass says about binding it."""
+
+    name: str
+    bound: bool
+    phase: str  # Pending | Bound | Lost
+    storage_class: str | None
+    class_state: ClassState
+    provisioner: str | None
+    created: datetime | None
+
+
+def observe_claim(
+    claim: Mapping[str, Any], storage_classes: Mapping[str, Mapping[str, Any]] | None
+) -> ClaimObservation:
+    """`storage_classes`: every StorageClass by name, None when they are not known."""
+    meta = _dict(claim.get("metadata"))
+    spec = _dict(claim.get("spec"))
+    phase = str(_dict(claim.get("status")).get("phase") or "Pending")
+    named = spec.get("storageClassName")
+    name = named if isinstance(named, str) and named else None
+    state: ClassState = "unknown"
+    provisioner = None
+    if storage_classes is not None:
+        if name is None:
+            defaults = [
+                c
+                for c in storage_classes.values()
+                if _dict(_dict(c.get("metadata")).get("annotations")).get(DEFAULT_CLASS_ANNOTATION)
+                == "true"
+            ]
+            # A default class is written into the claim by the API server or the PV
+            # controller; until then the claim waits for it.
+            state = "unnamed" if not defaults else "unknown"
+        elif (found := storage_classes.get(name)) is None:
+            state = "missing"
+        else:
+            raw = found.get("provisioner")
+            provisioner = raw if isinstance(raw, str) else None
+            selected = _dict(meta.get("annotations")).get(SELECTED_NODE_ANNOTATION)
+            if provisioner == NO_PROVISIONER:
+                state = "manual"
+            elif found.get("volumeBindingMode") == "WaitForFirstConsumer" and not selected:
+                state = "first-consumer"
+            else:
+                state = "provisioner"
+    return ClaimObservation(
+        name=str(meta.get("name", "")),
+        bound=phase == "Bound",
+        phase=phase,
+        storage_class=name,
+        class_state=state,
+        provisioner=provisioner,
+        created=parse_time(meta.get("creationTimestamp")),
+    )
 
 
 def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
@@ -198,6 +280,11 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
     flags_hash = label_hash if isinstance(label_hash, str) and label_hash else flag_set_hash(flags)
     conditions = {c.get("type"): c for c in _list(status.get("conditions")) if isinstance(c, dict)}
     scheduled = conditions.get("PodScheduled", {})
+    unschedulable = (
+        str(scheduled.get("message") or "no node fits the pod")
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        else None
+    )
     ready = conditions.get("Ready", {})
     is_ready = ready.get("status") == "True"
     trial = annotations.get(TRIAL_ANNOTATION)
@@ -213,6 +300,7 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
             if scheduled.get("status") == "True"
             else None
         ),
+        unschedulable=unschedulable,
         ready=is_ready,
         ready_since=parse_time(ready.get("lastTransitionTime")) if is_ready else None,
         phase=str(status.get("phase") or "Unknown"),
@@ -224,19 +312,25 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
 
 
 def observe_deployment_progress(deployment: Mapping[str, Any]) -> DeploymentProgress | None:
-    """The Deployment's Progressing condition; None when it has none yet."""
+    """The Deployment's Progressing and ReplicaFailure conditions; None when it has neither."""
     status = _dict(deployment.get("status"))
-    for condition in _list(status.get("conditions")):
-        if isinstance(condition, dict) and condition.get("type") == "Progressing":
-            reason = condition.get("reason")
-            message = condition.get("message")
-            return DeploymentProgress(
-                stuck=condition.get("status") == "False" and reason == "ProgressDeadlineExceeded",
-                reason=reason if isinstance(reason, str) else None,
-                message=message if isinstance(message, str) else None,
-                last_update=parse_time(condition.get("lastUpdateTime")),
-            )
-    return None
+    found = {c.get("type"): c for c in _list(status.get("conditions")) if isinstance(c, dict)}
+    progressing, failure = found.get("Progressing"), found.get("ReplicaFailure")
+    if progressing is None and failure is None:
+        return None
+    condition = _dict(progressing)
+    reason = condition.get("reason")
+    message = condition.get("message")
+    refused = None
+    if failure is not None and failure.get("status") == "True":
+        refused = str(failure.get("message") or failure.get("reason") or "FailedCreate")
+    return DeploymentProgress(
+        stuck=condition.get("status") == "False" and reason == "ProgressDeadlineExceeded",
+        reason=reason if isinstance(reason, str) else None,
+        message=message if isinstance(message, str) else None,
+        last_update=parse_time(condition.get("lastUpdateTime")),
+        replica_failure=refused,
+    )
 
 
 def _container(statuses: Any, name: str) -> ContainerObservation | None:
@@ -263,6 +357,7 @@ def _observe_container(raw: Mapping[str, Any]) -> ContainerObservation:
             break
     restarts = raw.get("restartCount")
     reason = waiting.get("reason")
+    waiting_message = waiting.get("message")
     term_reason = terminated.get("reason")
     final_report = parse_report(terminated_now.get("message")) if terminated_now else None
     last_run = terminated_last or terminated_now
@@ -280,6 +375,7 @@ def _observe_container(raw: Mapping[str, Any]) -> ContainerObservation:
         running=bool(state.get("running") is not None),
         started_at=parse_time(running.get("startedAt")),
         waiting_reason=reason if isinstance(reason, str) else None,
+        waiting_message=waiting_message if isinstance(waiting_message, str) else None,
         terminated_reason=term_reason if isinstance(term_reason, str) else None,
         exit_code=exit_code if isinstance(exit_code, int) else None,
         terminated_now=bool(terminated_now),
