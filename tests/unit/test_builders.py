@@ -312,6 +312,21 @@ class TestDeployment:
         dep = deployment(body(startup={"budgetSeconds": 600}))
         assert dep["spec"]["progressDeadlineSeconds"] > 600
 
+    @pytest.mark.parametrize(
+        ("rollout", "expected"),
+        [
+            (None, {"maxSurge": 1, "maxUnavailable": 0}),
+            ({"maxSurge": 0, "maxUnavailable": 1}, {"maxSurge": 0, "maxUnavailable": 1}),
+            ({"maxUnavailable": "50%"}, {"maxSurge": 1, "maxUnavailable": "50%"}),
+        ],
+        ids=["default-surges-one-pod", "in-place-on-a-full-cluster", "percentage"],
+    )
+    def test_the_rolling_update_is_spec_rollout(
+        self, rollout: Manifest | None, expected: Manifest
+    ) -> None:
+        dep = deployment(body() if rollout is None else body(rollout=rollout))
+        assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": expected}
+
     # -- the termination report
 
     def test_both_containers_report_through_the_termination_message(self) -> None:

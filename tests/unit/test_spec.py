@@ -62,6 +62,7 @@ class TestDefaults:
         assert spec.image.worker is None
         assert spec.image.pull_policy is None
         assert spec.image.pull_secrets == []
+        assert (spec.rollout.max_surge, spec.rollout.max_unavailable) == (1, 0)
 
     def test_unknown_fields_are_ignored_for_forward_compatibility(self) -> None:
         spec = parse_spec(body(futureField={"x": 1}, cache={"kind": "EmptyDir", "tier": "fast"}))
@@ -274,6 +275,10 @@ class TestInvalid:
             ({"startup": {"optimizations": [{"env": {"A": "1"}}]}}, "spec.startup", "required"),
             ({"image": {"worker": "ghcr.io/x y"}}, "spec.image.worker", "whitespace"),
             ({"image": {"pullSecrets": [{}]}}, "spec.image.pullSecrets[0]", "valid string"),
+            ({"rollout": {"maxSurge": 0}}, "spec.rollout", "cannot both be 0"),
+            ({"rollout": {"maxSurge": "101%"}}, "spec.rollout.maxSurge", "a percentage"),
+            ({"rollout": {"maxUnavailable": -1}}, "spec.rollout.maxUnavailable", "0 to 100"),
+            ({"rollout": {"maxSurge": True}}, "spec.rollout.maxSurge", "valid"),
         ],
     )
     def test_refusal_names_the_field_and_the_fix(

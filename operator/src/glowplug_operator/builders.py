@@ -450,10 +450,14 @@ def build_deployment(
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner)},
             "revisionHistoryLimit": 5,
-            # Zero downtime for a serving model; crashing old pods are replaced first anyway.
+            # spec.rollout; its default (1, 0) keeps serving through a change but needs room
+            # for one more pod.
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                "rollingUpdate": {
+                    "maxSurge": spec.rollout.max_surge,
+                    "maxUnavailable": spec.rollout.max_unavailable,
+                },
             },
             "progressDeadlineSeconds": budget + 300,
             "template": {

@@ -186,11 +186,29 @@ class Image(CamelModel):
     )
 
 
+# spec.rollout: how the Deployment replaces pods when the template changes (a flag trial too).
+_PERCENT = re.compile(r"^(100|[1-9]?[0-9])%$")
+
+
+def _zero(value: int | str) -> bool:
+    return value in (0, "0%")
+
+
+class RolloutStrategy(CamelModel):
+    """The Deployment's rolling update. The default, one extra pod and none unavailable, keeps
+    serving through every change but needs room (a GPU) for one more pod; on a full cluster
+    ``maxSurge: 0, maxUnavailable: 1`` replaces pods in place."""
+
+    max_surge: int | str = Field(default=1)
+    max_unavailable: int | str = Field(default=0)
+
+
 class ModelServerSpec(CamelModel):
     """The whole spec. Build it with ``parse_spec``, which also runs the cross-field checks."""
 
     model: ModelSource
     replicas: int = Field(default=1, ge=0, le=100)
+    rollout: RolloutStrategy = Field(default_factory=RolloutStrategy)
     resources: Resources = Field(default_factory=Resources)
     placement: Placement = Field(default_factory=Placement)
     cache: Cache = Field(default_factory=Cache)
@@ -223,6 +241,7 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServerSpec:
     _check_cache(spec.cache)
     _check_optimizations(spec.startup.optimizations)
     _check_image(spec.image)
+    _check_rollout(spec.rollout)
     return _with_source_revision(spec)
 
 
@@ -437,6 +456,25 @@ def _check_optimizations(optimizations: list[Optimization]) -> None:
                     f"{key!r}: env may not set HOME, HF_* or GLOWPLUG_*: the worker sets them "
                     "itself (cache, offline mode, its own options)",
                 )
+
+
+def _check_rollout(rollout: RolloutStrategy) -> None:
+    for field, value in (
+        ("spec.rollout.maxSurge", rollout.max_surge),
+        ("spec.rollout.maxUnavailable", rollout.max_unavailable),
+    ):
+        if isinstance(value, bool) or (isinstance(value, int) and not 0 <= value <= 100):
+            raise InvalidSpec(field, f"must be a count from 0 to 100 or a percentage (got {value})")
+        if isinstance(value, str) and not _PERCENT.match(value):
+            raise InvalidSpec(
+                field, f"must be a count or a percentage such as '25%' (got {value!r})"
+            )
+    if _zero(rollout.max_surge) and _zero(rollout.max_unavailable):
+        raise InvalidSpec(
+            "spec.rollout",
+            "maxSurge and maxUnavailable cannot both be 0: no pod could be replaced; "
+            "use maxSurge 1 (room for one more pod) or maxUnavailable 1 (replace in place)",
+        )
 
 
 def _check_image(image: Image) -> None:
