@@ -471,6 +471,25 @@ class TestModelServerStatus:
         assert summary(out)["Degraded"] == ("True", "ImagePullFailed")
         assert "ImagePullBackOff" in condition(out, "Degraded")["message"]
 
+    def test_an_unscheduled_pod_is_no_download(self) -> None:
+        """The new user's case: the pods sit Pending; WeightsReady says why, not 'running'."""
+        now = T0 + timedelta(minutes=2)
+        raw = starting_pod()
+        raw["status"]["conditions"][0] = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+            "lastTransitionTime": at(1),
+        }
+        del raw["status"]["initContainerStatuses"], raw["status"]["containerStatuses"]
+        out = status([raw], now=now, decided=decision({}, now, [raw]))
+        weights = condition(out, "WeightsReady")
+        assert (weights["status"], weights["reason"]) == ("Unknown", "NotStarted")
+        assert "is not scheduled: 0/2 nodes are available: pod has unbound" in weights["message"]
+        assert summary(out)["Ready"] == ("False", "Unschedulable")
+        assert "unbound immediate" in condition(out, "Ready")["message"]
+
     def test_reports_where_to_reach_the_model_and_how_to_select_its_pods(self) -> None:
         out = status([ready_pod()])
         assert out["endpoint"] == "http://llama.ml.svc:8000"
@@ -505,13 +524,22 @@ class TestModelServerStatus:
         out = status([ready_pod(created=0, scheduled=2, ready_at=60)])
         assert out["coldStart"] == {
             "lastSeconds": 58.0,  # scheduled -> Ready
-            "phases": {"schedule": 2.0, "download": 41.0, "start": 15.0},
+            "phases": {"schedule": 2.0, "imagePull": 2.0, "download": 41.0, "start": 14.0},
         }
+
+    def test_image_pull_is_the_gaps_before_each_container_starts(self) -> None:
+        # Scheduled at 2, the init container starts at 12 (its image pulled), ends at 45; the
+        # worker's own image takes until 51.
+        slow = pod(
+            init_done(prefetch_succeeded(), started=12), worker_running(True, 51), ready_at=60
+        )
+        phases = status([slow])["coldStart"]["phases"]
+        assert (phases["imagePull"], phases["start"]) == (16.0, 9.0)
 
     def test_without_a_report_the_download_is_the_init_containers_run(self) -> None:
         ready = pod(init_done(None, started=3, finished=45), worker_running(True), ready_at=60)
         phases = status([ready])["coldStart"]["phases"]
-        assert phases == {"schedule": 2.0, "download": 42.0, "start": 15.0}
+        assert phases == {"schedule": 2.0, "imagePull": 2.0, "download": 42.0, "start": 14.0}
 
     def test_the_workers_own_phases_join_once_read_for_the_pod_that_turned_ready_last(
         self,
@@ -524,7 +552,7 @@ class TestModelServerStatus:
         }
         phases = status([early, late], replicas=2, worker_phases=read)["coldStart"]["phases"]
         assert phases == {
-            "schedule": 50.0, "download": 41.0, "start": 35.0,
+            "schedule": 50.0, "imagePull": 1.0, "download": 41.0, "start": 34.0,
             "import": 4.5, "config": 0.1, "load": 1.25, "warmup": 0.5,
         }  # fmt: skip
 

@@ -241,8 +241,29 @@ def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Conditi
             return Condition(
                 "WeightsReady", "True", "Downloaded", "weights are on the pod's volume"
             )
-    return failure or Condition(
-        "WeightsReady", "False", "Downloading", "the prefetch init container is running"
+    if failure is not None:
+        return failure
+    if any(p.init is not None and p.init.running for p in current or observations):
+        return Condition(
+            "WeightsReady", "False", "Downloading", "the prefetch init container is running"
+        )
+    return _not_started(current or observations)
+
+
+def _not_started(pods: Sequence[PodObservation]) -> Condition:
+    """No prefetch init container runs yet: say what the pod waits for (its scheduling, its
+    volumes, its image) instead of claiming a download."""
+    pod = pods[0]
+    if pod.unschedulable and not pod.scheduled:
+        why = f"pod {pod.name} is not scheduled: {pod.unschedulable}"
+    elif pod.waiting_reason:
+        why = f"pod {pod.name} waits: {pod.waiting_reason}" + (
+            f": {pod.waiting_message}" if pod.waiting_message else ""
+        )
+    else:
+        why = f"pod {pod.name} is {pod.phase}"
+    return Condition(
+        "WeightsReady", "Unknown", "NotStarted", f"no prefetch init container runs yet; {why}"[:512]
     )
 
 
@@ -256,8 +277,14 @@ def _cold_start(
     observations: Sequence[PodObservation], worker_phases: Mapping[str, Mapping[str, float]]
 ) -> ColdStart | None:
     """The most recent start that reached Ready: seconds from scheduling to Ready, and phases
-    (schedule wait, the prefetcher's download, the worker's start) where the pod shows them,
-    with the worker's own import, config, load and warmup once its /startup was read."""
+    (schedule wait, image pull, the prefetcher's download, the worker's start) where the pod
+    shows them, with the worker's own import, config, load and warmup once its /startup was
+    read.
+
+    imagePull is measured from container state timestamps: the kubelet pulls a container's
+    image just before it starts it, so the gaps from scheduling to the init container's start
+    and from its end to the worker's start are the pulls (with the sandbox and volume setup,
+    seconds at most)."""
     latest = latest_ready(observations)
     if latest is None:
         return None
@@ -267,13 +294,23 @@ def _cold_start(
         phases["schedule"] = _seconds(latest.scheduled - latest.created)
     init = latest.init
     worker_started = None
+    pulls: list[float] = []
     if init is not None and init.terminated_now:
         report, start, end = init.final_report, init.terminated_started_at, init.finished_at
         if report and "download" in report.phases:
             phases["download"] = round(report.phases["download"], 3)
         elif start and end:
             phases["download"] = _seconds(end - start)
+        if start:
+            pulls.append(_seconds(start - latest.scheduled))
         worker_started = end
+    worker = latest.worker
+    if worker is not None and worker.running and worker.started_at and worker.restarts == 0:
+        # The worker's first run: before it, its image was pulled (after the init container).
+        pulls.append(_seconds(worker.started_at - (worker_started or latest.scheduled)))
+        worker_started = worker.started_at
+    if pulls:
+        phases["imagePull"] = round(sum(pulls), 3)
     if worker_started:
         phases["start"] = _seconds(latest.ready_since - worker_started)
     phases.update(worker_phases.get(latest.uid) or {})
