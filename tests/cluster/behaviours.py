@@ -218,3 +218,38 @@ def never_ready(name: str, selector: list[Expr], delay_ms: int = 300) -> dict[st
     return _stage(
         name, [_INITIALIZED, *selector, _NOT_RUNNING_YET], delay_ms, _RUNNING_NOT_READY_TEMPLATE
     )
+
+
+def _image_pull_template(reason: str, message: str) -> str:
+    return (
+        _NOT_READY_HEADER
+        + """\
+  restartCount: 0
+  state:
+    waiting:
+      reason: REASON
+      message: MESSAGE
+{{ end }}
+phase: Pending
+""".replace("REASON", json.dumps(reason)).replace("MESSAGE", json.dumps(message))
+    )
+
+
+def image_pull_failure(
+    name: str,
+    selector: list[Expr],
+    *,
+    reason: str = "ErrImagePull",
+    message: str = "failed to pull image: not found",
+    delay_ms: int = 300,
+) -> dict[str, Any]:
+    """Pods' worker image cannot be pulled: after the init container, the containers wait with
+    `reason` (ErrImagePull, ImagePullBackOff) and the kubelet's `message`, and never start."""
+    creating: Expr = {
+        "key": ".status.containerStatuses.[].state.waiting.reason",
+        "operator": "In",
+        "values": ["ContainerCreating", "PodInitializing"],
+    }
+    return _stage(
+        name, [_INITIALIZED, *selector, creating], delay_ms, _image_pull_template(reason, message)
+    )

@@ -89,7 +89,8 @@ class PodObservation:
     trial: str | None  # the glowplug.dev/trial annotation (a forced restart of a trial)
     created: datetime | None
     scheduled: datetime | None
-    # The scheduler's word while it cannot place the pod (PodScheduled=False, Unschedulable).
+    # The scheduler's word while it cannot place the pod (PodScheduled=False: Unschedulable,
+    # a SchedulerError such as a claim's missing StorageClass, SchedulingGated).
     unschedulable: str | None
     ready: bool
     ready_since: datetime | None
@@ -280,11 +281,11 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
     flags_hash = label_hash if isinstance(label_hash, str) and label_hash else flag_set_hash(flags)
     conditions = {c.get("type"): c for c in _list(status.get("conditions")) if isinstance(c, dict)}
     scheduled = conditions.get("PodScheduled", {})
-    unschedulable = (
-        str(scheduled.get("message") or "no node fits the pod")
-        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
-        else None
-    )
+    unschedulable = None
+    if scheduled.get("status") == "False":  # Unschedulable, SchedulerError, SchedulingGated
+        why = str(scheduled.get("message") or "no node fits the pod")
+        reason = scheduled.get("reason")
+        unschedulable = why if reason in (None, "Unschedulable") else f"{reason}: {why}"
     ready = conditions.get("Ready", {})
     is_ready = ready.get("status") == "True"
     trial = annotations.get(TRIAL_ANNOTATION)
