@@ -139,6 +139,7 @@ NEEDED = [("glowplug.dev", "modelservers", verb) for verb in ("get", "list", "wa
         for verb in ("get", "list", "watch", "create", "update", "patch", "delete")
     ],
     *[("", "pods", verb) for verb in ("get", "list", "watch")],
+    *[("storage.k8s.io", "storageclasses", verb) for verb in ("list", "watch")],
     ("", "pods/status", "get"),
     ("", "events", "create"),
     ("", "events", "patch"),
