@@ -11,6 +11,8 @@ Starting` until the rollout deadline, about 20 minutes).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,28 @@ from tests.cluster.operator import OperatorProcess
 
 # Before the old behaviour's first word (the rollout deadline, budget + 300 s) by far.
 SECONDS = 30
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "scheduling_signals.md"
+SEEN: list[tuple[str, str, float]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _table() -> Iterator[None]:
+    """Seconds from `kubectl apply` to the condition, per cause: printed and written down."""
+    SEEN.clear()
+    yield
+    if not SEEN:
+        return
+    lines = [
+        "| cause | Ready=False reason | seconds from the apply (operator already running) |",
+        "|---|---|---|",
+        *(f"| {cause} | {reason} | {seconds:.1f} |" for cause, reason, seconds in SEEN),
+        "",
+        "Before issue 13 each of these showed `Ready=False Starting` until the Deployment's",
+        "progress deadline (startup budget + 300 s: 20 minutes by default), then RolloutStuck.",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
 
 
 def _modelserver(name: str, **spec: Any) -> dict[str, Any]:
@@ -49,6 +73,19 @@ def _events(k: Kubectl, name: str) -> list[str]:
     ]
 
 
+def _up(operator: OperatorProcess) -> None:
+    """The operator serves its metrics (its startup handler ran): the seconds measured below
+    are the signal's, not the operator's start."""
+
+    def serving() -> bool:
+        try:
+            return bool(operator.metrics())
+        except OSError:
+            return False
+
+    wait_until("the operator's metrics", serving, timeout=60)
+
+
 def _reported(k: Kubectl, name: str, reason: str, timeout: float = SECONDS) -> dict[str, Any]:
     """Waits for Ready=False with `reason`; returns the Ready condition, prints the seconds."""
     started = time.monotonic()
@@ -57,8 +94,8 @@ def _reported(k: Kubectl, name: str, reason: str, timeout: float = SECONDS) -> d
         ready = _conditions(k, name).get("Ready", {})
         return ready if ready.get("reason") == reason else None
 
-    ready = wait_until(f"Ready reason {reason}", ready_says, timeout=timeout)
-    print(f"\n{name}: Ready=False {reason} after {time.monotonic() - started:.1f}s")
+    ready = wait_until(f"Ready reason {reason}", ready_says, timeout=timeout, interval=0.1)
+    SEEN.append((name, reason, time.monotonic() - started))
     return ready
 
 
@@ -73,6 +110,7 @@ def _warned(k: Kubectl, name: str, reason: str) -> str:
 def test_a_node_selector_no_node_matches_is_unschedulable_within_seconds(
     kubectl: Kubectl, namespace: str, operator: OperatorProcess
 ) -> None:
+    _up(operator)
     k = kubectl.in_namespace(namespace)
     k.apply(_modelserver("nowhere", placement={"nodeSelector": {"example.com/pool": "none"}}))
     ready = _reported(k, "nowhere", "Unschedulable")
@@ -92,6 +130,7 @@ def test_a_node_selector_no_node_matches_is_unschedulable_within_seconds(
 def test_a_claim_of_a_storage_class_that_does_not_exist_is_reported(
     kubectl: Kubectl, namespace: str, operator: OperatorProcess
 ) -> None:
+    _up(operator)
     k = kubectl.in_namespace(namespace)
     cache = {"kind": "PersistentVolumeClaim", "size": "1Gi", "storageClassName": "no-such-class"}
     k.apply(_modelserver("unbound", cache=cache))
@@ -120,6 +159,7 @@ def test_the_new_users_claim_in_a_cluster_without_a_provisioner_is_reported(
     ]
     if defaults:
         pytest.skip(f"this cluster has a default StorageClass ({defaults[0]}): claims bind")
+    _up(operator)
     k = kubectl.in_namespace(namespace)
     k.apply(_modelserver("fresh", cache={"kind": "PersistentVolumeClaim", "size": "1Gi"}))
     ready = _reported(k, "fresh", "ClaimPending")
@@ -131,6 +171,7 @@ def test_the_new_users_claim_in_a_cluster_without_a_provisioner_is_reported(
 def test_an_image_that_cannot_be_pulled_is_reported_with_the_kubelets_message(
     kubectl: Kubectl, sim_namespace: str, stages, sim_operator: OperatorProcess
 ) -> None:
+    _up(sim_operator)
     k = kubectl.in_namespace(sim_namespace)
     message = 'failed to pull image "ghcr.io/example/worker:9.9": not found'
     stages.add(b.image_pull_failure("pull", [], message=message))
@@ -146,6 +187,7 @@ def test_an_image_that_cannot_be_pulled_is_reported_with_the_kubelets_message(
 def test_a_resource_quota_that_refuses_the_pods_is_reported_with_its_message(
     kubectl: Kubectl, namespace: str, operator: OperatorProcess
 ) -> None:
+    _up(operator)
     k = kubectl.in_namespace(namespace)
     k.apply(
         {
@@ -172,6 +214,7 @@ def test_a_trial_on_a_full_node_is_reported_and_no_flag_is_blamed(
     """Every GPU of the node is taken by the running pod; a new flag's trial needs one more pod
     (maxSurge 1) and cannot be scheduled. The status says so, the flag stays on trial, and
     spec.rollout {maxSurge: 0, maxUnavailable: 1} lets the trial replace the pod in place."""
+    _up(operator)
     k = kubectl.in_namespace(namespace)
     ms = _modelserver(
         "packed",
