@@ -72,3 +72,46 @@ def test_what_the_watch_missed_is_added() -> None:
     assert store.child("Deployment", "ml", "a") is not None
     assert "a-1" in store.pods[("ml", "a")]
     assert touched == {("ml", "a"), ("ml", "b")}
+
+
+def _class(name: str, provisioner: str = "csi.example.com") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "provisioner": provisioner}
+
+
+def test_storage_classes_come_from_the_list_but_for_newer_watch_news() -> None:
+    store = Store()
+    assert store.storage_classes is None, "unknown until listed: an unbound claim is not judged"
+    store.put_storage_class(_class("old"))
+    store.put_storage_class(_class("removed-in-the-gap"))
+    started = time.monotonic()
+    time.sleep(0.001)
+    store.put_storage_class(_class("created-since"))
+    store.put_storage_class(_class("changed-since", "new.example.com"))
+    store.drop_storage_class(_class("deleted-since"))
+    listed = _lists(
+        StorageClass=[
+            _class("old"),
+            _class("changed-since", "stale.example.com"),
+            _class("deleted-since"),
+        ]
+    )
+    resync(store, listed, started)
+    assert store.storage_classes is not None
+    assert set(store.storage_classes) == {"old", "created-since", "changed-since"}
+    assert store.storage_classes["changed-since"]["provisioner"] == "new.example.com"
+
+
+def test_a_new_storage_class_concerns_the_modelservers_whose_claim_waits() -> None:
+    store = Store()
+
+    def claim(owner: str, cls: str | None, phase: str) -> dict[str, Any]:
+        body = _obj(f"{owner}-cache", owner=owner)
+        body["spec"] = {"storageClassName": cls} if cls else {}
+        body["status"] = {"phase": phase}
+        return body
+
+    store.put_child("PersistentVolumeClaim", claim("a", "fast", "Pending"))
+    store.put_child("PersistentVolumeClaim", claim("b", None, "Pending"))
+    store.put_child("PersistentVolumeClaim", claim("c", "fast", "Bound"))
+    store.put_child("PersistentVolumeClaim", claim("d", "slow", "Pending"))
+    assert sorted(store.claims_of_class("fast")) == [("ml", "a"), ("ml", "b")]

@@ -58,13 +58,17 @@ class Store:
     storage_classes: dict[str, Body] | None = None
 
     def put_storage_class(self, body: Body) -> None:
+        name = body["metadata"]["name"]
+        self.stamps["StorageClass", "", name] = time.monotonic()
         if self.storage_classes is None:
             self.storage_classes = {}
-        self.storage_classes[body["metadata"]["name"]] = slim(body)
+        self.storage_classes[name] = slim(body)
 
     def drop_storage_class(self, body: Body) -> None:
+        name = body["metadata"]["name"]
+        self.stamps["StorageClass", "", name] = time.monotonic()  # a deletion is news too
         if self.storage_classes is not None:
-            self.storage_classes.pop(body["metadata"]["name"], None)
+            self.storage_classes.pop(name, None)
 
     def claims_of_class(self, name: str) -> list[Key]:
         """The ModelServers whose unbound claim names StorageClass `name` (or none: a new
@@ -155,8 +159,16 @@ def resync(store: Store, listed: dict[str, list[Body]], started: float) -> set[K
 
     for kind, bodies in listed.items():
         if kind == "StorageClass":
-            # Few and cluster-scoped: the list replaces them (an event since is seen again).
-            store.storage_classes = {b["metadata"]["name"]: slim(b) for b in bodies}
+            # Few and cluster-scoped: the list replaces them, but for what the watch said of a
+            # class since the list began (put or deleted).
+            fresh = {b["metadata"]["name"]: slim(b) for b in bodies}
+            known = store.storage_classes or {}
+            for (k, _, name), stamp in store.stamps.items():
+                if k == "StorageClass" and stamp >= started:
+                    fresh.pop(name, None)
+                    if name in known:
+                        fresh[name] = known[name]
+            store.storage_classes = fresh
             continue
         names = {key_of(b) for b in bodies}
         if kind == "ModelServer":
