@@ -141,3 +141,18 @@ def test_a_host_path_cache_is_refused_unless_the_operator_allows_it() -> None:
     )
     _reconcile(permitted)
     assert [m["kind"] for m in permitted.kube.applied] == ["Deployment", "Service"]  # type: ignore[attr-defined]
+
+
+def test_the_cache_claim_and_its_storage_class_reach_the_status() -> None:
+    """The reconciler reads its own claim and the StorageClasses from the store: a claim of a
+    class that does not exist is said in Ready, with one Warning, before any pod exists."""
+    body = _body(cache={"kind": "PersistentVolumeClaim", "size": "1Gi", "storageClassName": "ssd"})
+    reconciler, kube, store = _reconciler(body)
+    store.storage_classes = {}  # listed: there are none
+    _reconcile(reconciler)  # applies the claim; the store holds it, Pending (no status yet)
+    body["status"] = kube.statuses[-1]
+    _reconcile(reconciler)
+    ready = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ClaimPending")
+    assert ready["message"] == "claim tiny-llama-cache is Pending: storage class ssd does not exist"
+    assert [r for _, r, _ in kube.events].count("ClaimPending") == 1
