@@ -12,6 +12,7 @@ from glowplug_operator.contract import flag_set_hash
 from glowplug_operator.rollback import (
     Decision,
     FlagState,
+    PodObservation,
     Rollout,
     decide,
     observe_claim,
@@ -153,6 +154,8 @@ class Case:
     deployment: dict[str, Any] | None = None
     trial: bool = False
     old_pods: tuple[Pod, ...] = ()
+    leaving_in: float | None = None  # a pod being deleted, gone in this many seconds
+    left_ago: float | None = None  # a pod of the ModelServer was gone this long ago
     reason: str | None = None
     says: tuple[str, ...] = ()
 
@@ -232,7 +235,25 @@ CASES = {
         pods=(Pod(unschedulable=NO_GPU),), trial=True, reason="Unschedulable"
     ),
     "a-running-pod-is-not-blocked": Case(pods=(Pod(running_since=-10),), reason=None),
+    "replacing-a-pod-in-place-waits-while-it-stops": Case(
+        pods=(Pod(unschedulable=NO_GPU),), leaving_in=40, reason=None
+    ),
+    "a-pod-stuck-deleting-past-its-grace-makes-no-room": Case(
+        pods=(Pod(unschedulable=NO_GPU),), leaving_in=-60, reason="Unschedulable"
+    ),
+    "a-pod-just-gone-made-room-for-the-scheduler-to-find": Case(
+        pods=(Pod(unschedulable=NO_GPU),), left_ago=5, reason=None
+    ),
+    "a-pod-gone-long-ago-made-no-room": Case(
+        pods=(Pod(unschedulable=NO_GPU),), left_ago=120, reason="Unschedulable"
+    ),
 }
+
+
+def leaving(seconds: float) -> PodObservation:
+    raw = Pod(name="llama-old", flags=("prefetch-weights",), running_since=-3000).raw()
+    raw["metadata"]["deletionTimestamp"] = at(seconds)
+    return observe_pod(raw, NOW)
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -242,7 +263,14 @@ def test_blocker(case: Case) -> None:
     progress = observe_deployment_progress(case.deployment) if case.deployment else None
     seen = observe_claim(case.claim, case.classes) if case.claim else None
     found = blocker(
-        current, others, progress, seen, trial_flags=FLAGS if case.trial else None, now=NOW
+        current,
+        others,
+        progress,
+        seen,
+        trial_flags=FLAGS if case.trial else None,
+        now=NOW,
+        leaving=[leaving(case.leaving_in)] if case.leaving_in is not None else [],
+        left_at=NOW - timedelta(seconds=case.left_ago) if case.left_ago is not None else None,
     )
     assert (found.reason if found else None) == case.reason
     for words in case.says:

@@ -196,6 +196,9 @@ class Reconciler:
             now=now,
             fingerprints={f.name: flag_fingerprint(f.model_dump(by_alias=True)) for f in flags},
             claim=self._claim(body, spec),
+            pod_left_at=self.store.pod_left_at.get(
+                (body["metadata"]["namespace"], body["metadata"]["name"])
+            ),
         )
 
     def _claim(self, body: Mapping[str, Any], spec: ModelServerSpec) -> ClaimObservation | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from glowplug_operator.contract import MODELSERVER_LABEL
@@ -56,6 +57,9 @@ class Store:
     # StorageClasses by name (cluster-scoped), to say why a cache claim is not bound; None until
     # they are listed (then an unbound claim's class is not judged).
     storage_classes: dict[str, Body] | None = None
+    # When a pod of each ModelServer was last gone (a DELETED event), as wall-clock time: the
+    # pods that wait for the room it made are not reported unschedulable at once.
+    pod_left_at: dict[Key, datetime] = field(default_factory=dict)
 
     def put_storage_class(self, body: Body) -> None:
         name = body["metadata"]["name"]
@@ -93,6 +97,7 @@ class Store:
         self.modelservers[key_of(body)] = slim(body)
 
     def drop_modelserver(self, key: Key) -> None:
+        self.pod_left_at.pop(key, None)
         self.modelservers.pop(key, None)
         self.stamps.pop(("ModelServer", *key), None)
         self.pods.pop(key, None)
@@ -115,6 +120,7 @@ class Store:
         self.pods[owner][body["metadata"]["name"]] = slim_pod(body)
 
     def drop_pod(self, owner: Key, body: Body) -> None:
+        self.pod_left_at[owner] = datetime.now(UTC)
         pods = self.pods.get(owner)
         if pods is not None:
             pods.pop(body["metadata"]["name"], None)

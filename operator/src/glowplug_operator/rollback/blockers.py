@@ -26,6 +26,10 @@ from glowplug_operator.rollback.state import truncate
 # A claim waiting for its provisioner (or for a pod to be scheduled, WaitForFirstConsumer) is
 # normal for this long; past it, the wait is reported.
 CLAIM_GRACE = timedelta(seconds=60)
+# A pod that replaces one being stopped (maxUnavailable > 0) waits for the GPU that pod holds:
+# it is not reported until the stopped pod is past its grace (deletionTimestamp) and gone for
+# this long (the scheduler retries an unschedulable pod within 10 s of a pod's deletion).
+ROOM_WAIT = timedelta(seconds=30)
 MESSAGE_CHARS = 1024  # a condition's message; the scheduler's own can be long
 ROLLOUT_HINT = (
     "a trial with spec.rollout.maxSurge 1 needs room for one more pod; on a full cluster set "
@@ -59,6 +63,14 @@ def claim_message(claim: ClaimObservation) -> str:
             return f"{head} (storage class {cls or 'unset'})"
 
 
+def making_room(leaving: Sequence[PodObservation], left_at: datetime | None, now: datetime) -> bool:
+    """Pods of the ModelServer are being stopped within their grace, or one was gone less than
+    `ROOM_WAIT` ago: what they hold is about to be free for the pods that wait for it."""
+    if left_at is not None and now - left_at < ROOM_WAIT:
+        return True
+    return any(p.gone_by is not None and now < p.gone_by + ROOM_WAIT for p in leaving)
+
+
 def _claim_blocks(
     claim: ClaimObservation | None, unschedulable: bool, now: datetime
 ) -> ClaimObservation | None:
@@ -79,12 +91,16 @@ def blocker(
     *,
     trial_flags: Sequence[str] | None,
     now: datetime,
+    leaving: Sequence[PodObservation] = (),
+    left_at: datetime | None = None,
 ) -> Degraded | None:
     """The first problem that keeps the pods of the flag set in force (`current`) from starting.
 
     `others`: the pods of earlier flag sets still running (a rolling update waits for room).
     `trial_flags`: the flag set when it runs as a trial (a new flag or a bisection step), else
     None; a trial that cannot be scheduled says so, and which spec.rollout would fit.
+    `leaving`: the ModelServer's pods being deleted; `left_at`: when one of its pods was last
+    gone. While they make room (`making_room`), an unschedulable pod is not reported.
     """
     for pod in current:
         reason = pod.blocked_reason
@@ -96,7 +112,8 @@ def blocker(
         if reason in CONFIG_REASONS:
             return Degraded("ContainerConfigError", truncate(detail, MESSAGE_CHARS))
         return Degraded("ImagePullFailed", truncate(detail, MESSAGE_CHARS))
-    stuck = [p for p in current if p.unschedulable and not p.scheduled]
+    waiting_for_room = making_room(leaving, left_at, now)
+    stuck = [p for p in current if p.unschedulable and not p.scheduled and not waiting_for_room]
     if (held := _claim_blocks(claim, bool(stuck), now)) is not None:
         message = claim_message(held)
         if stuck:

@@ -117,6 +117,7 @@ def decide(
     now: datetime,
     fingerprints: Mapping[str, str] | None = None,
     claim: ClaimObservation | None = None,
+    pod_left_at: datetime | None = None,
 ) -> Decision:
     """Decide which flags the pod template runs now, and what status says about them.
 
@@ -124,6 +125,8 @@ def decide(
     its definition (`contract.flag_fingerprint`); a changed fingerprint brings a rolled-back
     flag back to Trial. `retry_token`: the glowplug.dev/retry-optimizations annotation.
     `claim`: the cache's claim the operator made, if any (an unbound one blocks the pods).
+    `pod_left_at`: when a pod of the ModelServer was last gone (deleted), if known: the pods
+    that wait for the room it made are not reported as unschedulable right away.
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
@@ -159,6 +162,8 @@ def decide(
         claim,
         trial_flags=tuple(before) if on_trial else None,
         now=now,
+        leaving=[p for p in pods if p.deleting],
+        left_at=pod_left_at,
     )
     if blocked is not None:
         work = replace(work, degraded=blocked)

@@ -99,6 +99,8 @@ class PodObservation:
     observed_at: datetime
     worker: ContainerObservation | None
     init: ContainerObservation | None
+    # metadata.deletionTimestamp: when a pod being deleted is to be gone (its grace's end).
+    gone_by: datetime | None = None
 
     @property
     def worker_restarts(self) -> int:
@@ -306,6 +308,7 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
         ready_since=parse_time(ready.get("lastTransitionTime")) if is_ready else None,
         phase=str(status.get("phase") or "Unknown"),
         deleting=meta.get("deletionTimestamp") is not None,
+        gone_by=parse_time(meta.get("deletionTimestamp")),
         observed_at=now,
         worker=_container(status.get("containerStatuses"), WORKER_CONTAINER),
         init=_container(status.get("initContainerStatuses"), INIT_CONTAINER),
