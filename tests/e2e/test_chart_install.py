@@ -21,6 +21,7 @@ NEEDED = [
     ("patch", "persistentvolumeclaims"),
     ("watch", "pods"),
     ("create", "events"),
+    ("watch", "storageclasses.storage.k8s.io"),
 ]
 NOT_NEEDED = [("get", "secrets"), ("update", "modelservers.glowplug.dev"), ("delete", "nodes")]
 
