@@ -470,6 +470,9 @@ class TestModelServerStatus:
         assert summary(out)["Progressing"] == ("False", "ImagePullFailed")
         assert summary(out)["Degraded"] == ("True", "ImagePullFailed")
         assert "ImagePullBackOff" in condition(out, "Degraded")["message"]
+        weights = condition(out, "WeightsReady")
+        assert (weights["status"], weights["reason"]) == ("Unknown", "NotStarted")
+        assert "waits: ImagePullBackOff" in weights["message"]
 
     def test_an_unscheduled_pod_is_no_download(self) -> None:
         """The new user's case: the pods sit Pending; WeightsReady says why, not 'running'."""

@@ -243,25 +243,26 @@ def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Conditi
             )
     if failure is not None:
         return failure
-    if any(p.init is not None and p.init.running for p in current or observations):
-        return Condition(
-            "WeightsReady", "False", "Downloading", "the prefetch init container is running"
-        )
-    return _not_started(current or observations)
+    pods = current or observations
+    if not any(p.init is not None and p.init.running for p in pods):
+        stuck = next((p for p in pods if p.blocked_reason or p.unschedulable), None)
+        if stuck is not None:
+            return _not_started(stuck)
+    return Condition(
+        "WeightsReady", "False", "Downloading", "the prefetch init container is running"
+    )
 
 
-def _not_started(pods: Sequence[PodObservation]) -> Condition:
-    """No prefetch init container runs yet: say what the pod waits for (its scheduling, its
-    volumes, its image) instead of claiming a download."""
-    pod = pods[0]
-    if pod.unschedulable and not pod.scheduled:
+def _not_started(pod: PodObservation) -> Condition:
+    """No prefetch init container runs, and the pod cannot start one yet: say what it waits for
+    (a node, its image) instead of claiming a download. A pod on its way (PodInitializing,
+    ContainerCreating) is left as Downloading: one status write less on the way to Ready."""
+    if pod.unschedulable:
         why = f"pod {pod.name} is not scheduled: {pod.unschedulable}"
-    elif pod.waiting_reason:
+    else:
         why = f"pod {pod.name} waits: {pod.waiting_reason}" + (
             f": {pod.waiting_message}" if pod.waiting_message else ""
         )
-    else:
-        why = f"pod {pod.name} is {pod.phase}"
     return Condition(
         "WeightsReady", "Unknown", "NotStarted", f"no prefetch init container runs yet; {why}"[:512]
     )
