@@ -4,6 +4,7 @@ Pure: pods and the state kept in the ModelServer's status in, a `Decision` out (
 This package's interface is what is imported here; its modules are its own business.
 """
 
+from glowplug_operator.rollback.claims import ClaimObservation, observe_claim
 from glowplug_operator.rollback.decide import (
     CHURN_BUDGET_CHANGES,
     CHURN_WINDOW,
@@ -14,10 +15,8 @@ from glowplug_operator.rollback.decide import (
     flag_states_from_status,
 )
 from glowplug_operator.rollback.observations import (
-    ClaimObservation,
     DeploymentProgress,
     PodObservation,
-    observe_claim,
     observe_deployment_progress,
     observe_pod,
     startup_deadline,

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from glowplug_operator.rollback.claims import ClaimObservation
 from glowplug_operator.rollback.observations import (
     CONFIG_REASONS,
-    ClaimObservation,
     DeploymentProgress,
     PodObservation,
 )

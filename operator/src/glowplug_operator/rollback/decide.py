@@ -24,12 +24,9 @@ from typing import Any, Literal
 from glowplug_operator.contract import flag_set_hash
 from glowplug_operator.rollback.bisection import Verdict, judge_trial, new_bisection, next_step
 from glowplug_operator.rollback.blockers import blocker
+from glowplug_operator.rollback.claims import ClaimObservation
 from glowplug_operator.rollback.classify import not_a_flag_problem, same_failure
-from glowplug_operator.rollback.observations import (
-    ClaimObservation,
-    DeploymentProgress,
-    PodObservation,
-)
+from glowplug_operator.rollback.observations import DeploymentProgress, PodObservation
 from glowplug_operator.rollback.outputs import (
     NOT_A_FLAG_PROBLEM,
     Condition,
