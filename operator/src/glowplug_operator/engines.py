@@ -138,7 +138,7 @@ VLLM_FLAGS = MappingProxyType(
                 saves="streams the safetensors files to the GPU concurrently (Run:ai streamer)",
                 risks="needs vllm[runai] in the image; fails on images without it",
                 args=("--load-format", "runai_streamer"),
-                signatures=(r"No module named '?runai_model_streamer", r"runai_model_streamer"),
+                signatures=(r"No module named '?runai_model_streamer",),
             ),
             EngineFlag(
                 "forkserver",
@@ -153,7 +153,6 @@ VLLM_FLAGS = MappingProxyType(
                 "volume by every later start",
                 risks="a cache written by another vLLM or torch version can fail to load",
                 env=MappingProxyType({"VLLM_CACHE_ROOT": "{cache}/.vllm"}),
-                signatures=(r"(?i)error.*(compile|inductor).*cache",),
             ),
         )
     }
@@ -180,7 +179,6 @@ SGLANG_FLAGS = MappingProxyType(
                 saves="torch.compile (inductor) artifacts are reused from the shared cache volume",
                 risks="a cache written by another torch version can fail to load",
                 env=MappingProxyType({"TORCHINDUCTOR_CACHE_DIR": "{cache}/.inductor"}),
-                signatures=(r"(?i)error.*(compile|inductor).*cache",),
             ),
         )
     }
@@ -191,18 +189,18 @@ TRANSFORMERS_SERVE_FLAGS = MappingProxyType(
         flag.name: flag
         for flag in (
             EngineFlag(
+                "flash-attention",
+                saves="faster prefill and warmup with FlashAttention 2 kernels",
+                risks="needs the flash-attn package and a recent NVIDIA GPU; fails at load "
+                "without them",
+                args=("--attn-implementation", "flash_attention_2"),
+                signatures=(r"FlashAttention2 has been toggled on", r"No module named '?flash_attn"),
+            ),
+            EngineFlag(
                 "continuous-batching",
                 saves="requests share forward passes (paged attention) once it serves",
                 risks="models or attention kernels without paged attention support fail",
                 args=("--continuous-batching",),
-                signatures=(r"(?i)paged.?attention", r"(?i)continuous batching"),
-            ),
-            EngineFlag(
-                "compile",
-                saves="faster decoding with torch.compile",
-                risks="a slower start, and models torch.compile cannot trace fail",
-                args=("--compile",),
-                signatures=(r"torch\._dynamo", r"(?i)inductor"),
             ),
         )
     }
