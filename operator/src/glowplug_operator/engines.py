@@ -194,7 +194,10 @@ TRANSFORMERS_SERVE_FLAGS = MappingProxyType(
                 risks="needs the flash-attn package and a recent NVIDIA GPU; fails at load "
                 "without them",
                 args=("--attn-implementation", "flash_attention_2"),
-                signatures=(r"FlashAttention2 has been toggled on", r"No module named '?flash_attn"),
+                signatures=(
+                    r"FlashAttention2 has been toggled on",
+                    r"No module named '?flash_attn",
+                ),
             ),
             EngineFlag(
                 "continuous-batching",
