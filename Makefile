@@ -41,7 +41,7 @@ binaries: packages ## Build the cluster's binaries once per machine (cached in $
 	hack/build-control-plane.sh
 
 .PHONY: images
-images: packages ## Build the operator and worker images from their Dockerfiles (buildah; layer cache in $GLOWPLUG_CACHE).
+images: packages ## Build the operator, prefetch and worker images from their Dockerfiles (buildah; layer cache in $GLOWPLUG_CACHE).
 	hack/images.sh build
 
 .PHONY: lint
