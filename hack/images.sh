@@ -4,8 +4,6 @@
 #                          isolation)
 #   images.sh load SOCKET  import them into the real node's containerd (skips what it already has)
 #   images.sh sizes        one line per image: name and size
-#   images.sh bench SOCKET the hand-written alternative of bench/realnode_coldstart.py
-#                          (transformers serve on the worker image), built and imported
 # buildah's storage (and its layer cache) is kept in $GLOWPLUG_CACHE/buildah, so a second build
 # with only source changes rebuilds only the top layer of each image.
 set -euo pipefail
@@ -23,7 +21,6 @@ OPERATOR_IMAGE=ghcr.io/glowplug/operator:$APP_VERSION
 WORKER_IMAGE=ghcr.io/glowplug/worker:$APP_VERSION
 PREFETCH_IMAGE=ghcr.io/glowplug/prefetch:$APP_VERSION
 PAUSE_IMAGE=localhost/glowplug/pause:$PAUSE_VERSION
-TRANSFORMERS_SERVE_IMAGE=localhost/glowplug/transformers-serve:$APP_VERSION
 BASE_IMAGE=localhost/glowplug/debian-python:$BASE_SUITE
 BUSYBOX_IMAGE=localhost/glowplug/busybox:$(cut -d: -f2 <<<"${BUSYBOX_DEB_VERSION%%-*}")
 # What the pods on the real node use; the base is only a build input.
@@ -148,16 +145,9 @@ load() {  # load SOCKET [IMAGE ...]: by default the node's images
   done
 }
 
-bench() {
-  build
-  build_app bench/transformers-serve.Dockerfile "$TRANSFORMERS_SERVE_IMAGE" "WORKER_IMAGE=$WORKER_IMAGE"
-  load "$1" "${NODE_IMAGES[@]}" "$TRANSFORMERS_SERVE_IMAGE"
-}
-
 case ${1:-} in
   build) build ;;
-  bench) bench "${2:?usage: $0 bench CONTAINERD_SOCKET}" ;;
   load) load "${2:?usage: $0 load CONTAINERD_SOCKET}" ;;
   sizes) sizes ;;
-  *) echo "usage: $0 build|load SOCKET|bench SOCKET|sizes" >&2; exit 2 ;;
+  *) echo "usage: $0 build|load SOCKET|sizes" >&2; exit 2 ;;
 esac

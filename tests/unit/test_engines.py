@@ -85,10 +85,10 @@ class TestRendering:
 
         raw = body(
             {"kind": "transformers-serve"},
-            image={"worker": "ts:1"},
             startup={"optimizations": [{"name": f} for f in flags]},
         )
         serve = worker(render(raw))
+        assert serve["image"] == "worker:9"  # glowplug's worker image ships transformers serve
         assert serve["command"] == ["transformers", "serve"]
         params = app.commands["serve"].make_context("serve", list(serve["args"])).params
         assert params["force_model"] == env(serve)["GLOWPLUG_MODEL_DIR"]
@@ -129,7 +129,11 @@ class TestRefusals:
                 "a custom flag needs env or args",
             ),
             (body({"kind": "custom"}, image={"worker": "x:1"}), "spec.engine.command", "command"),
-            (body({"kind": "transformers-serve"}), "spec.image.worker", "transformers[serving]"),
+            (
+                body({"kind": "custom", "command": ["/server"]}),
+                "spec.image.worker",
+                "needs the image",
+            ),
             (body({"command": ["python3"]}), "spec.engine.command", "builtin engine"),
             (
                 body({"kind": "vllm"}, model={"source": "hf://o/m", "task": "embed"}),
@@ -142,7 +146,7 @@ class TestRefusals:
             "builtin-flag-on-vllm",
             "unknown-flag",
             "custom-without-command",
-            "transformers-serve-without-image",
+            "custom-without-image",
             "builtin-with-command",
             "embed-on-vllm",
             "relative-probe-path",

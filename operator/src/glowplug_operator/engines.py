@@ -239,7 +239,7 @@ ENGINES: Mapping[str, Engine] = MappingProxyType(
         ),
         "transformers-serve": Engine(
             kind="transformers-serve",
-            image=None,  # no public image ships transformers' serving extra: spec.image.worker
+            image=None,  # glowplug's worker image ships transformers with its serving extra
             command=("transformers", "serve"),
             readiness_path="/health",
             liveness_path="/health",

@@ -416,11 +416,9 @@ def _check_cache(cache: Cache) -> None:
 
 def _check_engine(spec: ModelServerSpec) -> None:
     engine = spec.engine
-    if engine.kind in ("custom", "transformers-serve") and spec.image.worker is None:
+    if engine.kind == "custom" and spec.image.worker is None:
         raise InvalidSpec(
-            "spec.image.worker",
-            f"engine {engine.kind} needs the image to run: set spec.image.worker"
-            + (" (an image with transformers[serving])" if engine.kind != "custom" else ""),
+            "spec.image.worker", "engine custom needs the image to run: set spec.image.worker"
         )
     if engine.kind == "custom" and not engine.command:
         raise InvalidSpec(
