@@ -89,9 +89,12 @@ class TestRendering:
         )
         serve = worker(render(raw))
         assert serve["image"] == "worker:9"  # glowplug's worker image ships transformers serve
-        assert serve["command"] == ["transformers", "serve"]
-        params = app.commands["serve"].make_context("serve", list(serve["args"])).params
-        assert params["force_model"] == env(serve)["GLOWPLUG_MODEL_DIR"]
+        # A shell links the served name to the prefetched directory, then runs the server on it.
+        assert serve["command"][:2] == ["/bin/sh", "-c"]
+        assert 'exec transformers serve "$GLOWPLUG_SERVED_MODEL_NAME" "$@"' in serve["command"][2]
+        argv = [env(serve)["GLOWPLUG_SERVED_MODEL_NAME"], *serve["args"]]
+        params = app.commands["serve"].make_context("serve", argv).params
+        assert params["force_model"] == "llm"  # what clients send as "model"
         assert params["host"] == "0.0.0.0"
         assert params["port"] == 8000
         if flags == ["flash-attention"]:

@@ -96,10 +96,21 @@ def _sglang_args(p: ServeParams) -> list[str]:
     return args
 
 
+# `transformers serve DIR` answers only requests that name the model as DIR (or name none): the
+# served name becomes a link to the prefetched directory, in the container's writable /tmp.
+TRANSFORMERS_SERVE_COMMAND = (
+    "/bin/sh",
+    "-c",
+    'cd /tmp && ln -sfn "$GLOWPLUG_MODEL_DIR" "$GLOWPLUG_SERVED_MODEL_NAME" '
+    '&& exec transformers serve "$GLOWPLUG_SERVED_MODEL_NAME" "$@"',
+    "transformers-serve",
+)
+
+
 def _transformers_serve_args(p: ServeParams) -> list[str]:
-    # One process, one device: `auto` places the model on the GPU(s) it is given, else the CPU.
+    # The model is the command's (above). One process, one device: `auto` places the model on
+    # the GPU(s) it is given, else the CPU.
     return [
-        p.model_dir,
         "--host", "0.0.0.0",
         "--port", str(p.port),
         "--dtype", p.dtype,
@@ -240,7 +251,7 @@ ENGINES: Mapping[str, Engine] = MappingProxyType(
         "transformers-serve": Engine(
             kind="transformers-serve",
             image=None,  # glowplug's worker image ships transformers with its serving extra
-            command=("transformers", "serve"),
+            command=TRANSFORMERS_SERVE_COMMAND,
             readiness_path="/health",
             liveness_path="/health",
             flags=TRANSFORMERS_SERVE_FLAGS,
