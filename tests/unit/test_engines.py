@@ -315,3 +315,18 @@ def test_every_engine_has_probes_and_a_command() -> None:
     for kind, engine in ENGINES.items():
         assert engine.readiness_path.startswith("/"), kind
         assert engine.command or kind == "custom", kind
+
+
+def test_vllm_start_phases_from_its_own_log_lines() -> None:
+    """Lines in the formats of vLLM's own logger calls (model runner, compile monitor, core)."""
+    from glowplug_operator.engines import phases_from_log
+
+    log = (LOGS / "vllm-startup.txt").read_text()
+    assert phases_from_log("vllm", log) == {
+        "load": 5.384,
+        "compile": 21.13,
+        "graphCapture": 8.0,
+        "engineInit": 39.86,
+    }
+    assert phases_from_log("vllm", "nothing here") == {}
+    assert phases_from_log("transformers-serve", log) == {}

@@ -11,6 +11,7 @@ Pure data and pure functions: the builders read it, the docs (docs/engines.md) d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -60,6 +61,8 @@ class Engine:
     flags: Mapping[str, EngineFlag]
     # Env the engine always gets: its own hub access and telemetry off.
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Start phases the engine logs itself: phase -> pattern whose group 1 is seconds.
+    log_phases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def args(self, params: ServeParams) -> list[str]:
         """The engine's own arguments for this model (flags and spec.engine.args come after)."""
@@ -238,6 +241,16 @@ ENGINES: Mapping[str, Engine] = MappingProxyType(
             liveness_path="/health",
             flags=VLLM_FLAGS,
             env=MappingProxyType({**_OFFLINE, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}),
+            # vLLM's own log lines (its model runner, compilation monitor and engine core).
+            log_phases=MappingProxyType(
+                {
+                    "load": r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) ?s",
+                    "compile": r"torch\.compile takes ([\d.]+) s in total",
+                    "graphCapture": r"Graph capturing finished in ([\d.]+) secs",
+                    "engineInit": r"init engine \(profile, create kv cache, warmup model\) "
+                    r"took ([\d.]+) seconds",
+                }
+            ),
         ),
         "sglang": Engine(
             kind="sglang",
@@ -247,6 +260,12 @@ ENGINES: Mapping[str, Engine] = MappingProxyType(
             liveness_path="/health",
             flags=SGLANG_FLAGS,
             env=_OFFLINE,
+            log_phases=MappingProxyType(
+                {
+                    "load": r"Load weight end\. elapsed=([\d.]+) s",
+                    "graphCapture": r"Capture cuda graph end\. Time elapsed: ([\d.]+) s",
+                }
+            ),
         ),
         "transformers-serve": Engine(
             kind="transformers-serve",
@@ -277,3 +296,13 @@ def engine(kind: str) -> Engine:
 def known_flag(kind: str, name: str) -> EngineFlag | None:
     """The engine's own flag of this name, if it has one."""
     return ENGINES[kind].flags.get(name)
+
+
+def phases_from_log(kind: str, log: str) -> dict[str, float]:
+    """The start phases an engine logged itself (the last of each), in seconds."""
+    phases: dict[str, float] = {}
+    for phase, pattern in ENGINES[kind].log_phases.items():
+        found = re.findall(pattern, log)
+        if found:
+            phases[phase] = round(float(found[-1]), 3)
+    return phases
