@@ -7,10 +7,11 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tests.cluster.kube import ROOT
+from tests.cluster.kube import ROOT, Kubectl
 
 ARGOCD_LUA = ROOT / "examples" / "argocd" / "health.lua"
 
@@ -55,3 +56,42 @@ def _to_lua(lua: Any, value: Any) -> Any:
     if isinstance(value, list):
         return lua.table_from([_to_lua(lua, v) for v in value])
     return value
+
+
+class ObjectWatch:
+    """`kubectl get KIND -w -o json` on one object, from before it exists: every version the API
+    server stores (each status write), in order, read in a thread."""
+
+    def __init__(self, kubectl: Kubectl, kind: str, name: str) -> None:
+        cmd = [kubectl.binary, f"--kubeconfig={kubectl.kubeconfig}"]
+        if kubectl.namespace:
+            cmd.append(f"--namespace={kubectl.namespace}")
+        cmd += ["get", kind, "-w", "-o", "json", "--field-selector", f"metadata.name={name}"]
+        self.objects: list[dict[str, Any]] = []
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        decoder, buffer = json.JSONDecoder(), ""
+        for line in self._proc.stdout:
+            buffer += line
+            try:
+                obj, end = decoder.raw_decode(buffer.strip())
+            except json.JSONDecodeError:
+                continue
+            buffer = buffer.strip()[end:]
+            self.objects.append(obj)
+
+    def stop(self) -> list[dict[str, Any]]:
+        """The versions seen, one per resourceVersion."""
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+        self._thread.join(timeout=10)
+        seen: dict[str, dict[str, Any]] = {}
+        for obj in self.objects:
+            seen.setdefault(obj["metadata"]["resourceVersion"], obj)
+        return list(seen.values())
