@@ -156,7 +156,7 @@ def test_kstatus_and_argocd_agree_on_status_py_scenarios(
 
 def test_before_the_first_status_argocd_waits_and_kstatus_cannot_tell() -> None:
     """kstatus reads an object without status as Current (its generic rule); the Lua waits for
-    the operator. docs/gitops.md says so."""
+    the operator. docs/api.md says so."""
     obj = modelserver(None)
     assert kstatus([obj])[0]["status"] == "Current"
     assert argocd_health(obj)["status"] == "Progressing"

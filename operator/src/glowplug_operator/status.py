@@ -25,6 +25,10 @@ from glowplug_operator.spec import CAMEL_CASE, CamelModel
 from glowplug_operator.timestamps import iso
 
 Status = dict[str, Any]
+# status.coldStart.phases keys the pod's status gives (`_cold_start`), in the order they happen;
+# the worker's own (controller/startup_reports.WORKER_PHASES) run inside `start`. docs/api.md and
+# the CRD name these (tests/unit/test_docs_match_code.py).
+POD_PHASES = ("schedule", "download", "start")
 
 
 class StatusCondition(CamelModel):
