@@ -203,6 +203,42 @@ def test_a_rollback_through_gitops_health_kubectl_glowplug_and_the_log(
     assert "InvalidStateError" not in log, log
 
 
+def test_a_bisection_is_in_progress_for_gitops_tools_until_served(
+    kubectl: Kubectl, sim_namespace: str, stages, sim_operator: OperatorProcess
+) -> None:
+    """No evidence (the probe kills slim-imports' starts): the operator bisects; kstatus and Argo
+    CD say the rollout is under way through every step, never Failed, and Healthy at the end."""
+    k = kubectl.in_namespace(sim_namespace)
+    stages.add(b.crash_loop("hang", [b.flag_on("slim-imports")], exit_code=137, delay_ms=500))
+    stages.add(b.ready("ok", [b.flag_off("slim-imports")], delay_ms=300))
+    watch = ObjectWatch(k, "modelservers", "bisect")
+    k.apply(_modelserver("bisect", FLAGS))
+
+    def served_without_slim_imports() -> bool:
+        live = k.get("ms", "bisect")
+        return (
+            _condition(live, "Ready").get("status") == "True"
+            and _states(live).get("slim-imports") == "RolledBack"
+        )
+
+    wait_until("Ready after the bisection", served_without_slim_imports, timeout=120)
+    objects = [o for o in watch.stop() if o.get("status")]
+    judged = _judge(objects)
+    _record("bisection", objects, judged)
+    shown = [(j[0], j[1], _condition(o, "Reconciling").get("reason")) for o, j in
+             zip(objects, judged, strict=True)]  # fmt: skip
+    bisecting = [
+        j
+        for o, j in zip(objects, judged, strict=True)
+        if _condition(o, "Reconciling").get("reason") == "Bisecting"
+    ]
+    assert bisecting, shown
+    assert all(j[:2] == ("InProgress", "Progressing") for j in bisecting), shown
+    assert all("Bisecting" in j[2] for j in bisecting), shown
+    assert not [j for j in judged if j[0] == "Failed" or j[1] == "Degraded"], shown
+    assert judged[-1][:2] == ("Current", "Healthy"), shown
+
+
 @pytest.fixture
 def json_operator(
     kubectl: Kubectl, crd: None, namespace: str, tmp_path: Path
