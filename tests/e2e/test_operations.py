@@ -85,7 +85,13 @@ def _record(name: str, objects: list[dict[str, Any]], judged: list[tuple[str, st
                     "name": o["metadata"]["name"],
                     "generation": o["metadata"]["generation"],
                 },
-                "status": o["status"],
+                # status.rollout.pods (per-pod counting records) is left out: size only.
+                "status": {
+                    **o["status"],
+                    "rollout": {
+                        k: v for k, v in (o["status"].get("rollout") or {}).items() if k != "pods"
+                    },
+                },
             },
             "kstatus": k,
             "argocd": a,
@@ -93,7 +99,8 @@ def _record(name: str, objects: list[dict[str, Any]], judged: list[tuple[str, st
         for o, (k, a, _) in zip(objects, judged, strict=True)
     ]
     RECORDED.mkdir(parents=True, exist_ok=True)
-    (RECORDED / f"{name}.json").write_text(json.dumps({"steps": steps}, indent=1) + "\n")
+    lines = ",\n".join(json.dumps(step, separators=(",", ":")) for step in steps)
+    (RECORDED / f"{name}.json").write_text('{"steps": [\n' + lines + "\n]}\n")  # a step a line
 
 
 def plugin(k: Kubectl, *args: str) -> subprocess.CompletedProcess[str]:
