@@ -42,7 +42,7 @@ binaries: packages ## Build the cluster's binaries once per machine (cached in $
 	hack/build-kstatus.sh >/dev/null
 
 .PHONY: images
-images: packages ## Build the operator and worker images from their Dockerfiles (buildah; layer cache in $GLOWPLUG_CACHE).
+images: packages ## Build the operator, prefetch and worker images from their Dockerfiles (buildah; layer cache in $GLOWPLUG_CACHE).
 	hack/images.sh build
 
 .PHONY: lint

@@ -282,6 +282,7 @@ def test_default_settings_reach_the_operator_environment() -> None:
     assert env["GLOWPLUG_LOG_LEVEL"] == "INFO"
     assert env["GLOWPLUG_DEFAULT_BUDGET_SECONDS"] == "900"
     assert env["GLOWPLUG_WORKER_IMAGE"] == "ghcr.io/glowplug/worker:0.1.0"
+    assert env["GLOWPLUG_PREFETCH_IMAGE"] == "ghcr.io/glowplug/prefetch:0.1.0"
     container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/glowplug/operator:0.1.0"
 
@@ -295,6 +296,7 @@ def test_values_change_the_environment_ports_and_images() -> None:
         "defaultBudgetSeconds=1800",
         "worker.image.repository=registry.example/worker",
         "worker.image.tag=v2",
+        "prefetch.image.repository=registry.example/prefetch",
         "image.tag=v3",
         "hostPathPrefixes={/var/cache/models,/mnt/nvme}",
     )
@@ -305,6 +307,7 @@ def test_values_change_the_environment_ports_and_images() -> None:
     assert env["GLOWPLUG_LOG_LEVEL"] == "DEBUG"
     assert env["GLOWPLUG_DEFAULT_BUDGET_SECONDS"] == "1800"
     assert env["GLOWPLUG_WORKER_IMAGE"] == "registry.example/worker:v2"
+    assert env["GLOWPLUG_PREFETCH_IMAGE"] == "registry.example/prefetch:0.1.0"
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].endswith(":v3")
     assert {"name": "metrics", "containerPort": 9300, "protocol": "TCP"} in container["ports"]

@@ -104,13 +104,17 @@ def test_the_glossarys_worker_phases_are_the_workers() -> None:
 def test_the_dockerfiles_build_the_images_the_chart_runs() -> None:
     chart = yaml.safe_load((ROOT / "charts/glowplug/Chart.yaml").read_text())
     values = yaml.safe_load((ROOT / "charts/glowplug/values.yaml").read_text())
+    version = chart["appVersion"]
     wanted = {
-        "operator": f"{values['image']['repository']}:{chart['appVersion']}",
-        "worker": f"{values['worker']['image']['repository']}:{chart['appVersion']}",
+        "operator": [f"{values['image']['repository']}:{version}"],
+        "worker": [
+            f"{values['worker']['image']['repository']}:{version}",
+            f"{values['prefetch']['image']['repository']}:{version}",
+        ],
     }
-    for part, image in wanted.items():
+    for part, images in wanted.items():
         text = (ROOT / part / "Dockerfile").read_text()
-        assert re.findall(r"^#.* -t (\S+) ", text, re.M) == [image], part
+        assert re.findall(r"^#.* -t (\S+) ", text, re.M) == images, part
 
 
 def test_queue_overflow_is_documented_as_the_workers_429() -> None:

@@ -26,7 +26,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     worker_image: str = Field(default="ghcr.io/glowplug/worker:0.1.0", min_length=1)
-    """Image for the init and worker containers unless a ModelServer overrides it."""
+    """Image of the builtin engine's worker container unless a ModelServer overrides it."""
+    prefetch_image: str = Field(default="ghcr.io/glowplug/prefetch:0.1.0", min_length=1)
+    """Image of the prefetch init container, for every engine (no torch: small)."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means all namespaces."""
     default_budget_seconds: int = Field(default=900, ge=30, le=86400)
