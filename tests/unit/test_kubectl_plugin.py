@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from glowplug_operator.kubectl.cli import PluginError, retry_value
+from glowplug_operator.kubectl.cli import PluginError, parse, retry_value
 from glowplug_operator.kubectl.render import explain_text, status_text, timeline
 from glowplug_operator.timestamps import iso, parse_time
 
@@ -172,3 +172,18 @@ class TestRetryValue:
             state["state"] = "Active"
         with pytest.raises(PluginError, match="nothing to retry"):
             retry_value(obj, [])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-n", "ml", "--context", "prod", "retry", "llama", "fast-load"],
+        ["retry", "llama", "fast-load", "-n", "ml", "--context", "prod"],
+        ["--context=prod", "retry", "-n", "ml", "llama", "fast-load"],
+    ],
+    ids=["before", "after", "both"],
+)
+def test_kubectl_flags_before_or_after_the_command(argv: list[str]) -> None:
+    options = parse(argv)
+    assert (options.command, options.name, options.flags) == ("retry", "llama", ["fast-load"])
+    assert (options.namespace, options.context, options.kubeconfig) == ("ml", "prod", None)

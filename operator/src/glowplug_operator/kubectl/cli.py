@@ -79,26 +79,39 @@ def retry_value(ms: dict[str, Any], flags: Sequence[str]) -> tuple[str, list[str
     return value, list(flags)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """kubectl's connection flags before or after the command (`-n ml status x`, `status x -n
+    ml`), as kubectl users type them."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("-n", "--namespace", default=argparse.SUPPRESS)
+    flags.add_argument("--context", default=argparse.SUPPRESS)
+    flags.add_argument("--kubeconfig", default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
-        prog="kubectl glowplug", description="Look into glowplug ModelServers."
+        prog="kubectl glowplug", description="Look into glowplug ModelServers.", parents=[flags]
     )
-    parser.add_argument("-n", "--namespace")
-    parser.add_argument("--context")
-    parser.add_argument("--kubeconfig")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "status", help="conditions, cold-start timeline, flags and their history"
+        "status", help="conditions, cold-start timeline, flags and their history", parents=[flags]
     ).add_argument("name")
     retry = commands.add_parser(
-        "retry", help="ask the operator to try rolled-back flags again (all of them by default)"
+        "retry",
+        help="ask the operator to try rolled-back flags again (all of them by default)",
+        parents=[flags],
     )
     retry.add_argument("name")
     retry.add_argument("flags", nargs="*", metavar="FLAG")
     commands.add_parser(
-        "explain-rollback", help="the evidence behind each flag decision"
+        "explain-rollback", help="the evidence behind each flag decision", parents=[flags]
     ).add_argument("name")
     options = parser.parse_args(argv)
+    for name in ("namespace", "context", "kubeconfig"):
+        if not hasattr(options, name):
+            setattr(options, name, None)
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse(argv)
     kubectl = Kubectl(options)
     now = datetime.now(UTC)
     try:
