@@ -950,17 +950,17 @@ class TestCacheClaim:
         [
             (
                 {"kind": "PersistentVolumeClaim", "size": "40Gi"},
-                {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "40Gi"}}},
+                {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "40Gi"}}},
             ),
             (
                 {
                     "kind": "PersistentVolumeClaim",
                     "size": "100Gi",
-                    "accessMode": "ReadWriteOnce",
+                    "accessMode": "ReadWriteMany",
                     "storageClassName": "fast-ssd",
                 },
                 {
-                    "accessModes": ["ReadWriteOnce"],
+                    "accessModes": ["ReadWriteMany"],
                     "resources": {"requests": {"storage": "100Gi"}},
                     "storageClassName": "fast-ssd",
                 },

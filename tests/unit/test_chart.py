@@ -139,13 +139,19 @@ NEEDED = [("glowplug.dev", "modelservers", verb) for verb in ("get", "list", "wa
         for verb in ("get", "list", "watch", "create", "update", "patch", "delete")
     ],
     *[("", "pods", verb) for verb in ("get", "list", "watch")],
-    ("", "pods/status", "get"),
     ("", "events", "create"),
-    ("", "events", "patch"),
-    ("events.k8s.io", "events", "create"),
+]
+# Cluster-scoped: kopf lists the namespaces and watches the CRD.
+NEEDED_CLUSTER = [
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
     *[("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")],
+]
+# What nothing in the operator uses (tests/e2e/test_rbac.py runs it with exactly these rules).
+UNUSED = [
+    ("", "pods/status", "get"),
+    ("", "events", "patch"),
+    ("events.k8s.io", "events", "create"),
 ]
 
 
@@ -159,9 +165,40 @@ def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) ->
 
 
 @needs_helm
-@pytest.mark.parametrize(("group", "resource", "verb"), NEEDED)
+@pytest.mark.parametrize(("group", "resource", "verb"), NEEDED + NEEDED_CLUSTER)
 def test_rbac_grants_what_the_operator_needs(group: str, resource: str, verb: str) -> None:
     assert allows(one(render(), "ClusterRole")["rules"], group, resource, verb)
+
+
+@needs_helm
+def test_rbac_grants_no_verb_nothing_uses() -> None:
+    rules = one(render(), "ClusterRole")["rules"]
+    assert [need for need in UNUSED if allows(rules, *need)] == []
+
+
+@needs_helm
+def test_a_namespaced_install_grants_roles_in_those_namespaces_only() -> None:
+    docs = render("namespaces={ml,serving}")
+    cluster = one(docs, "ClusterRole")["rules"]
+    assert all(allows(cluster, *need) for need in NEEDED_CLUSTER)
+    assert [need for need in NEEDED if allows(cluster, *need)] == []
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"ml", "serving"}
+    account = one(docs, "ServiceAccount")["metadata"]
+    for namespace, role in roles.items():
+        assert all(allows(role["rules"], *need) for need in NEEDED), namespace
+        assert [need for need in UNUSED if allows(role["rules"], *need)] == []
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+        ]
+    assert env_of(docs)["GLOWPLUG_NAMESPACES"] == "ml,serving"
 
 
 @needs_helm

@@ -50,7 +50,7 @@ class TestDefaults:
         assert spec.placement.tolerations == []
         assert spec.placement.affinity is None
         assert spec.cache.kind == "EmptyDir"
-        assert spec.cache.access_mode == "ReadWriteMany"
+        assert spec.cache.access_mode == "ReadWriteOnce"  # what a single-node provisioner offers
         assert spec.cache.retain_on_delete is False
         assert spec.startup.budget_seconds is None
         assert spec.startup.optimizations == []

@@ -147,7 +147,7 @@ class Cache(CamelModel):
     kind: Literal["EmptyDir", "PersistentVolumeClaim", "HostPath"] = "EmptyDir"
     size: Quantity | None = None
     storage_class_name: str | None = None
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = "ReadWriteMany"
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = "ReadWriteOnce"
     existing_claim: str | None = None
     host_path: str | None = None
     retain_on_delete: bool = False

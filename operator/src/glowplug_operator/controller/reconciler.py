@@ -295,6 +295,24 @@ class Reconciler:
             await self._event(body, "Warning", blocked.reason, blocked.message)
 
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post one Event of a decision, and log it: one INFO line per decision (a flag rolled
+        back, a bisection step, a flag restored or promoted, a Degraded or blocking reason,
+        Ready gained or lost), the ModelServer named in the line and as fields for JSON logs."""
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        log.info(
+            "modelserver %s/%s: %s: %s",
+            namespace,
+            name,
+            reason,
+            message,
+            extra={
+                "namespace": namespace,
+                "modelserver": name,
+                "reason": reason,
+                "event_type": type_,
+            },
+        )
         try:
             await self.kube.post_event(body, type_, reason, message)
             self.metrics.api_writes.labels("Event").inc()
