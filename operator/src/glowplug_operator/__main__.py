@@ -10,7 +10,9 @@ import sys
 import kopf
 from kopf._core.engines.peering import Identity
 
+from glowplug_operator.logs import configure as configure_logging
 from glowplug_operator.settings import Settings, SettingsError
+from glowplug_operator.stopping import operate
 
 
 def main() -> int:
@@ -19,11 +21,12 @@ def main() -> int:
     except SettingsError as error:
         print(f"glowplug-operator: {error}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.log_format)
     import glowplug_operator.controller.registration  # noqa: F401 - registers the handlers
 
     # The settings are read once, here; the startup handler finds them in kopf's memo.
     asyncio.run(
-        kopf.operator(
+        operate(
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             liveness_endpoint=(
