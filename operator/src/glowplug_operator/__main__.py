@@ -6,11 +6,16 @@ import asyncio
 import os
 import socket
 import sys
+import threading
 
 import kopf
 from kopf._core.engines.peering import Identity
 
+from glowplug_operator.controller.leadership import Leadership, LeaseConfig
 from glowplug_operator.settings import Settings, SettingsError
+
+# The exit status when the Lease was lost: the container restarts and becomes a standby.
+LOST_LEASE = 3
 
 
 def main() -> int:
@@ -21,6 +26,19 @@ def main() -> int:
         return 2
     import glowplug_operator.controller.registration  # noqa: F401 - registers the handlers
 
+    # kopf would otherwise name itself after the user, which an image's numeric uid without a
+    # passwd entry (65532) does not have: it crashed at start.
+    identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
+    leadership = (
+        Leadership(
+            LeaseConfig(
+                settings.lease_name, settings.lease_namespace, identity, settings.lease_seconds
+            ).renew_deadline
+        )
+        if settings.leader_election
+        else Leadership.always()
+    )
+    stop = threading.Event()  # set when the Lease is lost: kopf stops, the process exits
     # The settings are read once, here; the startup handler finds them in kopf's memo.
     asyncio.run(
         kopf.operator(
@@ -30,13 +48,12 @@ def main() -> int:
                 f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
             ),
             standalone=True,
-            # kopf would otherwise name itself after the user, which an image's numeric uid
-            # without a passwd entry (65532) does not have: it crashed at start.
-            identity=Identity(f"{socket.gethostname()}-{os.getpid()}"),
-            memo=kopf.Memo(settings=settings),
+            identity=Identity(identity),
+            stop_flag=stop,
+            memo=kopf.Memo(settings=settings, leadership=leadership, identity=identity, stop=stop),
         )
     )
-    return 0
+    return LOST_LEASE if stop.is_set() else 0
 
 
 if __name__ == "__main__":

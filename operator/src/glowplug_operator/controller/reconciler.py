@@ -11,11 +11,9 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from lightkube.core.exceptions import ApiError
-
 from glowplug_operator import builders
 from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_fingerprint
-from glowplug_operator.controller.kube import Gone, Kube, Stale
+from glowplug_operator.controller.kube import ApiError, Gone, Kube, Stale
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.objects import contains
 from glowplug_operator.controller.startup_reports import StartupReports
@@ -232,7 +230,8 @@ class Reconciler:
             if not _owned_by(live, owner):
                 return _name_conflict(kind, name, owner)
             if not contains(live, manifest):
-                writes.append(partial(self._apply, manifest))
+                version = live["metadata"].get("resourceVersion")
+                writes.append(partial(self._apply, manifest, live_version=version))
         # Independent objects: one round trip, not four.
         results = await asyncio.gather(*(w() for w in writes), return_exceptions=True)
         refused = [r for r in results if isinstance(r, BaseException)]
@@ -245,14 +244,16 @@ class Reconciler:
             self.metrics.template_changes.labels(owner.namespace, owner.name).inc()
         return None
 
-    async def _apply(self, manifest: dict[str, Any], first: bool = False) -> None:
+    async def _apply(
+        self, manifest: dict[str, Any], first: bool = False, live_version: str | None = None
+    ) -> None:
         meta = manifest["metadata"]
         try:
             # The first apply does not force: an object someone created since our look is a
             # field conflict (409), not taken over.
-            live = await self.kube.apply(manifest, force=not first)
+            live = await self.kube.apply(manifest, force=not first, live_version=live_version)
         except ApiError as error:
-            if not first or error.status.code != 409:
+            if not first or error.code != 409:
                 raise
             raise _Conflict(manifest["kind"], meta["name"]) from error
         self.metrics.api_writes.labels(manifest["kind"]).inc()
@@ -356,7 +357,7 @@ def _refused(error: BaseException, owner: builders.Owner) -> Blocked | None:
         return _name_conflict(error.kind, error.name, owner)
     if not isinstance(error, ApiError):
         return None
-    code, text = error.status.code, error.status.message or str(error)
+    code, text = error.code, error.message or str(error)
     if code in (400, 422):
         return Blocked("InvalidSpec", text, "fix the spec; nothing is rolled out")
     if code == 403:  # a quota, an admission policy (RBAC too, but ours is installed with us)

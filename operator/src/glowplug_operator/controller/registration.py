@@ -19,7 +19,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
-from glowplug_operator.controller.kube import Kube, list_all
+from glowplug_operator.controller.kube import Kube
+from glowplug_operator.controller.leadership import Leadership, LeaseConfig, start_election
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
@@ -73,19 +74,37 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(config.metrics_port, registry=metrics.registry)
     store: Store = Store()
     queue: WorkQueue[Key] = WorkQueue()
-    kube = Kube(config.field_manager)
+    leadership = cast(Leadership, memo.leadership)
+    identity = cast(str, memo.identity)
+    kube = Kube(config.field_manager, config.api_threads, leadership, identity)
     reports = StartupReports(requeue=queue.add, observe=metrics.observe_phases)
     reconciler = Reconciler(config, kube, store, metrics, reports)
     # The initial lists, before any reconcile: a first reconcile after a restart must see the
     # pods and children that exist, not an empty store (Ready=False and a Warning for nothing).
     for key in fill(store, await _lists(kube, config.namespaces)):
         queue.add(key)
-    loops = [
-        asyncio.create_task(reconcile_loop(queue, reconciler))
-        for _ in range(config.reconcile_workers)
-    ]
-    loops.append(asyncio.create_task(_relist_loop(kube, store, queue, config)))
+    loops = [asyncio.create_task(_relist_loop(kube, store, queue, config))]
+    loops.append(
+        asyncio.create_task(_reconcile_when_leading(leadership, queue, reconciler, config))
+    )
     memo.controller = Controller(store, queue, reconciler, loops)
+    if config.leader_election:
+        # A standby watches and keeps its store (reads) and writes nothing until it holds the
+        # Lease; then the loops start at once on a warm store. Losing it stops the operator.
+        lease = LeaseConfig(
+            config.lease_name, config.lease_namespace, identity, config.lease_seconds
+        )
+        stop = memo.stop
+        start_election(lease, leadership, kube.lease_client(), on_lost=stop.set)
+
+
+async def _reconcile_when_leading(
+    leadership: Leadership, queue: WorkQueue[Key], reconciler: Reconciler, config: Settings
+) -> None:
+    """The reconcile loops, once this replica may write (at once without an election)."""
+    await leadership.acquired()
+    loops = [reconcile_loop(queue, reconciler) for _ in range(config.reconcile_workers)]
+    await asyncio.gather(*loops)
 
 
 KINDS: tuple[str, ...] = ("ModelServer", "Deployment", "Service", "PersistentVolumeClaim")
@@ -93,9 +112,7 @@ KINDS += ("PodDisruptionBudget", "Pod")
 
 
 async def _lists(kube: Kube, namespaces: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
-    lists = await asyncio.gather(
-        *(list_all(kube.client, k, namespaces, k != "ModelServer") for k in KINDS)
-    )
+    lists = await asyncio.gather(*(kube.list_all(k, namespaces, k != "ModelServer") for k in KINDS))
     return dict(zip(KINDS, lists, strict=True))
 
 
