@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -25,6 +26,13 @@ def main() -> int:
         print(f"glowplug-operator: {error}", file=sys.stderr)
         return 2
     import glowplug_operator.controller.registration  # noqa: F401 - registers the handlers
+
+    # kopf.operator() configures no logging: without a handler only warnings would show.
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.log_level != "DEBUG":  # kopf says "Handler ... succeeded" for every watch event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     # kopf would otherwise name itself after the user, which an image's numeric uid without a
     # passwd entry (65532) does not have: it crashed at start.

@@ -202,8 +202,8 @@ class Kube:
         )
         version = live["metadata"].get("resourceVersion")
         what = "created" if live_version is None and force is False else "applied"
-        if live_version is not None and version == live_version:
-            what = "unchanged"
+        if live_version is not None:
+            what = "unchanged" if version == live_version else "updated"
         log.info("%s: %s %s %s", _owner(manifest), kind, meta["name"], what)
         return live
 
