@@ -3,9 +3,11 @@ the status patch, Events, and the initial lists. Nothing else in the operator ta
 server (kopf's watches aside; the Lease is `leadership.py`'s, on its own client).
 
 The client is synchronous (urllib3); every call runs in a bounded thread pool
-(`GLOWPLUG_API_THREADS`), never on the event loop. Bodies go out and come back as plain dicts
-(`_preload_content=False`, JSON parsed here): the reconciler compares dicts, and building the
-client's model objects for every answer would cost more than the request.
+(`GLOWPLUG_API_THREADS`), never on the event loop. Requests go through the client's `ApiClient`
+(its configuration, authentication, TLS, serialization and errors) by path, and bodies go out
+and come back as plain dicts: the reconciler compares dicts, and the generated typed API classes
+would import their hundreds of pydantic models (CoreV1Api alone: 60 MB of the operator's
+memory) and validate every call, to produce objects the operator would turn back into dicts.
 
 Every write asks `Leadership.may_write()` first and raises NotLeader when this process does not
 hold the Lease, and logs one INFO line naming the ModelServer it was for.
@@ -14,14 +16,15 @@ hold the Lease, and logs one INFO line naming the ModelServer it was for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from glowplug_operator.contract import (
     API_VERSION,
@@ -35,25 +38,24 @@ from glowplug_operator.contract import (
 from glowplug_operator.controller.leadership import Leadership
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# kind -> (API class name in kubernetes.client, the method suffix for one namespaced object,
-# the suffix of its all-namespaces list)
-_APIS: dict[str, tuple[str, str, str]] = {
-    "Deployment": ("AppsV1Api", "namespaced_deployment", "deployment_for_all_namespaces"),
-    "Service": ("CoreV1Api", "namespaced_service", "service_for_all_namespaces"),
-    "PersistentVolumeClaim": (
-        "CoreV1Api",
-        "namespaced_persistent_volume_claim",
-        "persistent_volume_claim_for_all_namespaces",
-    ),
-    "PodDisruptionBudget": (
-        "PolicyV1Api",
-        "namespaced_pod_disruption_budget",
-        "pod_disruption_budget_for_all_namespaces",
-    ),
-    "Pod": ("CoreV1Api", "namespaced_pod", "pod_for_all_namespaces"),
+# kind -> the collection's path (namespaced; without the namespace part for all namespaces)
+_PATHS: dict[str, tuple[str, str]] = {
+    "ModelServer": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "Pod": ("/api/v1", "pods"),
+    "Event": ("/api/v1", "events"),
 }
+
+
+def _path(kind: str, namespace: str | None, name: str = "", sub: str = "") -> str:
+    group, plural = _PATHS[kind]
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"{group}{where}/{plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
 
 _API_VERSIONS = {
     "ModelServer": API_VERSION,
@@ -117,7 +119,7 @@ class Kube:
         self.threads = threads
         self.leadership = leadership or Leadership.always()
         self.instance = instance  # an Event's reportingInstance: which replica wrote it
-        self._apis: dict[str, Any] | None = None
+        self._api_client: Any = None
         self._pool: ThreadPoolExecutor | None = None
 
     def lease_client(self) -> Any:
@@ -127,44 +129,58 @@ class Kube:
 
         return client.ApiClient(load_configuration())
 
-    def _api(self, name: str) -> Any:
-        if self._apis is None:
-            from kubernetes import client
+    def _client(self) -> Any:
+        if self._api_client is None:
+            from kubernetes.client import ApiClient
 
             configuration = load_configuration()
             configuration.connection_pool_maxsize = self.threads
-            api_client = client.ApiClient(configuration)
-            self._apis = {
-                api: getattr(client, api)(api_client)
-                for api in ("AppsV1Api", "CoreV1Api", "PolicyV1Api", "CustomObjectsApi")
-            }
-        return self._apis[name]
+            self._api_client = ApiClient(configuration)
+        return self._api_client
 
-    async def _call(self, call: Callable[[], T]) -> T:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str | None] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        """One request in the thread pool; its answer as a dict, an error status as ApiError."""
+        self._client()  # made here, on the event loop: never twice by two threads
+        call = partial(self._sync, method, path, query or {}, body, content_type)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kube")
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    async def _request(self, api: str, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """One call of the client's API `api`, its answer as a dict; errors as ApiError."""
-        call = partial(self._sync, api, method, args, kwargs)
-        return await self._call(call)
-
     def _sync(
-        self, api: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str | None],
+        body: Any,
+        content_type: str | None,
     ) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
+        client = self._client()
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=[(k, v) for k, v in query.items() if v is not None],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = client.call_api(*request, _request_timeout=TIMEOUT)
         try:
-            response = getattr(self._api(api), method)(
-                *args, _preload_content=False, _request_timeout=TIMEOUT, **kwargs
-            )
-        except ApiException as error:
-            raise _api_error(error) from None
-        try:
-            return dict(json.loads(response.data))
+            data = response.read()
         finally:
-            response.release_conn()
+            response.response.release_conn()
+        if not 200 <= response.status <= 299:
+            raise _api_error(response.status, response.reason, data)
+        return dict(json.loads(data))
 
     def _writing(self) -> None:
         if not self.leadership.may_write():
@@ -174,9 +190,9 @@ class Kube:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        if self._apis is not None:
-            self._apis["CoreV1Api"].api_client.close()
-            self._apis = None
+        if self._api_client is not None:
+            self._api_client.close()
+            self._api_client = None
 
     async def apply(
         self, manifest: dict[str, Any], force: bool = True, live_version: str | None = None
@@ -189,16 +205,12 @@ class Kube:
         only tells the log whether the apply changed anything."""
         self._writing()
         kind, meta = manifest["kind"], manifest["metadata"]
-        api, suffix, _ = _APIS[kind]
         live = await self._request(
-            api,
-            f"patch_{suffix}",
-            meta["name"],
-            meta["namespace"],
-            body=manifest,
-            field_manager=self.field_manager,
-            force=force,
-            _content_type=APPLY_PATCH,
+            "PATCH",
+            _path(kind, meta["namespace"], meta["name"]),
+            {"fieldManager": self.field_manager, "force": "true" if force else "false"},
+            manifest,
+            APPLY_PATCH,
         )
         version = live["metadata"].get("resourceVersion")
         what = "created" if live_version is None and force is False else "applied"
@@ -210,9 +222,8 @@ class Kube:
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The live object, or None when there is none (the store sees only labelled objects:
         this is how an object of the same name that is not ours is found)."""
-        api, suffix, _ = _APIS[kind]
         try:
-            return await self._request(api, f"read_{suffix}", name, namespace)
+            return await self._request("GET", _path(kind, namespace, name))
         except ApiError as error:
             if error.code == 404:
                 return None
@@ -220,9 +231,8 @@ class Kube:
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self._writing()
-        api, suffix, _ = _APIS[kind]
         try:
-            await self._request(api, f"delete_{suffix}", name, namespace)
+            await self._request("DELETE", _path(kind, namespace, name))
         except ApiError as error:
             if error.code != 404:
                 raise
@@ -247,15 +257,7 @@ class Kube:
             )
         try:
             live = await self._request(
-                "CustomObjectsApi",
-                "patch_namespaced_custom_object_status",
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                body=patch,
-                _content_type=JSON_PATCH,
+                "PATCH", _path("ModelServer", namespace, name, "status"), None, patch, JSON_PATCH
             )
         except ApiError as error:
             if error.code == 404:
@@ -297,7 +299,7 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        await self._request("CoreV1Api", "create_namespaced_event", meta["namespace"], event)
+        await self._request("POST", _path("Event", meta["namespace"]), None, event)
         log.info(
             "ModelServer %s/%s: Event %s %s: %s",
             meta["namespace"],
@@ -315,10 +317,10 @@ class Kube:
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items()) if labelled else None
         out: list[dict[str, Any]] = []
         for namespace in namespaces or (None,):
-            call = self._list_call(kind, namespace)
             token: str | None = None
             while True:
-                page = await call(label_selector=selector, limit=LIST_PAGE, _continue=token)
+                query = {"labelSelector": selector, "limit": str(LIST_PAGE), "continue": token}
+                page = await self._request("GET", _path(kind, namespace), query)
                 for body in page.get("items") or []:
                     body.setdefault("kind", kind)  # list items carry neither
                     body.setdefault("apiVersion", _API_VERSIONS[kind])
@@ -328,32 +330,13 @@ class Kube:
                     break
         return out
 
-    def _list_call(self, kind: str, namespace: str | None) -> Callable[..., Any]:
-        if kind == "ModelServer":
-            if namespace is None:
-                return partial(
-                    self._request, "CustomObjectsApi", "list_cluster_custom_object", GROUP,
-                    VERSION, PLURAL,
-                )  # fmt: skip
-            return partial(
-                self._request, "CustomObjectsApi", "list_namespaced_custom_object", GROUP,
-                VERSION, namespace, PLURAL,
-            )  # fmt: skip
-        api, suffix, every = _APIS[kind]
-        if namespace is None:
-            return partial(self._request, api, f"list_{every}")
-        return partial(self._request, api, f"list_{suffix}", namespace)
 
-
-def _api_error(error: Any) -> ApiError:
-    """The client's ApiException as ApiError, with the Status message the API server sent."""
-    message = str(error.reason or "")
-    try:
-        status = json.loads(error.body or "")
-        message = str(status.get("message") or message)
-    except (TypeError, ValueError, AttributeError):
-        pass
-    return ApiError(int(error.status or 0), message)
+def _api_error(code: int, reason: str | None, data: bytes | None) -> ApiError:
+    """An error answer as ApiError, with the message of the Status the API server sent."""
+    message = str(reason or "")
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        message = str(json.loads(data or b"").get("message") or message)
+    return ApiError(int(code), message)
 
 
 def _owner(manifest: Mapping[str, Any]) -> str:

@@ -213,6 +213,17 @@ class Reconciler:
             "PersistentVolumeClaim": builders.build_cache_claim(owner, spec),
             "PodDisruptionBudget": builders.build_disruption_budget(owner, spec),
         }
+        # The store sees only our labelled objects: look for ones of the same names, at once.
+        missing = [
+            kind
+            for kind, manifest in wanted.items()
+            if manifest is not None
+            and self.store.child(kind, owner.namespace, child_name(kind, owner.name)) is None
+        ]
+        found = await asyncio.gather(
+            *(self.kube.get(k, owner.namespace, child_name(k, owner.name)) for k in missing)
+        )
+        unlabelled = dict(zip(missing, found, strict=True))
         writes: list[Callable[[], Awaitable[None]]] = []
         for kind, manifest in wanted.items():
             name = child_name(kind, owner.name)
@@ -222,8 +233,7 @@ class Reconciler:
                     writes.append(partial(self._delete, kind, owner.namespace, name))
                 continue
             if live is None:
-                # The store sees only our labelled objects: look for one of the same name.
-                live = await self.kube.get(kind, owner.namespace, name)
+                live = unlabelled.get(kind)
                 if live is None:
                     writes.append(partial(self._apply, manifest, first=True))
                     continue
@@ -295,18 +305,24 @@ class Reconciler:
     ) -> None:
         """Events for what a user cares about: each decision's events, becoming Ready or not."""
         meta = body["metadata"]
+        was = _condition(previous, "Ready")
+        now_ready = _condition(status, "Ready")
+        changed = now_ready is not None and (was or {}).get("status") != now_ready.get("status")
+        became_ready = changed and now_ready is not None and now_ready["status"] == "True"
+        # On the way to Ready, one Event: the flags that became active are said in it.
+        folded = [e for e in decision.events if became_ready and e.reason == "OptimizationsActive"]
         for event in decision.events:
-            await self._event(body, event.type, event.reason, event.message)
+            if event not in folded:
+                await self._event(body, event.type, event.reason, event.message)
         for rollback in decision.rollbacks:
             self.metrics.rollbacks.labels(
                 meta["namespace"], meta["name"], rollback.flag, rollback.reason
             ).inc()
-        was = _condition(previous, "Ready")
-        now_ready = _condition(status, "Ready")
-        if now_ready and (was or {}).get("status") != now_ready.get("status"):
+        if changed and now_ready is not None:
             if now_ready["status"] == "True":
                 cold = (status.get("coldStart") or {}).get("lastSeconds")
                 extra = f" (cold start {cold}s)" if cold is not None else ""
+                extra += "".join(f"; {e.message}" for e in folded)
                 await self._event(body, "Normal", "Ready", now_ready["message"] + extra)
             elif was is not None:
                 await self._event(body, "Warning", now_ready["reason"], now_ready["message"])

@@ -158,8 +158,20 @@ def modelserver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller.queue.forget(key)
         controller.reconciler.metrics.forget(*key)
         return
+    if _known(controller.store.modelservers.get(key), body):
+        return  # our own status write coming back: the store has it already
     controller.store.put_modelserver(body)
     controller.queue.add(key)
+
+
+def _known(stored: dict[str, Any] | None, body: dict[str, Any]) -> bool:
+    """The store holds this very version already (the echo of a write of ours)."""
+    version = body["metadata"].get("resourceVersion")
+    return (
+        stored is not None
+        and version is not None
+        and (stored["metadata"].get("resourceVersion") == version)
+    )
 
 
 def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
@@ -168,6 +180,9 @@ def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
     if event["type"] == "DELETED":
         controller.store.drop_child(kind, body)
     else:
+        meta = body["metadata"]
+        if _known(controller.store.child(kind, meta["namespace"], meta["name"]), body):
+            return  # the echo of our own apply
         controller.store.put_child(kind, body)
     owner = owner_of(body)
     if owner is not None and owner in controller.store.modelservers:
