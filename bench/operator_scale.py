@@ -573,15 +573,25 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
         asyncio.create_task(kube.watch(f"/apis/apps/v1{base}/deployments", managed, on_deployment)),
         asyncio.create_task(kube.watch(f"/api/v1{base}/services", managed, progress.on_service)),
     ]
-    gate = asyncio.Semaphore(args.concurrency)
+    gate = asyncio.Semaphore(args.floor_concurrency)
     progress.t0 = time.monotonic()
+
+    async def retried(path: str, manifest: dict[str, Any]) -> None:
+        for attempt in range(5):  # an apply is idempotent; a loaded API server answers 504/429
+            try:
+                await kube.apply(path, manifest)
+                return
+            except (RuntimeError, httpx.HTTPError) as error:
+                if attempt == 4 or not re.search(r": (5\d\d|429) ", str(error)):
+                    raise
+                await asyncio.sleep(1 + attempt)
 
     async def apply(name: str) -> None:
         async with gate:
             deployment, service = manifests[name]
             await asyncio.gather(
-                kube.apply(f"/apis/apps/v1{base}/deployments/{name}", deployment),
-                kube.apply(f"/api/v1{base}/services/{name}", service),
+                retried(f"/apis/apps/v1{base}/deployments/{name}", deployment),
+                retried(f"/api/v1{base}/services/{name}", service),
             )
 
     await asyncio.gather(*(apply(n) for n in names))
@@ -1017,7 +1027,11 @@ async def bench_size(args: argparse.Namespace, kubeconfig: Path, size: int) -> R
         result = await run_size(kube, kubeconfig, size, args)
         result.kwok_nodes = nodes
         if not args.no_floor:
-            result.floor = await run_floor(kube, size, args)
+            try:
+                result.floor = await run_floor(kube, size, args)
+            except Exception as error:  # keep the operator's figures; say why there is no floor
+                print(f"  floor FAILED: {error}", file=sys.stderr, flush=True)
+                result.floor = {"seconds": None, "error": str(error)[:300]}
             print(f"  glowplug / floor: {result.floor_ratio()}x", flush=True)
         return result
     finally:
@@ -1042,6 +1056,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="parallel creates")
     parser.add_argument("--timeout", type=float, default=600, help="give up converging after this")
     parser.add_argument("--delete-timeout", type=float, default=600)
+    parser.add_argument(
+        "--floor-concurrency",
+        type=int,
+        default=16,
+        help="ModelServers' children applied at once for the floor (the operator's default "
+        "reconcile workers: the same parallelism glowplug has)",
+    )
     parser.add_argument(
         "--no-floor",
         action="store_true",
