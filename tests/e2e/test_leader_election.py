@@ -181,3 +181,29 @@ def test_the_standby_takes_over_a_rollout_when_the_leader_is_killed(
     results.mkdir(parents=True, exist_ok=True)
     with (results / "leader_takeover.md").open("a") as out:
         out.write(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC {line}\n")
+
+
+def test_a_leader_stopped_cleanly_hands_the_lease_over_at_once(
+    kubectl: Kubectl, namespace: str, crd: None, tmp_path: Path, needs_kwok: None
+) -> None:
+    """SIGTERM (a rolling update, a drain): the leader stops writing, gives the Lease up and
+    exits 0; the standby takes it at its next try (every 2 s), not a whole lease later."""
+    k = kubectl.in_namespace(namespace)
+    leader = _elected(kubectl, namespace, tmp_path, "op-a").start()
+    standby = _elected(kubectl, namespace, tmp_path, "op-b")
+    try:
+        wait_until("op-a holding the Lease", lambda: _holder(k) == "op-a", timeout=60)
+        standby.start()
+        wait_until("op-b a standby", lambda: "is a standby" in standby.log(), timeout=60)
+        assert leader.proc is not None
+        stopped_at = time.monotonic()
+        leader.proc.send_signal(signal.SIGTERM)
+        wait_until("op-b holding the Lease", lambda: _holder(k) == "op-b", timeout=30)
+        handover = time.monotonic() - stopped_at
+        assert leader.proc.wait(timeout=30) == 0, leader.log()[-2000:]
+        assert "released Lease" in leader.log()
+    finally:
+        leader.kill()
+        standby.kill()
+    print(f"\nleader SIGTERMed: the standby held the Lease {handover:.1f}s after the signal")
+    assert handover < LEASE_SECONDS, "the Lease was not released: it ran out"

@@ -7,7 +7,6 @@ import logging
 import os
 import socket
 import sys
-import threading
 
 import kopf
 from kopf._core.engines.peering import Identity
@@ -46,22 +45,28 @@ def main() -> int:
         if settings.leader_election
         else Leadership.always()
     )
-    stop = threading.Event()  # set when the Lease is lost: kopf stops, the process exits
+    lost = asyncio.run(_operate(settings, identity, leadership))
+    return LOST_LEASE if lost else 0
+
+
+async def _operate(settings: Settings, identity: str, leadership: Leadership) -> bool:
+    """Run kopf until a signal or a lost Lease; True for the latter. The stop flag is an asyncio
+    Event (set from the election thread through the loop): kopf waits for a threading.Event in
+    an executor thread that would keep the process from exiting after a SIGTERM."""
+    stop = asyncio.Event()
     # The settings are read once, here; the startup handler finds them in kopf's memo.
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            liveness_endpoint=(
-                f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-            ),
-            standalone=True,
-            identity=Identity(identity),
-            stop_flag=stop,
-            memo=kopf.Memo(settings=settings, leadership=leadership, identity=identity, stop=stop),
-        )
+    await kopf.operator(
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=(
+            f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+        ),
+        standalone=True,
+        identity=Identity(identity),
+        stop_flag=stop,
+        memo=kopf.Memo(settings=settings, leadership=leadership, identity=identity, stop=stop),
     )
-    return LOST_LEASE if stop.is_set() else 0
+    return stop.is_set()
 
 
 if __name__ == "__main__":

@@ -99,10 +99,12 @@ def start_election(
     config: LeaseConfig,
     leadership: Leadership,
     api_client: Any,
-    on_lost: Callable[[], None],
-) -> threading.Thread:
+    on_lost: Callable[[], object],
+) -> Callable[[], None]:
     """Run the `kubernetes` client's LeaderElection in a daemon thread: a standby until it
-    acquires the Lease; `on_lost` when the leader fails to renew it (the thread then ends)."""
+    acquires the Lease; `on_lost` when the leader fails to renew it (the thread then ends).
+    Returns `release`, for a clean shutdown: no more renewals, and the Lease given up if this
+    replica holds it, so a standby takes it at its next try instead of after the lease."""
     from kubernetes.client import CoordinationV1Api
     from kubernetes.leaderelection import electionconfig, leaderelection
     from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
@@ -110,6 +112,8 @@ def start_election(
     # The helper logs every try (every 2 s on a standby): keep its warnings only.
     logging.getLogger("leaderelection").setLevel(logging.WARNING)
     timeout = (5.0, float(RETRY_SECONDS) + 1.0)  # no renewal may hang past the deadline
+
+    released = threading.Event()
 
     class Lock(LeaseLock):
         """The helper's LeaseLock on our API client, telling `leadership` of each renewal."""
@@ -122,6 +126,8 @@ def start_election(
             )
 
         def create(self, name: str, namespace: str, election_record: Any) -> bool:
+            if released.is_set():
+                return False
             sent = time.monotonic()
             ok = bool(super().create(name, namespace, election_record))  # type: ignore[no-untyped-call]
             if ok:
@@ -129,6 +135,8 @@ def start_election(
             return ok
 
         def update(self, name: str, namespace: str, updated_record: Any) -> bool:
+            if released.is_set():
+                return False
             sent = time.monotonic()
             ok = bool(super().update(name, namespace, updated_record))  # type: ignore[no-untyped-call]
             if ok and updated_record.holder_identity == config.identity:
@@ -145,6 +153,8 @@ def start_election(
 
     def stopped() -> None:
         leadership.lose()
+        if released.is_set():
+            return  # a clean shutdown gave the Lease up
         log.error(
             "leader: %s lost Lease %s/%s; writes stopped, exiting",
             config.identity,
@@ -180,7 +190,28 @@ def start_election(
     )
     thread = threading.Thread(target=run, name="leader-election", daemon=True)
     thread.start()
-    return thread
+    api = _Timed(CoordinationV1Api(api_client), timeout)
+
+    def release() -> None:
+        leadership.lose()  # no write from here on
+        released.set()  # no renewal either
+        try:
+            lease = api.read_namespaced_lease(config.name, config.namespace)
+            if lease.spec is None or lease.spec.holder_identity != config.identity:
+                return
+            # As client-go releases: no holder, a 1 s lease; a standby takes it at its next try.
+            lease.spec.holder_identity = None
+            lease.spec.lease_duration_seconds = 1
+            api.replace_namespaced_lease(config.name, config.namespace, lease)
+            log.info("leader: %s released Lease %s/%s", *_names(config))
+        except Exception:  # the Lease then runs out on its own
+            log.warning("could not release the Lease", exc_info=True)
+
+    return release
+
+
+def _names(config: LeaseConfig) -> tuple[str, str, str]:
+    return config.identity, config.namespace, config.name
 
 
 class _Timed:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ class Controller:
     queue: WorkQueue[Key]
     reconciler: Reconciler
     loops: list[asyncio.Task[None]]
+    release_lease: Callable[[], None] | None = None
 
 
 def _controller(memo: kopf.Memo) -> Controller:
@@ -94,8 +96,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         lease = LeaseConfig(
             config.lease_name, config.lease_namespace, identity, config.lease_seconds
         )
-        stop = memo.stop
-        start_election(lease, leadership, kube.lease_client(), on_lost=stop.set)
+        stop, loop = cast(asyncio.Event, memo.stop), asyncio.get_running_loop()
+        memo.controller.release_lease = start_election(
+            lease, leadership, kube.lease_client(), lambda: loop.call_soon_threadsafe(stop.set)
+        )
 
 
 async def _reconcile_when_leading(
@@ -136,6 +140,9 @@ async def _relist_loop(kube: Kube, store: Store, queue: WorkQueue[Key], config: 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     controller = _controller(memo)
+    if controller.release_lease is not None:
+        # Writes stop first, then the Lease goes to a standby (a rolling update: at once).
+        await asyncio.to_thread(controller.release_lease)
     for task in controller.loops:
         task.cancel()
     await asyncio.gather(*controller.loops, return_exceptions=True)
