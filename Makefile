@@ -39,9 +39,10 @@ packages: ## Install the Debian packages the cluster, image build and tests need
 .PHONY: binaries
 binaries: packages ## Build the cluster's binaries once per machine (cached in $GLOWPLUG_CACHE).
 	hack/build-control-plane.sh
+	hack/build-kstatus.sh >/dev/null
 
 .PHONY: images
-images: packages ## Build the operator and worker images from their Dockerfiles (buildah; layer cache in $GLOWPLUG_CACHE).
+images: packages ## Build the operator, prefetch and worker images from their Dockerfiles (buildah; layer cache in $GLOWPLUG_CACHE).
 	hack/images.sh build
 
 .PHONY: lint

@@ -5,8 +5,8 @@ node, glowplug against the Deployment a user would write by hand, in one run.
   `native-model`), served by the chart's in-cluster operator and glowplug's worker image.
 - by hand: a Deployment in the same worker image whose init container downloads the files with a
   few lines of Python (urllib, what `curl` would do) and whose container runs `transformers serve`
-  (transformers' own OpenAI-compatible server, with the `serving` extra installed on top:
-  bench/transformers-serve.Dockerfile), with a readiness probe on its /health.
+  (transformers' own OpenAI-compatible server; the worker image ships its `serving` extra), with
+  a readiness probe on its /health.
 
 Same model (a tiny Llama made here), same node, same nginx weight source on
 the node's bridge. `cold`: an empty cache volume (the weights are downloaded); `warm`: a
@@ -49,7 +49,6 @@ NODE_IP = "10.88.0.1"
 NAMESPACE = "bench-realnode"
 SYSTEM = "bench-glowplug-system"
 WORKER_IMAGE = "ghcr.io/glowplug/worker:0.1.0"
-SERVE_IMAGE = "localhost/glowplug/transformers-serve:0.1.0"
 FLAGS = ["prefetch-weights", "fast-load", "hf-offline", "native-model"]
 SIDES = ("glowplug", "by-hand")
 PLACEMENT = {
@@ -151,7 +150,7 @@ def by_hand(name: str, base: str, claim: str | None) -> list[dict[str, Any]]:
         "containers": [
             {
                 "name": "server",
-                "image": SERVE_IMAGE,
+                "image": WORKER_IMAGE,
                 "command": ["transformers", "serve", "/models/model", "--host", "0.0.0.0"],
                 "env": [
                     {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -291,11 +290,6 @@ def main() -> int:
     k = kubectl().in_namespace(NAMESPACE)
     if not k.get("nodes", selector="glowplug.dev/real-node")["items"]:
         sys.exit("no real node: run `make cluster-up`")
-    socket = subprocess.run(
-        [str(ROOT / "hack" / "node.sh"), "socket"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    print("building and loading the transformers-serve image (hack/images.sh bench) ...")
-    subprocess.run([str(ROOT / "hack" / "images.sh"), "bench", socket], check=True)
     k.run("create", "namespace", NAMESPACE, check=False)
     install_operator(k)
 

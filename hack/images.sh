@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # glowplug's images, built without a daemon or a registry, from the project's own Dockerfiles.
-#   images.sh build        the pause, base, operator and worker images (buildah, chroot isolation)
+#   images.sh build        the pause, base, operator, prefetch and worker images (buildah, chroot
+#                          isolation)
 #   images.sh load SOCKET  import them into the real node's containerd (skips what it already has)
 #   images.sh sizes        one line per image: name and size
-#   images.sh bench SOCKET the hand-written alternative of bench/realnode_coldstart.py
-#                          (transformers serve on the worker image), built and imported
 # buildah's storage (and its layer cache) is kept in $GLOWPLUG_CACHE/buildah, so a second build
 # with only source changes rebuilds only the top layer of each image.
 set -euo pipefail
@@ -20,12 +19,12 @@ buildah=(buildah --root "$store/storage" --runroot "$store/run" --storage-driver
 APP_VERSION=$(sed -n 's/^appVersion: *"\(.*\)"/\1/p' "$root/charts/glowplug/Chart.yaml")
 OPERATOR_IMAGE=ghcr.io/glowplug/operator:$APP_VERSION
 WORKER_IMAGE=ghcr.io/glowplug/worker:$APP_VERSION
+PREFETCH_IMAGE=ghcr.io/glowplug/prefetch:$APP_VERSION
 PAUSE_IMAGE=localhost/glowplug/pause:$PAUSE_VERSION
-TRANSFORMERS_SERVE_IMAGE=localhost/glowplug/transformers-serve:$APP_VERSION
 BASE_IMAGE=localhost/glowplug/debian-python:$BASE_SUITE
 BUSYBOX_IMAGE=localhost/glowplug/busybox:$(cut -d: -f2 <<<"${BUSYBOX_DEB_VERSION%%-*}")
 # What the pods on the real node use; the base is only a build input.
-NODE_IMAGES=("$PAUSE_IMAGE" "$BUSYBOX_IMAGE" "$OPERATOR_IMAGE" "$WORKER_IMAGE")
+NODE_IMAGES=("$PAUSE_IMAGE" "$BUSYBOX_IMAGE" "$OPERATOR_IMAGE" "$PREFETCH_IMAGE" "$WORKER_IMAGE")
 
 log() { printf '[images] %s\n' "$*" >&2; }
 
@@ -87,8 +86,9 @@ build_base() {
 # reached through a TLS-inspecting proxy that only the host trusts.
 HOST_CA_BUNDLE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 
-build_app() {  # build_app DOCKERFILE TAG [BUILD-ARG ...]
-  local dockerfile=$1 tag=$2 arg args=()
+build_app() {  # build_app DOCKERFILE[:TARGET] TAG [BUILD-ARG ...]
+  local dockerfile=${1%%:*} tag=$2 arg args=()
+  [[ $1 == *:* ]] && args+=(--target "${1#*:}")
   shift 2
   for arg in "BASE_IMAGE=$BASE_IMAGE" "UV_VERSION=$UV_VERSION" "$@"; do args+=(--build-arg "$arg"); done
   log "building $tag from $dockerfile"
@@ -103,6 +103,7 @@ build() {
   build_busybox
   build_base
   build_app operator/Dockerfile "$OPERATOR_IMAGE"
+  build_app worker/Dockerfile:prefetch "$PREFETCH_IMAGE"
   build_app worker/Dockerfile "$WORKER_IMAGE"
   # Layers no tag points at any more (earlier source versions) are dropped.
   "${buildah[@]}" rmi --prune >/dev/null 2>&1 || true
@@ -144,16 +145,9 @@ load() {  # load SOCKET [IMAGE ...]: by default the node's images
   done
 }
 
-bench() {
-  build
-  build_app bench/transformers-serve.Dockerfile "$TRANSFORMERS_SERVE_IMAGE" "WORKER_IMAGE=$WORKER_IMAGE"
-  load "$1" "${NODE_IMAGES[@]}" "$TRANSFORMERS_SERVE_IMAGE"
-}
-
 case ${1:-} in
   build) build ;;
-  bench) bench "${2:?usage: $0 bench CONTAINERD_SOCKET}" ;;
   load) load "${2:?usage: $0 load CONTAINERD_SOCKET}" ;;
   sizes) sizes ;;
-  *) echo "usage: $0 build|load SOCKET|bench SOCKET|sizes" >&2; exit 2 ;;
+  *) echo "usage: $0 build|load SOCKET|sizes" >&2; exit 2 ;;
 esac

@@ -122,7 +122,7 @@ def test_immutable_claim_fields_are_refused_at_kubectl_apply(
 
     for change, message in [
         ({"storageClassName": "fast"}, "spec.cache.storageClassName: Invalid value"),
-        ({"accessMode": "ReadWriteOnce"}, "spec.cache.accessMode: Invalid value"),
+        ({"accessMode": "ReadWriteMany"}, "spec.cache.accessMode: Invalid value"),
         ({"size": "1Gi"}, "cache.size of the claim the operator created cannot shrink"),
     ]:
         accepted, output = edit(**change)

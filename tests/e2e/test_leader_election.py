@@ -23,7 +23,7 @@ LEASE = "glowplug"
 LEASE_SECONDS = 8
 REPLICAS = 3
 WRITE_LINE = ("status written", " applied", " created", " updated", " unchanged", " deleted")
-WRITE_LINE += (": Event ",)
+WRITE_LINE += (" posted",)
 
 
 def _elected(kubectl: Kubectl, namespace: str, tmp_path: Path, name: str) -> OperatorProcess:
@@ -59,7 +59,7 @@ def _reconciles(process: OperatorProcess) -> float:
 
 
 def _write_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if "ModelServer " in line and any(
+    return [line for line in log.splitlines() if "modelserver " in line and any(
         w in line for w in WRITE_LINE
     )]  # fmt: skip
 

@@ -53,7 +53,6 @@ def test_example_becomes_ready_with_its_children(
         "prefetch-weights": "Active",
         "fast-load": "Active",
         "hf-offline": "Active",
-        "native-model": "Active",
     }
     deployment = k.get("deployment", "tiny-llama")
     owner = deployment["metadata"]["ownerReferences"][0]
@@ -65,7 +64,7 @@ def test_example_becomes_ready_with_its_children(
     template = deployment["spec"]["template"]
     assert (
         template["metadata"]["annotations"]["glowplug.dev/optimizations"]
-        == "prefetch-weights,fast-load,hf-offline,native-model"
+        == "prefetch-weights,fast-load,hf-offline"
     )
     assert k.exists("service", "tiny-llama")
     # The namespace enforces PodSecurity "restricted": the pod exists, so it passed.

@@ -361,3 +361,118 @@ def test_a_flag_that_breaks_real_starts_is_rolled_back(
         f"rollback on real containers ({scenario}): first failure -> Ready {seconds:.1f} s",
         k.run("describe", "ms", name),
     )
+
+
+def test_transformers_serve_engine_serves_and_a_breaking_flag_is_rolled_back(
+    kubectl: Kubectl, release: Kubectl, workloads: str, weights: Weights
+) -> None:
+    """A stock third-party server under glowplug: `transformers serve` (engine
+    transformers-serve) reads the weights glowplug's prefetch image fetched. Its flash-attention
+    flag fails at load on this CPU node with transformers' own ImportError; the engine writes no
+    glowplug report, so the kubelet's copy of its last log lines is the evidence that blames the
+    flag. The other flag stays on, and the server answers through the Service."""
+    k = kubectl.in_namespace(workloads)
+    name = "ts"
+    flags = [{"name": "flash-attention"}, {"name": "log-info", "args": ["--log-level", "info"]}]
+    k.apply(
+        _modelserver(
+            name,
+            weights,
+            engine={"kind": "transformers-serve"},
+            startup={"budgetSeconds": 300, "optimizations": flags},
+        )
+    )
+    k.run("wait", "--for=condition=Ready", f"modelserver/{name}", "--timeout=480s", timeout=500)
+
+    states = _rolled_back(k, name)
+    assert states["flash-attention"]["state"] == "RolledBack"
+    assert states["flash-attention"]["reason"] == "StartupFailed"
+    assert "FlashAttention2 has been toggled on" in states["flash-attention"]["message"]
+    assert states["log-info"]["state"] == "Active"
+    events = k.run("get", "events", "--field-selector", f"involvedObject.name={name}")
+    assert "OptimizationRolledBack" in events and "FlashAttention2" in events
+
+    pods = k.get("pods", selector=f"glowplug.dev/modelserver={name}")["items"]
+    ready = [p for p in pods if p["status"]["containerStatuses"][0]["ready"]]
+    assert ready
+    spec = ready[0]["spec"]
+    assert spec["initContainers"][-1]["image"] == "ghcr.io/glowplug/prefetch:0.1.0"
+    server = spec["containers"][0]
+    assert "exec transformers serve" in server["command"][2]
+    assert "--log-level" in server["args"] and "flash_attention_2" not in server["args"]
+
+    service = k.get("service", name)
+    url = f"http://{service['spec']['clusterIP']}:8000/v1/chat/completions"
+    body = json.dumps({"model": name, "messages": PROMPT, "max_tokens": 8, "temperature": 0})
+    answer = wait_until("an answer through the Service", lambda: _chat(url, body.encode()), 30)
+    assert isinstance(answer, str) and answer
+
+    cold = k.get("ms", name)["status"]["coldStart"]
+    assert {"download", "start"} <= set(cold["phases"])  # the engine's start is the pod's own
+    seconds = _first_failure_to_ready(k, name)
+    _record(
+        f"engine transformers-serve, flag rolled back from its log: first failure -> Ready "
+        f"{seconds:.1f} s",
+        k.run("describe", "ms", name),
+    )
+    _record("transformers serve answered through the Service", answer)
+
+
+def test_a_rollout_under_steady_load_fails_no_request(
+    kubectl: Kubectl, release: Kubectl, workloads: str, weights: Weights
+) -> None:
+    """Clients keep sending chat completions through the Service while a spec change rolls the
+    pods: the new pod serves before the old one goes (maxUnavailable 0), the old one keeps
+    serving through its preStop delay while kube-proxy stops routing to it, then drains."""
+    import threading
+
+    k = kubectl.in_namespace(workloads)
+    name = "steady"
+    k.apply(_modelserver(name, weights, startup={"budgetSeconds": 300}))
+    k.run("wait", "--for=condition=Ready", f"modelserver/{name}", "--timeout=300s", timeout=320)
+    service = k.get("service", name)
+    url = f"http://{service['spec']['clusterIP']}:8000/v1/chat/completions"
+    body = json.dumps({"model": name, "messages": PROMPT, "max_tokens": 2}).encode()
+    wait_until("the Service routes", lambda: _chat(url, body), 30)
+
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            request = urllib.request.Request(url, body, {"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    outcomes.append(str(response.status))
+            except urllib.error.HTTPError as error:
+                outcomes.append(str(error.code))
+            except (urllib.error.URLError, OSError) as error:
+                outcomes.append(type(getattr(error, "reason", error)).__name__)
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    try:
+        old = {
+            p["metadata"]["name"]
+            for p in k.get("pods", selector=f"glowplug.dev/modelserver={name}")["items"]
+        }
+        flags = {"spec": {"startup": {"optimizations": [{"name": "hf-offline"}]}}}
+        k.run("patch", "ms", name, "--type=merge", "-p", json.dumps(flags))
+
+        def rolled() -> bool:
+            pods = k.get("pods", selector=f"glowplug.dev/modelserver={name}")["items"]
+            return bool(pods) and not old & {p["metadata"]["name"] for p in pods}
+
+        wait_until("the old pod gone and the new one serving", rolled, 240)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+    failed = [o for o in outcomes if o != "200"]
+    _record(
+        "a rollout under steady load (2 clients, chat completions through the Service)",
+        f"requests: {len(outcomes)}, failed: {len(failed)} {sorted(set(failed))}",
+    )
+    assert len(outcomes) > 20
+    assert failed == []

@@ -54,7 +54,9 @@ def example(name: str) -> Manifest:
     return body
 
 
-EXAMPLES = ("modelserver", "embedding", "custom-flag-vllm")
+BUILTIN_EXAMPLES = ("modelserver", "embedding", "custom-flag-vllm")
+ENGINE_EXAMPLES = ("engine-vllm", "engine-sglang", "engine-transformers-serve", "engine-custom")
+EXAMPLES = BUILTIN_EXAMPLES + ENGINE_EXAMPLES
 
 
 def body(**spec: Any) -> Manifest:
@@ -591,9 +593,12 @@ class TestDeployment:
         ids=["settings", "spec"],
     )
     def test_image_from_the_spec_else_the_settings(self, image: Manifest, expected: str) -> None:
-        settings = Settings(worker_image="ghcr.io/acme/worker:1.2.3")
+        settings = Settings(
+            worker_image="ghcr.io/acme/worker:1.2.3", prefetch_image="ghcr.io/acme/prefetch:1"
+        )
         dep = deployment(body(image=image), settings=settings)
-        assert [c["image"] for c in containers(dep)] == [expected, expected]
+        # The prefetcher always runs from the prefetch image: a worker image need not ship it.
+        assert [c["image"] for c in containers(dep)] == ["ghcr.io/acme/prefetch:1", expected]
 
     def test_pull_policy_and_pull_secrets(self) -> None:
         dep = deployment(example("custom-flag-vllm"))
@@ -715,12 +720,12 @@ class TestDeployment:
     @pytest.mark.parametrize(
         "raw",
         [
-            *(example(name) for name in EXAMPLES),
+            *(example(name) for name in BUILTIN_EXAMPLES),
             body(model={"source": "pvc://weights/llama-3b"}),
             body(model={"source": "s3://bucket/llama"}),
             body(serving={"maxModelLen": 4096, "dtype": "float16"}),
         ],
-        ids=[*EXAMPLES, "pvc", "s3", "serving-options"],
+        ids=[*BUILTIN_EXAMPLES, "pvc", "s3", "serving-options"],
     )
     def test_the_worker_accepts_the_rendered_command_lines(
         self, raw: Manifest, tmp_path: Path
@@ -762,7 +767,17 @@ class TestDeployment:
 
     # -- golden files
 
-    @pytest.mark.parametrize("name", ["modelserver", "custom-flag-vllm"])
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "modelserver",
+            "custom-flag-vllm",
+            "engine-vllm",
+            "engine-sglang",
+            "engine-transformers-serve",
+            "engine-custom",
+        ],
+    )
     def test_golden(self, name: str) -> None:
         rendered = yaml.safe_dump(deployment(example(name)), sort_keys=False)
         path = GOLDEN / f"deployment-{name}.yaml"
@@ -935,17 +950,17 @@ class TestCacheClaim:
         [
             (
                 {"kind": "PersistentVolumeClaim", "size": "40Gi"},
-                {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "40Gi"}}},
+                {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "40Gi"}}},
             ),
             (
                 {
                     "kind": "PersistentVolumeClaim",
                     "size": "100Gi",
-                    "accessMode": "ReadWriteOnce",
+                    "accessMode": "ReadWriteMany",
                     "storageClassName": "fast-ssd",
                 },
                 {
-                    "accessModes": ["ReadWriteOnce"],
+                    "accessModes": ["ReadWriteMany"],
                     "resources": {"requests": {"storage": "100Gi"}},
                     "storageClassName": "fast-ssd",
                 },

@@ -207,13 +207,19 @@ NEEDED = [("glowplug.dev", "modelservers", verb) for verb in ("get", "list", "wa
         for verb in ("get", "list", "watch", "create", "update", "patch", "delete")
     ],
     *[("", "pods", verb) for verb in ("get", "list", "watch")],
-    ("", "pods/status", "get"),
     ("", "events", "create"),
-    ("", "events", "patch"),
-    ("events.k8s.io", "events", "create"),
+]
+# Cluster-scoped: kopf lists the namespaces and watches the CRD.
+NEEDED_CLUSTER = [
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
     *[("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")],
+]
+# What nothing in the operator uses (tests/e2e/test_rbac.py runs it with exactly these rules).
+UNUSED = [
+    ("", "pods/status", "get"),
+    ("", "events", "patch"),
+    ("events.k8s.io", "events", "create"),
 ]
 
 
@@ -227,9 +233,42 @@ def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) ->
 
 
 @needs_helm
-@pytest.mark.parametrize(("group", "resource", "verb"), NEEDED)
+@pytest.mark.parametrize(("group", "resource", "verb"), NEEDED + NEEDED_CLUSTER)
 def test_rbac_grants_what_the_operator_needs(group: str, resource: str, verb: str) -> None:
     assert allows(one(render(), "ClusterRole")["rules"], group, resource, verb)
+
+
+@needs_helm
+def test_rbac_grants_no_verb_nothing_uses() -> None:
+    rules = one(render(), "ClusterRole")["rules"]
+    assert [need for need in UNUSED if allows(rules, *need)] == []
+
+
+@needs_helm
+def test_a_namespaced_install_grants_roles_in_those_namespaces_only() -> None:
+    docs = render("namespaces={ml,serving}")
+    cluster = one(docs, "ClusterRole")["rules"]
+    assert all(allows(cluster, *need) for need in NEEDED_CLUSTER)
+    assert [need for need in NEEDED if allows(cluster, *need)] == []
+    # (the leader election's Role for its Lease in the release namespace is tested on its own)
+    watched = [d for d in docs if not d["metadata"]["name"].endswith("-leader-election")]
+    roles = {d["metadata"]["namespace"]: d for d in watched if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in watched if d["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"ml", "serving"}
+    account = one(docs, "ServiceAccount")["metadata"]
+    for namespace, role in roles.items():
+        assert all(allows(role["rules"], *need) for need in NEEDED), namespace
+        assert [need for need in UNUSED if allows(role["rules"], *need)] == []
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+        ]
+    assert env_of(docs)["GLOWPLUG_NAMESPACES"] == "ml,serving"
 
 
 @needs_helm
@@ -313,6 +352,7 @@ def test_default_settings_reach_the_operator_environment() -> None:
     assert env["GLOWPLUG_LOG_LEVEL"] == "INFO"
     assert env["GLOWPLUG_DEFAULT_BUDGET_SECONDS"] == "900"
     assert env["GLOWPLUG_WORKER_IMAGE"] == "ghcr.io/glowplug/worker:0.1.0"
+    assert env["GLOWPLUG_PREFETCH_IMAGE"] == "ghcr.io/glowplug/prefetch:0.1.0"
     container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/glowplug/operator:0.1.0"
 
@@ -326,6 +366,7 @@ def test_values_change_the_environment_ports_and_images() -> None:
         "defaultBudgetSeconds=1800",
         "worker.image.repository=registry.example/worker",
         "worker.image.tag=v2",
+        "prefetch.image.repository=registry.example/prefetch",
         "image.tag=v3",
         "hostPathPrefixes={/var/cache/models,/mnt/nvme}",
     )
@@ -336,6 +377,7 @@ def test_values_change_the_environment_ports_and_images() -> None:
     assert env["GLOWPLUG_LOG_LEVEL"] == "DEBUG"
     assert env["GLOWPLUG_DEFAULT_BUDGET_SECONDS"] == "1800"
     assert env["GLOWPLUG_WORKER_IMAGE"] == "registry.example/worker:v2"
+    assert env["GLOWPLUG_PREFETCH_IMAGE"] == "registry.example/prefetch:0.1.0"
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].endswith(":v3")
     assert {"name": "metrics", "containerPort": 9300, "protocol": "TCP"} in container["ports"]

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from glowplug_operator.engines import ENGINES
 from glowplug_operator.spec import BUILTIN_OPTIMIZATIONS, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,12 +150,19 @@ def test_optimization_names_are_unique_by_list_map_key() -> None:
     assert optimizations["maxItems"] == 32
 
 
-def test_builtin_flags_in_the_cel_rule_match_spec_py() -> None:
-    startup = root_schema()["properties"]["spec"]["properties"]["startup"]
-    item = startup["properties"]["optimizations"]["items"]
-    rule = item["x-kubernetes-validations"][0]["rule"]
-    names = re.findall(r"'([a-z-]+)'", rule.split("||")[0])
-    assert tuple(names) == BUILTIN_OPTIMIZATIONS
+def test_flags_in_the_cel_rule_match_spec_py_and_the_engines() -> None:
+    """The CRD's rule for flags without env/args lists the names the operator knows."""
+    rule = root_schema()["properties"]["spec"]["x-kubernetes-validations"][0]["rule"]
+    builtin = re.search(r"self.engine.kind == 'builtin'\) &&\s*o.name in \[([^]]*)\]", rule)
+    assert builtin is not None
+    assert tuple(re.findall(r"'([a-z-]+)'", builtin.group(1))) == BUILTIN_OPTIMIZATIONS
+    for kind, engine in ENGINES.items():
+        listed = re.search(rf"self.engine.kind == '{kind}' && o.name in \[([^]]*)\]", rule)
+        if engine.flags:
+            assert listed is not None, kind
+            assert re.findall(r"'([a-z-]+)'", listed.group(1)) == list(engine.flags), kind
+        else:
+            assert listed is None, kind
 
 
 def test_descriptions_of_defaulted_fields_name_the_default() -> None:

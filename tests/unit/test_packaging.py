@@ -40,3 +40,18 @@ def test_operator_imports_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_kubectl_plugin_is_installed_with_the_operator() -> None:
+    """kubectl finds `kubectl glowplug` as the executable kubectl-glowplug on PATH."""
+    from importlib.metadata import distribution
+
+    scripts = {e.name: e.value for e in distribution("glowplug-operator").entry_points}
+    assert scripts["kubectl-glowplug"] == "glowplug_operator.kubectl.cli:main"
+    shown = subprocess.run(
+        [sys.executable, "-m", "glowplug_operator.kubectl.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "{status,retry,explain-rollback}" in shown

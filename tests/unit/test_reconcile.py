@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import yaml
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
@@ -92,6 +94,21 @@ def test_a_spec_the_operator_cannot_use_is_reported_not_rolled_out() -> None:
     writes = kube.writes
     _reconcile(reconciler)  # nothing changed: nothing written, no second event
     assert kube.writes == writes
+
+
+def test_each_decision_is_one_info_line_naming_the_modelserver(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reconciler, kube, _ = _reconciler(_body(cache={"kind": "PersistentVolumeClaim"}))
+    with caplog.at_level(logging.INFO, logger="glowplug_operator.controller.reconciler"):
+        _reconcile(reconciler)
+        _reconcile(reconciler)  # nothing new decided: no second line
+    lines = [r for r in caplog.records if r.name == "glowplug_operator.controller.reconciler"]
+    assert len(lines) == len(kube.events) == 1
+    (line,) = lines
+    assert line.levelno == logging.INFO
+    assert line.getMessage().startswith("modelserver ml/tiny-llama: InvalidSpec: spec.cache")
+    assert (line.namespace, line.modelserver, line.reason) == ("ml", "tiny-llama", "InvalidSpec")
 
 
 def test_a_converged_modelserver_costs_no_write() -> None:

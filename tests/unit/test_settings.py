@@ -21,6 +21,7 @@ class TestSettingsFromEnv:
         assert settings.reconcile_workers == 16
         assert settings.resync_seconds == 300.0
         assert settings.log_level == "INFO"
+        assert settings.log_format == "text"
 
     def test_every_variable_is_read(self) -> None:
         settings = Settings.from_env(
@@ -34,6 +35,7 @@ class TestSettingsFromEnv:
                 "GLOWPLUG_RECONCILE_WORKERS": "4",
                 "GLOWPLUG_RESYNC_SECONDS": "30.5",
                 "GLOWPLUG_LOG_LEVEL": "DEBUG",
+                "GLOWPLUG_LOG_FORMAT": "JSON",
             }
         )
         assert settings == Settings(
@@ -46,6 +48,7 @@ class TestSettingsFromEnv:
             reconcile_workers=4,
             resync_seconds=30.5,
             log_level="DEBUG",
+            log_format="json",
         )
 
     def test_reads_the_process_environment_by_default(
@@ -86,6 +89,7 @@ class TestSettingsFromEnv:
             ("GLOWPLUG_RECONCILE_WORKERS", "0"),
             ("GLOWPLUG_RESYNC_SECONDS", "1"),
             ("GLOWPLUG_WORKER_IMAGE", ""),
+            ("GLOWPLUG_LOG_FORMAT", "logfmt"),
         ],
     )
     def test_a_bad_value_names_the_variable(self, variable: str, value: str) -> None:

@@ -332,6 +332,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("False", "Starting"),
                     "Progressing": ("True", "RollingOut"),
+                    "Reconciling": ("True", "RollingOut"),
+                    "Stalled": ("False", "Progressing"),
                     "WeightsReady": ("Unknown", "NoPods"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -344,6 +346,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("False", "Starting"),
                     "Progressing": ("True", "RollingOut"),
+                    "Reconciling": ("True", "RollingOut"),
+                    "Stalled": ("False", "Progressing"),
                     "WeightsReady": ("False", "Downloading"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -356,6 +360,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("False", "Starting"),
                     "Progressing": ("True", "RollingOut"),
+                    "Reconciling": ("True", "RollingOut"),
+                    "Stalled": ("False", "Progressing"),
                     "WeightsReady": ("False", "DownloadFailed"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -368,6 +374,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("False", "Starting"),
                     "Progressing": ("True", "RollingOut"),
+                    "Reconciling": ("True", "RollingOut"),
+                    "Stalled": ("False", "Progressing"),
                     "WeightsReady": ("True", "Downloaded"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -380,6 +388,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("True", "Serving"),
                     "Progressing": ("False", "Converged"),
+                    "Reconciling": ("False", "Converged"),
+                    "Stalled": ("False", "Serving"),
                     "WeightsReady": ("True", "Downloaded"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -392,6 +402,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("True", "Serving"),
                     "Progressing": ("False", "Converged"),
+                    "Reconciling": ("False", "Converged"),
+                    "Stalled": ("False", "Serving"),
                     "WeightsReady": ("True", "Downloaded"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -404,6 +416,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("False", "Starting"),
                     "Progressing": ("True", "RollingOut"),
+                    "Reconciling": ("True", "RollingOut"),
+                    "Stalled": ("False", "Progressing"),
                     "WeightsReady": ("True", "Downloaded"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -416,6 +430,8 @@ class TestModelServerStatus:
                 {
                     "Ready": ("True", "ScaledToZero"),
                     "Progressing": ("False", "Converged"),
+                    "Reconciling": ("False", "Converged"),
+                    "Stalled": ("False", "ScaledToZero"),
                     "WeightsReady": ("Unknown", "NoPods"),
                     "OptimizationsHealthy": ("Unknown", "Evaluating"),
                     "Degraded": ("False", "AsExpected"),
@@ -468,6 +484,8 @@ class TestModelServerStatus:
         out = status(pods, now=now, decided=decision({}, now, pods))
         assert summary(out)["Ready"] == ("False", "ImagePullFailed")
         assert summary(out)["Progressing"] == ("False", "ImagePullFailed")
+        assert summary(out)["Stalled"] == ("True", "ImagePullFailed")
+        assert summary(out)["Reconciling"] == ("False", "ImagePullFailed")
         assert summary(out)["Degraded"] == ("True", "ImagePullFailed")
         assert "ImagePullBackOff" in condition(out, "Degraded")["message"]
 
@@ -570,6 +588,8 @@ class TestModelServerStatus:
         assert moved == {
             "Ready": iso(t2),
             "Progressing": iso(t2),
+            "Reconciling": iso(t2),
+            "Stalled": iso(t1),  # False while starting and while serving
             "WeightsReady": iso(t2),
             "OptimizationsHealthy": iso(t1),
             "Degraded": iso(t1),
@@ -590,7 +610,8 @@ class TestModelServerStatus:
             invalid_spec_status(_body({"model": {}}), "spec.model.source", "needed", T0)
         )
         out = status([], previous=invalid)
-        assert "Stalled" not in summary(out)
+        assert summary(out)["Stalled"] == ("False", "Progressing")
+        assert summary(out)["Reconciling"] == ("True", "RollingOut")
         assert summary(out)["Ready"] == ("False", "Starting")
 
 
@@ -621,6 +642,7 @@ class TestInvalidSpecStatus:
         assert summary(out) == {
             "Ready": ("False", "InvalidSpec"),
             "Progressing": ("False", "InvalidSpec"),
+            "Reconciling": ("False", "InvalidSpec"),
             "Stalled": ("True", "InvalidSpec"),
         }
         assert condition(out, "Ready")["message"].startswith("spec.cache.size: ")

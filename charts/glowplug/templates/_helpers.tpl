@@ -42,3 +42,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- define "glowplug.workerImage" -}}
 {{- printf "%s:%s" .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) -}}
 {{- end -}}
+
+{{- define "glowplug.prefetchImage" -}}
+{{- printf "%s:%s" .Values.prefetch.image.repository (default .Chart.AppVersion .Values.prefetch.image.tag) -}}
+{{- end -}}

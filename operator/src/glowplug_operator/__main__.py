@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import sys
@@ -12,7 +11,9 @@ import kopf
 from kopf._core.engines.peering import Identity
 
 from glowplug_operator.controller.leadership import Leadership, LeaseConfig
+from glowplug_operator.logs import configure as configure_logging
 from glowplug_operator.settings import Settings, SettingsError
+from glowplug_operator.stopping import operate
 
 # The exit status when the Lease was lost: the container restarts and becomes a standby.
 LOST_LEASE = 3
@@ -24,14 +25,8 @@ def main() -> int:
     except SettingsError as error:
         print(f"glowplug-operator: {error}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level, settings.log_format)
     import glowplug_operator.controller.registration  # noqa: F401 - registers the handlers
-
-    # kopf.operator() configures no logging: without a handler only warnings would show.
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if settings.log_level != "DEBUG":  # kopf says "Handler ... succeeded" for every watch event
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     # kopf would otherwise name itself after the user, which an image's numeric uid without a
     # passwd entry (65532) does not have: it crashed at start.
@@ -50,12 +45,12 @@ def main() -> int:
 
 
 async def _operate(settings: Settings, identity: str, leadership: Leadership) -> bool:
-    """Run kopf until a signal or a lost Lease; True for the latter. The stop flag is an asyncio
-    Event (set from the election thread through the loop): kopf waits for a threading.Event in
-    an executor thread that would keep the process from exiting after a SIGTERM."""
-    stop = asyncio.Event()
+    """Run kopf until a signal or a lost Lease; True for the latter. `stop` is the flag the
+    signals set too (stopping.py); the election thread sets `lost` and `stop` through the loop."""
+    stop, lost = asyncio.Event(), asyncio.Event()
     # The settings are read once, here; the startup handler finds them in kopf's memo.
-    await kopf.operator(
+    await operate(
+        stop,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         liveness_endpoint=(
@@ -63,10 +58,11 @@ async def _operate(settings: Settings, identity: str, leadership: Leadership) ->
         ),
         standalone=True,
         identity=Identity(identity),
-        stop_flag=stop,
-        memo=kopf.Memo(settings=settings, leadership=leadership, identity=identity, stop=stop),
+        memo=kopf.Memo(
+            settings=settings, leadership=leadership, identity=identity, stop=stop, lost=lost
+        ),
     )
-    return stop.is_set()
+    return lost.is_set()
 
 
 if __name__ == "__main__":

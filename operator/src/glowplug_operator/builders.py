@@ -29,6 +29,8 @@ from glowplug_operator.contract import (
     cache_claim_name,
     child_name,
 )
+from glowplug_operator.engines import PREFETCH_FLAGS as PREFETCH_ONLY
+from glowplug_operator.engines import ServeParams, engine, known_flag
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import ModelServerSpec, Optimization
 
@@ -315,12 +317,94 @@ def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Mani
 
 
 def _worker_container(
-    owner: Owner,
-    spec: ModelServerSpec,
-    settings: Settings,
-    image: str,
-    flags: Sequence[Optimization],
+    owner: Owner, spec: ModelServerSpec, settings: Settings, flags: Sequence[Optimization]
 ) -> Manifest:
+    """The container that serves: glowplug's worker, or the engine's own server."""
+    if spec.engine.kind == "builtin":
+        command, args, env = _builtin_command(owner, spec, settings, flags)
+        ready, live = "/ready", "/health"
+    else:
+        command, args, env = _engine_command(owner, spec, settings, flags)
+        kind = engine(spec.engine.kind)
+        ready = spec.engine.readiness_path or kind.readiness_path
+        live = spec.engine.liveness_path or kind.liveness_path
+    period, failures = startup_probe_timing(budget_seconds(spec, settings))
+    container: Manifest = {
+        "name": WORKER_CONTAINER,
+        "image": worker_image(spec, settings),
+        "command": command,
+        "args": args,
+        "env": env,
+        "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
+        "volumeMounts": [*_mounts(spec, settings), {"name": "dshm", "mountPath": "/dev/shm"}],
+        "resources": _resources(spec, gpus=True),
+        "startupProbe": _http_probe(ready, period, failures),
+        # After the startup probe, the first readiness probe decides when the pod is Ready.
+        "readinessProbe": _http_probe(ready, 1, 3),
+        "livenessProbe": _http_probe(live, 10, 3, timeout=5),
+        "securityContext": _container_security(),
+        "terminationMessagePath": TERMINATION_PATH,
+        # An engine writes no report: its last log lines are the evidence (rollback/signatures).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # The kubelet waits before SIGTERM: endpoints controllers and kube-proxies take a few
+        # seconds to stop routing to a terminating pod; the server keeps serving meanwhile.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+    }
+    if spec.image.pull_policy:
+        container["imagePullPolicy"] = spec.image.pull_policy
+    return container
+
+
+def engine_flag_definition(
+    spec: ModelServerSpec, flag: Optimization, settings: Settings
+) -> tuple[list[str], dict[str, str]]:
+    """A flag's args and env on this ModelServer's engine: its own when the spec gives any, else
+    the engine catalogue's (engines.py), with {cache} meaning the cache volume's mount path."""
+    if flag.args or flag.env:
+        return list(flag.args), dict(flag.env)
+    known = known_flag(spec.engine.kind, flag.name)
+    if known is None:
+        return [], {}
+    env = {k: v.replace("{cache}", settings.cache_mount_path) for k, v in known.env.items()}
+    return list(known.args), env
+
+
+def _engine_command(
+    owner: Owner, spec: ModelServerSpec, settings: Settings, flags: Sequence[Optimization]
+) -> tuple[list[str], list[str], list[Manifest]]:
+    kind = engine(spec.engine.kind)
+    params = ServeParams(
+        model_dir=model_dir(spec, settings, owner.namespace),
+        served_name=owner.name,
+        port=spec.serving.port,
+        dtype=spec.serving.dtype,
+        gpus=spec.resources.gpus,
+        max_concurrency=spec.serving.max_concurrency,
+        max_model_len=spec.serving.max_model_len,
+    )
+    args = kind.args(params) + list(spec.engine.args)
+    env = {
+        # For the args of any engine, as $(GLOWPLUG_MODEL_DIR): Kubernetes expands them.
+        "GLOWPLUG_MODEL_DIR": params.model_dir,
+        "GLOWPLUG_SERVED_MODEL_NAME": params.served_name,
+        **kind.env,
+        "HF_HOME": f"{settings.cache_mount_path}/.hf",
+        # The root filesystem is read-only: the engine's caches go to /tmp.
+        "HOME": "/tmp",
+    }
+    for flag in flags:
+        if spec.engine.kind != "builtin" and flag.name in PREFETCH_ONLY:
+            continue  # acts in the init container
+        flag_args, flag_env = engine_flag_definition(spec, flag, settings)
+        args += flag_args
+        env.update(flag_env)
+    command = list(spec.engine.command or kind.command)
+    return command, args, [{"name": k, "value": v} if v else {"name": k} for k, v in env.items()]
+
+
+def _builtin_command(
+    owner: Owner, spec: ModelServerSpec, settings: Settings, flags: Sequence[Optimization]
+) -> tuple[list[str], list[str], list[Manifest]]:
     serving = spec.serving
     args = [
         "serve",
@@ -338,36 +422,19 @@ def _worker_container(
         args += ["--max-model-len", str(serving.max_model_len)]
     for flag in flags:
         args += flag.args
-    period, failures = startup_probe_timing(budget_seconds(spec, settings))
-    container: Manifest = {
-        "name": WORKER_CONTAINER,
-        "image": image,
-        "command": ["glowplug-worker"],
-        "args": args,
-        "env": _env(flags, settings, worker=True),
-        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
-        "volumeMounts": [*_mounts(spec, settings), {"name": "dshm", "mountPath": "/dev/shm"}],
-        "resources": _resources(spec, gpus=True),
-        "startupProbe": _http_probe("/ready", period, failures),
-        # After the startup probe, the first readiness probe decides when the pod is Ready.
-        "readinessProbe": _http_probe("/ready", 1, 3),
-        "livenessProbe": _http_probe("/health", 10, 3, timeout=5),
-        "securityContext": _container_security(),
-        "terminationMessagePath": TERMINATION_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        # The kubelet waits before SIGTERM: endpoints controllers and kube-proxies take a few
-        # seconds to stop routing to a terminating pod; the server keeps serving meanwhile.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
-    }
-    if spec.image.pull_policy:
-        container["imagePullPolicy"] = spec.image.pull_policy
-    return container
+    return ["glowplug-worker"], args, _env(flags, settings, worker=True)
+
+
+def worker_image(spec: ModelServerSpec, settings: Settings) -> str:
+    """The worker container's image: the spec's, else the engine's public one, else (builtin)
+    the operator's worker image."""
+    return spec.image.worker or engine(spec.engine.kind).image or settings.worker_image
 
 
 def _pod_spec(
     owner: Owner, spec: ModelServerSpec, settings: Settings, flags: Sequence[Optimization]
 ) -> Manifest:
-    image = spec.image.worker or settings.worker_image
+    image = settings.prefetch_image
     volumes = [
         _cache_volume(owner, spec),
         {"name": "tmp", "emptyDir": {}},
@@ -397,7 +464,7 @@ def _pod_spec(
             *_cache_owner(spec, settings, image),
             _prefetch_container(spec, settings, image, flags, owner.namespace),
         ],
-        "containers": [_worker_container(owner, spec, settings, image, flags)],
+        "containers": [_worker_container(owner, spec, settings, flags)],
         "volumes": volumes,
     }
     placement = spec.placement

@@ -26,7 +26,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     worker_image: str = Field(default="ghcr.io/glowplug/worker:0.1.0", min_length=1)
-    """Image for the init and worker containers unless a ModelServer overrides it."""
+    """Image of the builtin engine's worker container unless a ModelServer overrides it."""
+    prefetch_image: str = Field(default="ghcr.io/glowplug/prefetch:0.1.0", min_length=1)
+    """Image of the prefetch init container, for every engine (no torch: small)."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means all namespaces."""
     default_budget_seconds: int = Field(default=900, ge=30, le=86400)
@@ -58,6 +60,8 @@ class Settings(BaseModel):
     """This replica's name in the Lease and in its Events' reportingInstance (the chart: the
     pod's name); empty: hostname-pid."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """`text` for people, `json` (one object per line) for log pipelines."""
     host_path_prefixes: tuple[str, ...] = ()
     """Directories under which a ModelServer may put a HostPath cache; empty turns HostPath
     caches off (a node directory is shared by every namespace's pods on that node)."""
@@ -81,6 +85,11 @@ class Settings(BaseModel):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

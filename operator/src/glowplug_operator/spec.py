@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from glowplug_operator.engines import ENGINES, PREFETCH_FLAGS, EngineKind, known_flag
 from glowplug_operator.quantity import parse_quantity
 
 BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
@@ -146,7 +147,7 @@ class Cache(CamelModel):
     kind: Literal["EmptyDir", "PersistentVolumeClaim", "HostPath"] = "EmptyDir"
     size: Quantity | None = None
     storage_class_name: str | None = None
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = "ReadWriteMany"
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = "ReadWriteOnce"
     existing_claim: str | None = None
     host_path: str | None = None
     retain_on_delete: bool = False
@@ -186,6 +187,16 @@ class Image(CamelModel):
     )
 
 
+class EngineSpec(CamelModel):
+    """What runs in the worker container (engines.py): glowplug's own server or a stock one."""
+
+    kind: EngineKind = "builtin"
+    command: list[str] = Field(default_factory=list, max_length=16)
+    args: list[str] = Field(default_factory=list, max_length=64)
+    readiness_path: str | None = Field(default=None, min_length=1, max_length=256)
+    liveness_path: str | None = Field(default=None, min_length=1, max_length=256)
+
+
 class ModelServerSpec(CamelModel):
     """The whole spec. Build it with ``parse_spec``, which also runs the cross-field checks."""
 
@@ -197,6 +208,7 @@ class ModelServerSpec(CamelModel):
     startup: Startup = Field(default_factory=Startup)
     serving: Serving = Field(default_factory=Serving)
     image: Image = Field(default_factory=Image)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
 
 
 def parse_spec(body: Mapping[str, Any]) -> ModelServerSpec:
@@ -221,7 +233,8 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServerSpec:
         _check_quantity(field, value, positive=positive)
     _check_placement(spec.placement)
     _check_cache(spec.cache)
-    _check_optimizations(spec.startup.optimizations)
+    _check_engine(spec)
+    _check_optimizations(spec.startup.optimizations, spec.engine.kind)
     _check_image(spec.image)
     return _with_source_revision(spec)
 
@@ -401,7 +414,39 @@ def _check_cache(cache: Cache) -> None:
             )
 
 
-def _check_optimizations(optimizations: list[Optimization]) -> None:
+def _check_engine(spec: ModelServerSpec) -> None:
+    engine = spec.engine
+    if engine.kind == "custom" and spec.image.worker is None:
+        raise InvalidSpec(
+            "spec.image.worker", "engine custom needs the image to run: set spec.image.worker"
+        )
+    if engine.kind == "custom" and not engine.command:
+        raise InvalidSpec(
+            "spec.engine.command", "engine custom needs the command that starts the server"
+        )
+    if engine.kind == "builtin" and engine.command:
+        raise InvalidSpec(
+            "spec.engine.command",
+            "the builtin engine runs glowplug-worker; a command applies to the other engines",
+        )
+    for name, path in (
+        ("readinessPath", engine.readiness_path),
+        ("livenessPath", engine.liveness_path),
+    ):
+        if path is not None and (not path.startswith("/") or any(c.isspace() for c in path)):
+            raise InvalidSpec(
+                f"spec.engine.{name}", f"{path!r} must be an HTTP path starting with /"
+            )
+    if engine.kind != "builtin" and spec.model.task != "generate":
+        raise InvalidSpec(
+            "spec.model.task",
+            f"task {spec.model.task} is served by the builtin engine only; engine "
+            f"{engine.kind} serves generate (give the engine's own options in spec.engine.args "
+            "with engine custom)",
+        )
+
+
+def _check_optimizations(optimizations: list[Optimization], engine: str = "builtin") -> None:
     seen: set[str] = set()
     for index, flag in enumerate(optimizations):
         field = f"spec.startup.optimizations[{index}]"
@@ -418,11 +463,19 @@ def _check_optimizations(optimizations: list[Optimization]) -> None:
                 "must be unique",
             )
         seen.add(flag.name)
-        if not flag.builtin and not flag.env and not flag.args:
+        if engine != "builtin" and flag.builtin and flag.name not in PREFETCH_FLAGS:
+            raise InvalidSpec(
+                f"{field}.name",
+                f"{flag.name!r} is a flag of glowplug's builtin engine, not of engine {engine}; "
+                + _engine_flags_hint(engine),
+            )
+        known = flag.builtin or known_flag(engine, flag.name) is not None
+        if not known and not flag.env and not flag.args:
             raise InvalidSpec(
                 field,
-                f"optimization {flag.name!r} is not a built-in flag "
-                f"({', '.join(BUILTIN_OPTIMIZATIONS)}): a custom flag needs env or args",
+                f"optimization {flag.name!r} is not a flag engine {engine} knows: "
+                + _engine_flags_hint(engine)
+                + "; a custom flag needs env or args",
             )
         for key in flag.env:
             if len(key) > 256 or not _ENV_NAME.match(key):
@@ -437,6 +490,12 @@ def _check_optimizations(optimizations: list[Optimization]) -> None:
                     f"{key!r}: env may not set HOME, HF_* or GLOWPLUG_*: the worker sets them "
                     "itself (cache, offline mode, its own options)",
                 )
+
+
+def _engine_flags_hint(engine: str) -> str:
+    names = list(BUILTIN_OPTIMIZATIONS) if engine == "builtin" else list(PREFETCH_FLAGS)
+    names += list(ENGINES[engine].flags)
+    return f"engine {engine} knows {', '.join(names)}"
 
 
 def _check_image(image: Image) -> None:

@@ -1,7 +1,12 @@
 """The ModelServer's status, computed purely from what is observed.
 
-Conditions follow metav1.Condition and kstatus: `Ready` plus `observedGeneration`, so
-`kubectl wait --for=condition=Ready`, Flux and Argo CD health checks work. A condition keeps its
+Conditions follow metav1.Condition and the kstatus conventions (sigs.k8s.io/cli-utils
+pkg/kstatus): `observedGeneration`, `Ready`, and the abnormal-true pair `Reconciling` (True while
+the operator converges: pods start, new flags roll out, a bisection runs) and `Stalled` (True when
+it cannot progress until a user acts: an invalid spec, a name conflict, a Degraded reason while not
+Ready). So `kubectl wait --for=condition=Ready`, Flux's health checks (kstatus) and the Argo CD
+health check in examples/argocd/ read the same conditions; tests/unit/test_gitops_health.py runs
+the real kstatus library and that Lua on these statuses. A condition keeps its
 lastTransitionTime while its status does not change, so an unchanged world gives an identical
 status and the operator writes nothing.
 """
@@ -20,6 +25,10 @@ from glowplug_operator.spec import CAMEL_CASE, CamelModel
 from glowplug_operator.timestamps import iso
 
 Status = dict[str, Any]
+# status.coldStart.phases keys the pod's status gives (`_cold_start`), in the order they happen;
+# the worker's own (controller/startup_reports.WORKER_PHASES) run inside `start`. docs/api.md and
+# the CRD name these (tests/unit/test_docs_match_code.py).
+POD_PHASES = ("schedule", "download", "start")
 
 
 class StatusCondition(CamelModel):
@@ -113,6 +122,7 @@ def blocked_status(
     wanted = [
         Condition("Ready", "False", reason, text),
         Condition("Progressing", "False", reason, hint),
+        Condition("Reconciling", "False", reason, hint),
         Condition("Stalled", "True", reason, text),
     ]
     keep = {k: v for k, v in old.items() if k not in ("conditions", "observedGeneration")}
@@ -152,9 +162,12 @@ def modelserver_status(
         dep_status.get("replicas") or len([o for o in observed.observations if not o.deleting])
     )
     desired = observed.desired_replicas
+    readiness = _ready(ready, desired, decision)
+    progressing = _progressing(ready, desired, current, decision)
     wanted = [
-        _ready(ready, desired, decision),
-        _progressing(ready, desired, current, decision),
+        readiness,
+        progressing,
+        *_kstatus(readiness, progressing, decision),
         _weights(observed.observations, observed.flags_hash),
         decision.condition,
         _degraded(decision),
@@ -209,6 +222,29 @@ def _progressing(
     return Condition(
         "Progressing", "True", "RollingOut", f"{note}: {ready}/{desired} ready, {len(current)} pods"
     )
+
+
+def _kstatus(ready: Condition, progressing: Condition, decision: Decision) -> list[Condition]:
+    """kstatus's Reconciling and Stalled. Stalled: a Degraded reason while not Ready (the operator
+    holds the template until something changes; kstatus says Failed). Reconciling: the rollout is
+    under way (kstatus says InProgress). Neither: Current, also when flags were rolled back and the
+    rest serve (OptimizationsHealthy says so)."""
+    if ready.status != "True" and decision.degraded is not None:
+        degraded = decision.degraded
+        return [
+            Condition("Reconciling", "False", degraded.reason, "waiting for a change"),
+            Condition("Stalled", "True", degraded.reason, degraded.message),
+        ]
+    if progressing.status == "True":
+        why = decision.condition if decision.condition.reason == "Bisecting" else progressing
+        return [
+            Condition("Reconciling", "True", why.reason, why.message),
+            Condition("Stalled", "False", "Progressing", ""),
+        ]
+    return [
+        Condition("Reconciling", "False", progressing.reason, progressing.message),
+        Condition("Stalled", "False", ready.reason, ""),
+    ]
 
 
 def _degraded(decision: Decision) -> Condition:

@@ -10,7 +10,8 @@ would import their hundreds of pydantic models (CoreV1Api alone: 60 MB of the op
 memory) and validate every call, to produce objects the operator would turn back into dicts.
 
 Every write asks `Leadership.may_write()` first and raises NotLeader when this process does not
-hold the Lease, and logs one INFO line naming the ModelServer it was for.
+hold the Lease, and logs one INFO line naming the ModelServer it was for
+(`modelserver ns/name: ...`, with `namespace` and `modelserver` fields for JSON logs).
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class Kube:
         what = "created" if live_version is None and force is False else "applied"
         if live_version is not None:
             what = "unchanged" if version == live_version else "updated"
-        log.info("%s: %s %s %s", _owner(manifest), kind, meta["name"], what)
+        _wrote(meta["namespace"], _owner(manifest), f"{kind} {meta['name']} {what}")
         return live
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -236,7 +237,7 @@ class Kube:
         except ApiError as error:
             if error.code != 404:
                 raise
-        log.info("ModelServer %s/%s: %s %s deleted", namespace, name, kind, name)
+        _wrote(namespace, name, f"{kind} {name} deleted")
 
     async def replace_status(
         self,
@@ -265,7 +266,7 @@ class Kube:
             if error.code == 409:
                 raise Stale(f"ModelServer {namespace}/{name}") from error
             raise
-        log.info("ModelServer %s/%s: status written: %s", namespace, name, _summary(status))
+        _wrote(namespace, name, f"status written: {_summary(status)}")
         version = (live.get("metadata") or {}).get("resourceVersion")
         return version if isinstance(version, str) else None
 
@@ -300,14 +301,7 @@ class Kube:
             "count": 1,
         }
         await self._request("POST", _path("Event", meta["namespace"]), None, event)
-        log.info(
-            "ModelServer %s/%s: Event %s %s: %s",
-            meta["namespace"],
-            meta["name"],
-            type_,
-            reason,
-            message,
-        )
+        _wrote(meta["namespace"], meta["name"], f"Event {type_} {reason} posted")
 
     async def list_all(
         self, kind: str, namespaces: tuple[str, ...], labelled: bool = True
@@ -339,11 +333,19 @@ def _api_error(code: int, reason: str | None, data: bytes | None) -> ApiError:
     return ApiError(int(code), message)
 
 
+def _wrote(namespace: str, name: str, what: str) -> None:
+    """The one INFO line of a write: `modelserver ns/name: what`, and the ModelServer as fields
+    (`namespace`, `modelserver`) for JSON logs, as the reconciler's decision lines have them."""
+    log.info(
+        "modelserver %s/%s: %s", namespace, name, what,
+        extra={"namespace": namespace, "modelserver": name, "write": what.split(" ")[0]},
+    )  # fmt: skip
+
+
 def _owner(manifest: Mapping[str, Any]) -> str:
-    """`ModelServer ns/name` for a child manifest (its owner reference names it)."""
-    meta = manifest["metadata"]
-    refs = meta.get("ownerReferences") or [{}]
-    return f"ModelServer {meta['namespace']}/{refs[0].get('name', '?')}"
+    """The ModelServer's name for a child manifest (its owner reference names it)."""
+    refs = manifest["metadata"].get("ownerReferences") or [{}]
+    return str(refs[0].get("name", "?"))
 
 
 def _summary(status: Mapping[str, Any]) -> str:

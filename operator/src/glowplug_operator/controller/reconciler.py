@@ -20,8 +20,10 @@ from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store
 from glowplug_operator.rollback import (
     Decision,
+    FlagDefinition,
     PodObservation,
     Rollout,
+    attribute,
     decide,
     flag_states_from_status,
     observe_deployment_progress,
@@ -108,7 +110,7 @@ class Reconciler:
             await self._invalid(body, InvalidSpec("spec.cache.hostPath", problem), now)
             return None
         owner = builders.Owner(key[1], key[0], body["metadata"]["uid"])
-        observations = [observe_pod(p, now) for p in self.store.pods_of(key)]
+        observations = self._observe(spec, key, now)
         deployment = self.store.child("Deployment", key[0], key[1])
         decision = self._decide(body, spec, observations, deployment, now)
 
@@ -145,12 +147,26 @@ class Reconciler:
         )
         return self._next_look(spec, status, observations, now)
 
+    def _observe(self, spec: ModelServerSpec, key: Key, now: datetime) -> list[PodObservation]:
+        """The pods as observations; a worker that failed without a report (a stock engine)
+        blames a flag when its last log lines name exactly one (rollback/signatures.py)."""
+        definitions = []
+        for flag in spec.startup.optimizations:
+            args, env = builders.engine_flag_definition(spec, flag, self.settings)
+            definitions.append(FlagDefinition(flag.name, tuple(args), env))
+        observations = [observe_pod(p, now) for p in self.store.pods_of(key)]
+        return [
+            attribute(o, spec.engine.kind, [d for d in definitions if d.name in o.flags])
+            for o in observations
+        ]
+
     def _read_startup(
         self, key: Key, spec: ModelServerSpec, observations: list[PodObservation]
     ) -> None:
-        """Ask the worker of the pod that turned Ready last for its start phases, once."""
+        """Ask the worker of the pod that turned Ready last for its start phases, once (the
+        builtin engine's /startup; the other engines' phases are the pod's own)."""
         latest = latest_ready(observations)
-        if self.startup_reports is None or latest is None:
+        if self.startup_reports is None or latest is None or spec.engine.kind != "builtin":
             return
         body = next((p for p in self.store.pods_of(key) if p["metadata"]["uid"] == latest.uid), {})
         ip = (body.get("status") or {}).get("podIP")
@@ -290,6 +306,24 @@ class Reconciler:
             await self._event(body, "Warning", blocked.reason, blocked.message)
 
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post one Event of a decision, and log it: one INFO line per decision (a flag rolled
+        back, a bisection step, a flag restored or promoted, a Degraded or blocking reason,
+        Ready gained or lost), the ModelServer named in the line and as fields for JSON logs."""
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        log.info(
+            "modelserver %s/%s: %s: %s",
+            namespace,
+            name,
+            reason,
+            message,
+            extra={
+                "namespace": namespace,
+                "modelserver": name,
+                "reason": reason,
+                "event_type": type_,
+            },
+        )
         try:
             await self.kube.post_event(body, type_, reason, message)
             self.metrics.api_writes.labels("Event").inc()

@@ -96,9 +96,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         lease = LeaseConfig(
             config.lease_name, config.lease_namespace, identity, config.lease_seconds
         )
-        stop, loop = cast(asyncio.Event, memo.stop), asyncio.get_running_loop()
+        stop, lost = cast(asyncio.Event, memo.stop), cast(asyncio.Event, memo.lost)
+        loop = asyncio.get_running_loop()
+
+        def stop_lost() -> None:
+            lost.set()
+            stop.set()
+
         memo.controller.release_lease = start_election(
-            lease, leadership, kube.lease_client(), lambda: loop.call_soon_threadsafe(stop.set)
+            lease, leadership, kube.lease_client(), lambda: loop.call_soon_threadsafe(stop_lost)
         )
 
 

@@ -22,6 +22,7 @@ from glowplug_operator.rollback.observations import (
 )
 from glowplug_operator.rollback.outputs import Condition, Degraded, Event, Policy, Rollback
 from glowplug_operator.rollback.reports import parse_report
+from glowplug_operator.rollback.signatures import FlagDefinition, attribute
 from glowplug_operator.rollback.state import STATES, FlagState, Rollout
 
 __all__ = [
@@ -35,11 +36,13 @@ __all__ = [
     "Degraded",
     "DeploymentProgress",
     "Event",
+    "FlagDefinition",
     "FlagState",
     "PodObservation",
     "Policy",
     "Rollback",
     "Rollout",
+    "attribute",
     "decide",
     "flag_states_from_status",
     "observe_deployment_progress",

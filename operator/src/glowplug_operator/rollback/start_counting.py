@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from glowplug_operator.rollback.observations import PodObservation, startup_deadline
+from glowplug_operator.rollback.signatures import last_log_line
 from glowplug_operator.rollback.state import (
     KEPT_POD_RECORDS,
     KEPT_SET_RECORDS,
@@ -119,6 +120,9 @@ def _failure(pod: PodObservation, seq: int, now: datetime) -> StartResult:
         error = f"{report.error.type}: {report.error.message}"
     elif failure and failure.terminated_reason:
         error = f"{failure.terminated_reason} (exit code {failure.exit_code})"
+        # No report (a stock engine, a crash): its last log line is the evidence to quote.
+        if line := last_log_line(failure.last_failure_message):
+            error += f": {line}"
     return StartResult(
         seq=seq,
         at=iso(now),
