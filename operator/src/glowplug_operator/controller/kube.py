@@ -152,7 +152,10 @@ class Kube:
         call = partial(self._sync, method, path, query or {}, body, content_type)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kube")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        data = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        # Parsed here, on the event loop's thread: what the store keeps is not allocated in the
+        # pool threads' own malloc arenas (which then stay mapped, fragmented).
+        return dict(json.loads(data))
 
     def _sync(
         self,
@@ -161,7 +164,7 @@ class Kube:
         query: Mapping[str, str | None],
         body: Any,
         content_type: str | None,
-    ) -> dict[str, Any]:
+    ) -> bytes:
         client = self._client()
         headers = {"Accept": "application/json"}
         if content_type:
@@ -181,7 +184,7 @@ class Kube:
             response.response.release_conn()
         if not 200 <= response.status <= 299:
             raise _api_error(response.status, response.reason, data)
-        return dict(json.loads(data))
+        return bytes(data)
 
     def _writing(self) -> None:
         if not self.leadership.may_write():
