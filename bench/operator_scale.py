@@ -522,6 +522,91 @@ class Progress:
         }
 
 
+# --- the floor: the same children applied directly ----------------------------------------------
+
+
+def floor_manifests(namespace: str, name: str, gpus: int) -> list[dict[str, Any]]:
+    """The Deployment and Service the operator would apply for `modelserver(name)` on its first
+    reconcile (its own builders, every flag of the spec on), without owner references (there is
+    no ModelServer to own them)."""
+    from glowplug_operator import builders
+    from glowplug_operator.contract import flag_fingerprint, flag_set_hash
+    from glowplug_operator.settings import Settings
+    from glowplug_operator.spec import parse_spec
+
+    body = modelserver(name, gpus)
+    body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), generation=1)
+    spec = parse_spec(body)
+    owner = builders.Owner(name, namespace, body["metadata"]["uid"])
+    flags = [f.name for f in spec.startup.optimizations]
+    prints = {
+        f.name: flag_fingerprint(f.model_dump(by_alias=True)) for f in spec.startup.optimizations
+    }
+    out = [
+        builders.build_deployment(owner, spec, Settings(), flags, flag_set_hash(flags, prints)),
+        builders.build_service(owner, spec),
+    ]
+    for manifest in out:
+        manifest["metadata"].pop("ownerReferences", None)
+    return out
+
+
+async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds from the first apply until every one of the N Deployments has a Ready pod and
+    every Service exists, when the benchmark applies them itself (server-side apply, the same
+    concurrency as the ModelServer creates): what the cluster needs without any operator."""
+    namespace = f"floor-{size}-{uuid.uuid4().hex[:6]}"
+    await create_namespace(kube, namespace)
+    names = [f"ms-{i:04d}" for i in range(size)]
+    manifests = {n: floor_manifests(namespace, n, args.gpus) for n in names}
+    progress = Progress(set(names))
+
+    def on_deployment(kind: str, body: dict[str, Any]) -> None:
+        progress.on_deployment(kind, body)
+        name = body["metadata"]["name"]
+        pods = kind != "DELETED" and (body.get("status") or {}).get("readyReplicas", 0) >= 1
+        progress._mark("ready", name, pods, progress.ready)  # the floor's "converged"
+
+    base = f"/namespaces/{namespace}"
+    managed = {"labelSelector": "app.kubernetes.io/managed-by=glowplug"}
+    watches = [
+        asyncio.create_task(kube.watch(f"/apis/apps/v1{base}/deployments", managed, on_deployment)),
+        asyncio.create_task(kube.watch(f"/api/v1{base}/services", managed, progress.on_service)),
+    ]
+    gate = asyncio.Semaphore(args.floor_concurrency)
+    progress.t0 = time.monotonic()
+
+    async def retried(path: str, manifest: dict[str, Any]) -> None:
+        for attempt in range(5):  # an apply is idempotent; a loaded API server answers 504/429
+            try:
+                await kube.apply(path, manifest)
+                return
+            except (RuntimeError, httpx.HTTPError) as error:
+                if attempt == 4 or not re.search(r": (5\d\d|429) ", str(error)):
+                    raise
+                await asyncio.sleep(1 + attempt)
+
+    async def apply(name: str) -> None:
+        async with gate:
+            deployment, service = manifests[name]
+            await asyncio.gather(
+                retried(f"/apis/apps/v1{base}/deployments/{name}", deployment),
+                retried(f"/api/v1{base}/services/{name}", service),
+            )
+
+    await asyncio.gather(*(apply(n) for n in names))
+    applies = time.monotonic() - progress.t0
+    print(f"  floor: applied {size} Deployments and Services in {applies:.1f}s", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(progress.done.wait(), timeout=args.timeout)
+    for task in watches:
+        task.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
+    seconds = _round(progress.converged_at)
+    print(f"  floor: every pod Ready after {seconds}s", flush=True)
+    return {"seconds": seconds, "applies_seconds": round(applies, 1), "namespace": namespace}
+
+
 # --- one size ------------------------------------------------------------------------------------
 
 
@@ -547,6 +632,13 @@ class Result:
     operator_exit: int | None
     namespace_delete_seconds: float | None = None
     kwok_nodes: int = 0
+    floor: dict[str, Any] | None = None
+
+    def floor_ratio(self) -> float | None:
+        floor = (self.floor or {}).get("seconds")
+        if not floor or self.converge_seconds is None:
+            return None
+        return round(self.converge_seconds / floor, 2)
 
     def writes_per_ms(self) -> float:
         return self.convergence["operator_writes"] / self.size
@@ -795,8 +887,8 @@ def table(results: list[Result], steady_seconds: float) -> str:
         "| N | converged (s) | children (s) | pods Ready (s) | creates (s) | peak RSS (MB) "
         "| writes/MS conv. (operator) | writes/MS conv. (apiserver) | reconciles/MS "
         f"| writes in {steady_seconds:.0f}s steady (operator) | same (apiserver) "
-        "| reconcile errors | operator CPU % conv. |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| reconcile errors | operator CPU % conv. | floor (s) | glowplug / floor |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
@@ -810,7 +902,8 @@ def table(results: list[Result], steady_seconds: float) -> str:
             f"| {c['reconciles_per_ms']} | {_fmt(s.get('operator_writes'))} "
             f"| {_fmt(s.get('apiserver_operator_writes'))} "
             f"| {c['reconcile_errors'] + s.get('reconcile_errors', 0):.0f} "
-            f"| {r.cpu_convergence.get('operator')} |"
+            f"| {r.cpu_convergence.get('operator')} "
+            f"| {_fmt((r.floor or {}).get('seconds'))} | {_fmt(r.floor_ratio(), 'x')} |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -890,7 +983,10 @@ def write_report(
         "from the operator's `glowplug_api_writes_total` and, as a cross-check, from the API "
         "server's `apiserver_request_total` (APPLY/PATCH/DELETE of deployments, services, "
         "persistentvolumeclaims, poddisruptionbudgets and modelservers/status; Events excluded, "
-        "other components post them too).\n\n"
+        "other components post them too). *floor*: the same Deployments and Services "
+        "(glowplug's builders, the same spec) applied by the benchmark itself, without the "
+        "operator, in another namespace of the same cluster after the operator's run: seconds "
+        "until every one has a Ready pod; *glowplug / floor* is converged / floor.\n\n"
         "## When the ModelServers reached each stage (seconds after the first create)\n\n"
         + stage_table(results)
         + "\n## Memory and steady state\n\n"
@@ -924,10 +1020,19 @@ async def bench_size(args: argparse.Namespace, kubeconfig: Path, size: int) -> R
     kube = Kube(kubeconfig)
     try:
         await install_crd(kube)
-        nodes = await ensure_gpu_nodes(kube, size * args.gpus)
+        # GPUs for the floor's pods too: they run beside glowplug's on the same nodes.
+        runs = 1 if args.no_floor else 2
+        nodes = await ensure_gpu_nodes(kube, runs * size * args.gpus)
         print(f"N={size}: {nodes} kwok GPU nodes", flush=True)
         result = await run_size(kube, kubeconfig, size, args)
         result.kwok_nodes = nodes
+        if not args.no_floor:
+            try:
+                result.floor = await run_floor(kube, size, args)
+            except Exception as error:  # keep the operator's figures; say why there is no floor
+                print(f"  floor FAILED: {error}", file=sys.stderr, flush=True)
+                result.floor = {"seconds": None, "error": str(error)[:300]}
+            print(f"  glowplug / floor: {result.floor_ratio()}x", flush=True)
         return result
     finally:
         await kube.close()
@@ -951,6 +1056,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="parallel creates")
     parser.add_argument("--timeout", type=float, default=600, help="give up converging after this")
     parser.add_argument("--delete-timeout", type=float, default=600)
+    parser.add_argument(
+        "--floor-concurrency",
+        type=int,
+        default=16,
+        help="ModelServers' children applied at once for the floor (the operator's default "
+        "reconcile workers: the same parallelism glowplug has)",
+    )
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip applying the same Deployments and Services without the operator",
+    )
     parser.add_argument("--sample-interval", type=float, default=0.5)
     parser.add_argument(
         "--output", default="operator_scale", help="name of the .md/.json in bench/results/"

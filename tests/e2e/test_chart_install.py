@@ -65,6 +65,20 @@ def test_chart_installs_and_grants_what_the_operator_needs(
 
     assert {(v, r): can(v, r) for v, r in NEEDED} == {(v, r): "yes" for v, r in NEEDED}
     assert {(v, r): can(v, r) for v, r in NOT_NEEDED} == {(v, r): "no" for v, r in NOT_NEEDED}
+    # Leader election: its one Lease, in the release namespace only.
+    lease = f"leases.coordination.k8s.io/{deployment['metadata']['name']}"
+    assert k.run("auth", "can-i", "update", lease, who, check=False).strip() == "yes"
+    assert (
+        k.run("auth", "can-i", "create", "leases.coordination.k8s.io", who, check=False).strip()
+        == "yes"
+    )
+    other = "leases.coordination.k8s.io/kube-controller-manager"
+    assert (
+        k.run("auth", "can-i", "update", other, who, "-n", "kube-system", check=False).strip()
+        == "no"
+    )
+    assert deployment["spec"]["replicas"] == 2
+    assert k.get("pdb")["items"], "a PodDisruptionBudget for the operator pods"
     wait_until(
         "the operator pod Ready",
         lambda: k.get("pods")["items"][0]["status"].get("phase") == "Running",

@@ -30,7 +30,7 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(autouse=True)
 def _kubeconfig(kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUBECONFIG", kubectl.kubeconfig)  # for lightkube's client
+    monkeypatch.setenv("KUBECONFIG", kubectl.kubeconfig)  # for the gateway's kubernetes client
 
 
 def test_a_status_computed_from_an_old_body_is_not_written(

@@ -111,9 +111,77 @@ def test_default_render_has_the_operator_objects_and_no_optional_ones() -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
+
+
+@needs_helm
+def test_default_is_two_replicas_electing_a_leader_on_a_lease() -> None:
+    docs = render()
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    env = env_of(docs)
+    assert env["GLOWPLUG_LEADER_ELECTION"] == "true"
+    assert env["GLOWPLUG_LEASE_NAMESPACE"] == NAMESPACE
+    assert env["GLOWPLUG_LEASE_NAME"] == "glowplug"
+    assert env["GLOWPLUG_LEASE_SECONDS"] == "8"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    identity = next(e for e in container["env"] if e["name"] == "GLOWPLUG_IDENTITY")
+    assert identity["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@needs_helm
+def test_the_lease_role_lets_the_operator_take_and_renew_its_lease_only() -> None:
+    docs = render()
+    role, binding = one(docs, "Role"), one(docs, "RoleBinding")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    rules = role["rules"]
+    assert allows(rules, "coordination.k8s.io", "leases", "create")
+    named = [r for r in rules if "get" in r["verbs"]]
+    assert named == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["glowplug"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(docs, "ServiceAccount")["metadata"]["name"]
+
+
+@needs_helm
+def test_the_disruption_budget_keeps_one_operator_pod() -> None:
+    docs = render()
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@needs_helm
+def test_one_replica_without_election_recreates_and_has_no_budget_or_lease() -> None:
+    docs = render("replicaCount=1", "leaderElection.enabled=false")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "GLOWPLUG_LEADER_ELECTION" not in env_of(docs)
+    assert not [d for d in docs if d["kind"] in ("PodDisruptionBudget", "Role", "RoleBinding")]
+
+
+@needs_helm
+def test_two_replicas_without_election_are_refused() -> None:
+    result = helm("template", "glowplug", str(CHART), "--set", "leaderElection.enabled=false")
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in result.stderr
 
 
 @needs_helm
@@ -183,8 +251,10 @@ def test_a_namespaced_install_grants_roles_in_those_namespaces_only() -> None:
     cluster = one(docs, "ClusterRole")["rules"]
     assert all(allows(cluster, *need) for need in NEEDED_CLUSTER)
     assert [need for need in NEEDED if allows(cluster, *need)] == []
-    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
-    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    # (the leader election's Role for its Lease in the release namespace is tested on its own)
+    watched = [d for d in docs if not d["metadata"]["name"].endswith("-leader-election")]
+    roles = {d["metadata"]["namespace"]: d for d in watched if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in watched if d["kind"] == "RoleBinding"}
     assert set(roles) == set(bindings) == {"ml", "serving"}
     account = one(docs, "ServiceAccount")["metadata"]
     for namespace, role in roles.items():
@@ -374,6 +444,8 @@ def test_no_pod_monitor_unless_enabled() -> None:
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
         ("metricsPort=9090", "additional properties 'metricsPort'"),
+        ("replicaCount=0", "/replicaCount"),
+        ("leaderElection.leaseSeconds=1", "/leaderElection/leaseSeconds"),
     ],
 )
 def test_values_schema_refuses_bad_values_naming_them(value: str, says: str) -> None:

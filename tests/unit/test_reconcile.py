@@ -31,7 +31,9 @@ class RecordingKube:
         self.events: list[tuple[str, str, str]] = []
         self.deleted: list[tuple[str, str]] = []
 
-    async def apply(self, manifest: dict[str, Any], force: bool = True) -> dict[str, Any]:
+    async def apply(
+        self, manifest: dict[str, Any], force: bool = True, live_version: str | None = None
+    ) -> dict[str, Any]:
         self.applied.append(copy.deepcopy(manifest))
         return copy.deepcopy(manifest)
 

@@ -45,6 +45,20 @@ class Settings(BaseModel):
     """How many ModelServers are reconciled at once."""
     resync_seconds: float = Field(default=300.0, ge=5)
     """A converged ModelServer is re-checked this often (reads only; writes only on drift)."""
+    api_threads: int = Field(default=16, ge=1, le=256)
+    """Threads (and connections) for the API gateway's blocking calls: writes in flight at once."""
+    leader_election: bool = False
+    """Run as one of several replicas: only the holder of the Lease reconciles and writes."""
+    lease_name: str = Field(default="glowplug-operator", min_length=1)
+    lease_namespace: str = ""
+    """Where the Lease lives (the chart: the operator's own namespace); needed with
+    leader_election."""
+    lease_seconds: int = Field(default=8, ge=4, le=120)
+    """How long a Lease not renewed keeps a standby out: a SIGKILLed leader's replica takes
+    over within about this plus 4 s."""
+    identity: str = ""
+    """This replica's name in the Lease and in its Events' reportingInstance (the chart: the
+    pod's name); empty: hostname-pid."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     """`text` for people, `json` (one object per line) for log pipelines."""
@@ -82,6 +96,14 @@ class Settings(BaseModel):
         if self.metrics_port and self.metrics_port == self.health_port:
             raise ValueError(
                 f"metrics_port: port {self.health_port} is the health port; pick another"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_namespace(self) -> Settings:
+        if self.leader_election and not self.lease_namespace:
+            raise ValueError(
+                "lease_namespace: set it (the namespace of the Lease) to elect a leader"
             )
         return self
 

@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def operate(**kwargs: Any) -> None:
-    """`kopf.operator(**kwargs)`, with signal handling that tolerates repeats."""
-    stop = asyncio.Event()
+async def operate(stop: asyncio.Event | None = None, **kwargs: Any) -> None:
+    """`kopf.operator(**kwargs)`, with signal handling that tolerates repeats; `stop`, when
+    given, stops it too (a lost leader Lease)."""
+    stop = stop or asyncio.Event()
     existing = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     tasks = await kopf.spawn_tasks(stop_flag=stop, **kwargs)
     loop = asyncio.get_running_loop()

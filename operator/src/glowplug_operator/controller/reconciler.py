@@ -11,11 +11,9 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from lightkube.core.exceptions import ApiError
-
 from glowplug_operator import builders
 from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_fingerprint
-from glowplug_operator.controller.kube import Gone, Kube, Stale
+from glowplug_operator.controller.kube import ApiError, Gone, Kube, Stale
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.objects import contains
 from glowplug_operator.controller.startup_reports import StartupReports
@@ -246,6 +244,17 @@ class Reconciler:
             "PersistentVolumeClaim": builders.build_cache_claim(owner, spec),
             "PodDisruptionBudget": builders.build_disruption_budget(owner, spec),
         }
+        # The store sees only our labelled objects: look for ones of the same names, at once.
+        missing = [
+            kind
+            for kind, manifest in wanted.items()
+            if manifest is not None
+            and self.store.child(kind, owner.namespace, child_name(kind, owner.name)) is None
+        ]
+        found = await asyncio.gather(
+            *(self.kube.get(k, owner.namespace, child_name(k, owner.name)) for k in missing)
+        )
+        unlabelled = dict(zip(missing, found, strict=True))
         writes: list[Callable[[], Awaitable[None]]] = []
         for kind, manifest in wanted.items():
             name = child_name(kind, owner.name)
@@ -255,15 +264,15 @@ class Reconciler:
                     writes.append(partial(self._delete, kind, owner.namespace, name))
                 continue
             if live is None:
-                # The store sees only our labelled objects: look for one of the same name.
-                live = await self.kube.get(kind, owner.namespace, name)
+                live = unlabelled.get(kind)
                 if live is None:
                     writes.append(partial(self._apply, manifest, first=True))
                     continue
             if not _owned_by(live, owner):
                 return _name_conflict(kind, name, owner)
             if not contains(live, manifest):
-                writes.append(partial(self._apply, manifest))
+                version = live["metadata"].get("resourceVersion")
+                writes.append(partial(self._apply, manifest, live_version=version))
         # Independent objects: one round trip, not four.
         results = await asyncio.gather(*(w() for w in writes), return_exceptions=True)
         refused = [r for r in results if isinstance(r, BaseException)]
@@ -276,14 +285,16 @@ class Reconciler:
             self.metrics.template_changes.labels(owner.namespace, owner.name).inc()
         return None
 
-    async def _apply(self, manifest: dict[str, Any], first: bool = False) -> None:
+    async def _apply(
+        self, manifest: dict[str, Any], first: bool = False, live_version: str | None = None
+    ) -> None:
         meta = manifest["metadata"]
         try:
             # The first apply does not force: an object someone created since our look is a
             # field conflict (409), not taken over.
-            live = await self.kube.apply(manifest, force=not first)
+            live = await self.kube.apply(manifest, force=not first, live_version=live_version)
         except ApiError as error:
-            if not first or error.status.code != 409:
+            if not first or error.code != 409:
                 raise
             raise _Conflict(manifest["kind"], meta["name"]) from error
         self.metrics.api_writes.labels(manifest["kind"]).inc()
@@ -343,18 +354,24 @@ class Reconciler:
     ) -> None:
         """Events for what a user cares about: each decision's events, becoming Ready or not."""
         meta = body["metadata"]
+        was = _condition(previous, "Ready")
+        now_ready = _condition(status, "Ready")
+        changed = now_ready is not None and (was or {}).get("status") != now_ready.get("status")
+        became_ready = changed and now_ready is not None and now_ready["status"] == "True"
+        # On the way to Ready, one Event: the flags that became active are said in it.
+        folded = [e for e in decision.events if became_ready and e.reason == "OptimizationsActive"]
         for event in decision.events:
-            await self._event(body, event.type, event.reason, event.message)
+            if event not in folded:
+                await self._event(body, event.type, event.reason, event.message)
         for rollback in decision.rollbacks:
             self.metrics.rollbacks.labels(
                 meta["namespace"], meta["name"], rollback.flag, rollback.reason
             ).inc()
-        was = _condition(previous, "Ready")
-        now_ready = _condition(status, "Ready")
-        if now_ready and (was or {}).get("status") != now_ready.get("status"):
+        if changed and now_ready is not None:
             if now_ready["status"] == "True":
                 cold = (status.get("coldStart") or {}).get("lastSeconds")
                 extra = f" (cold start {cold}s)" if cold is not None else ""
+                extra += "".join(f"; {e.message}" for e in folded)
                 await self._event(body, "Normal", "Ready", now_ready["message"] + extra)
             elif was is not None:
                 await self._event(body, "Warning", now_ready["reason"], now_ready["message"])
@@ -405,7 +422,7 @@ def _refused(error: BaseException, owner: builders.Owner) -> Blocked | None:
         return _name_conflict(error.kind, error.name, owner)
     if not isinstance(error, ApiError):
         return None
-    code, text = error.status.code, error.status.message or str(error)
+    code, text = error.code, error.message or str(error)
     if code in (400, 422):
         return Blocked("InvalidSpec", text, "fix the spec; nothing is rolled out")
     if code == 403:  # a quota, an admission policy (RBAC too, but ours is installed with us)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -19,7 +20,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
-from glowplug_operator.controller.kube import Kube, list_all, list_storage_classes
+from glowplug_operator.controller.kube import Kube
+from glowplug_operator.controller.leadership import Leadership, LeaseConfig, start_election
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
@@ -39,6 +41,7 @@ class Controller:
     queue: WorkQueue[Key]
     reconciler: Reconciler
     loops: list[asyncio.Task[None]]
+    release_lease: Callable[[], None] | None = None
 
 
 def _controller(memo: kopf.Memo) -> Controller:
@@ -73,19 +76,45 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(config.metrics_port, registry=metrics.registry)
     store: Store = Store()
     queue: WorkQueue[Key] = WorkQueue()
-    kube = Kube(config.field_manager)
+    leadership = cast(Leadership, memo.leadership)
+    identity = cast(str, memo.identity)
+    kube = Kube(config.field_manager, config.api_threads, leadership, identity)
     reports = StartupReports(requeue=queue.add, observe=metrics.observe_phases)
     reconciler = Reconciler(config, kube, store, metrics, reports)
     # The initial lists, before any reconcile: a first reconcile after a restart must see the
     # pods and children that exist, not an empty store (Ready=False and a Warning for nothing).
     for key in fill(store, await _lists(kube, config.namespaces)):
         queue.add(key)
-    loops = [
-        asyncio.create_task(reconcile_loop(queue, reconciler))
-        for _ in range(config.reconcile_workers)
-    ]
-    loops.append(asyncio.create_task(_relist_loop(kube, store, queue, config)))
+    loops = [asyncio.create_task(_relist_loop(kube, store, queue, config))]
+    loops.append(
+        asyncio.create_task(_reconcile_when_leading(leadership, queue, reconciler, config))
+    )
     memo.controller = Controller(store, queue, reconciler, loops)
+    if config.leader_election:
+        # A standby watches and keeps its store (reads) and writes nothing until it holds the
+        # Lease; then the loops start at once on a warm store. Losing it stops the operator.
+        lease = LeaseConfig(
+            config.lease_name, config.lease_namespace, identity, config.lease_seconds
+        )
+        stop, lost = cast(asyncio.Event, memo.stop), cast(asyncio.Event, memo.lost)
+        loop = asyncio.get_running_loop()
+
+        def stop_lost() -> None:
+            lost.set()
+            stop.set()
+
+        memo.controller.release_lease = start_election(
+            lease, leadership, kube.lease_client(), lambda: loop.call_soon_threadsafe(stop_lost)
+        )
+
+
+async def _reconcile_when_leading(
+    leadership: Leadership, queue: WorkQueue[Key], reconciler: Reconciler, config: Settings
+) -> None:
+    """The reconcile loops, once this replica may write (at once without an election)."""
+    await leadership.acquired()
+    loops = [reconcile_loop(queue, reconciler) for _ in range(config.reconcile_workers)]
+    await asyncio.gather(*loops)
 
 
 KINDS: tuple[str, ...] = ("ModelServer", "Deployment", "Service", "PersistentVolumeClaim")
@@ -93,11 +122,9 @@ KINDS += ("PodDisruptionBudget", "Pod")
 
 
 async def _lists(kube: Kube, namespaces: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
-    lists = await asyncio.gather(
-        *(list_all(kube.client, k, namespaces, k != "ModelServer") for k in KINDS)
-    )
+    lists = await asyncio.gather(*(kube.list_all(k, namespaces, k != "ModelServer") for k in KINDS))
     listed = dict(zip(KINDS, lists, strict=True))
-    classes = await list_storage_classes(kube.client)
+    classes = await kube.list_storage_classes()
     if classes is not None:
         listed["StorageClass"] = classes
     return listed
@@ -123,6 +150,9 @@ async def _relist_loop(kube: Kube, store: Store, queue: WorkQueue[Key], config: 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     controller = _controller(memo)
+    if controller.release_lease is not None:
+        # Writes stop first, then the Lease goes to a standby (a rolling update: at once).
+        await asyncio.to_thread(controller.release_lease)
     for task in controller.loops:
         task.cancel()
     await asyncio.gather(*controller.loops, return_exceptions=True)
@@ -145,8 +175,20 @@ def modelserver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller.queue.forget(key)
         controller.reconciler.metrics.forget(*key)
         return
+    if _known(controller.store.modelservers.get(key), body):
+        return  # our own status write coming back: the store has it already
     controller.store.put_modelserver(body)
     controller.queue.add(key)
+
+
+def _known(stored: dict[str, Any] | None, body: dict[str, Any]) -> bool:
+    """The store holds this very version already (the echo of a write of ours)."""
+    version = body["metadata"].get("resourceVersion")
+    return (
+        stored is not None
+        and version is not None
+        and (stored["metadata"].get("resourceVersion") == version)
+    )
 
 
 def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
@@ -155,6 +197,9 @@ def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
     if event["type"] == "DELETED":
         controller.store.drop_child(kind, body)
     else:
+        meta = body["metadata"]
+        if _known(controller.store.child(kind, meta["namespace"], meta["name"]), body):
+            return  # the echo of our own apply
         controller.store.put_child(kind, body)
     owner = owner_of(body)
     if owner is not None and owner in controller.store.modelservers:
