@@ -1,33 +1,28 @@
-"""Running the loaded model: token-by-token generation with a KV cache (greedy or sampled) and
-sentence embeddings. Called from worker threads; every call runs under `torch.inference_mode`."""
+"""Running the loaded model: generation through the batcher (every running sequence shares each
+forward pass, see batching/) and sentence embeddings (called from the `model` threads, in
+chunks, so a batch past its deadline stops between chunks)."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from glowplug_worker.serve.batching.batcher import Batcher
+from glowplug_worker.serve.batching.job import (
+    Cancelled,
+    Job,
+    RequestTimeout,
+    Sampling,
+    TokenLogprobs,
+)
 from glowplug_worker.serve.startup.loading import Pooling
 
+EMBED_CHUNK = 16  # texts per forward pass of an embeddings request
 
-class RequestTimeout(Exception):
-    """The request ran past its deadline."""
-
-
-class Cancelled(Exception):
-    """The client went away."""
-
-
-@dataclass
-class Sampling:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False
+__all__ = ["Cancelled", "Engine", "RequestTimeout", "Sampling"]
 
 
 class Engine:
@@ -40,6 +35,7 @@ class Engine:
         task: str,
         max_model_len: int,
         pooling: Pooling | None = None,
+        slots: int = 4,
     ) -> None:
         self.torch = torch
         self.model = model
@@ -49,6 +45,10 @@ class Engine:
         self.max_model_len = max_model_len
         self.pooling = pooling or Pooling()
         self.eos_ids = self._eos_ids()
+        self.slots = slots
+        self._batcher: Batcher | None = None
+        self._token_texts: dict[int, str] = {}
+        self._lock = threading.Lock()
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -74,7 +74,40 @@ class Engine:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    def token_text(self, token: int) -> str:
+        """One token's text as logprobs show it (special tokens included)."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = str(self.tokenizer.decode([token], skip_special_tokens=False))
+            if len(self._token_texts) < 1 << 20:
+                self._token_texts[token] = text
+        return text
+
     # -- generation -------------------------------------------------------------------------
+    @property
+    def batcher(self) -> Batcher:
+        """The batcher thread, started on first use: the native Llama decodes with continuous
+        batching over a preallocated slot cache, any other model in cohorts."""
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = Batcher(
+                    self.torch, self._backend(), self.eos_ids, self.token_text, self.device
+                ).start()
+            return self._batcher
+
+    def _backend(self) -> Any:
+        from glowplug_worker.serve.batching.backends import NativeSlots, TransformersCohorts
+
+        if hasattr(self.model, "forward_slots"):
+            return NativeSlots(self.torch, self.model, self.slots, self.max_model_len, self.device)
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if not isinstance(pad, int):
+            pad = min(self.eos_ids) if self.eos_ids else 0
+        return TransformersCohorts(self.torch, self.model, self.slots, self.device, pad)
+
+    def submit(self, job: Job) -> None:
+        self.batcher.submit(job)
+
     def generate(
         self,
         prompt_ids: list[int],
@@ -82,42 +115,41 @@ class Engine:
         deadline: float | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[int]:
-        """Yield generated token ids, ending after an EOS token (yielded) or `max_tokens`."""
-        torch = self.torch
-        generator = None
-        if sampling.temperature > 0 and sampling.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
-        with torch.inference_mode():
-            ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, use_cache=True)
-            for _ in range(sampling.max_tokens):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise RequestTimeout()
-                token = self._select(out.logits[0, -1, :], sampling, generator)
-                yield token
-                if token in self.eos_ids and not sampling.ignore_eos:
+        """Yield generated token ids, ending after an EOS token (yielded) or `max_tokens`: one
+        job through the batcher, for callers that want a plain iterator."""
+        sink = _QueueSink()
+        job = Job(prompt_ids, sampling, sink, deadline, cancel or threading.Event())
+        self.submit(job)
+        try:
+            while True:
+                kind, value = sink.queue.get()
+                if kind == "token":
+                    yield value
+                elif isinstance(value, BaseException):
+                    raise value
+                else:
                     return
-                step = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=step, use_cache=True, **_cache_kwargs(out))
-
-    def _select(self, logits: Any, sampling: Sampling, generator: Any) -> int:
-        torch = self.torch
-        logits = logits.float()
-        if sampling.temperature <= 0:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
-            sorted_probs = sorted_probs * keep
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=generator).item())
+        finally:
+            job.cancel.set()
 
     # -- embeddings -------------------------------------------------------------------------
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Sentence embeddings as sentence-transformers computes them; returns (vectors, tokens)."""
+    def embed(
+        self, texts: list[str], deadline: float | None = None
+    ) -> tuple[list[list[float]], int]:
+        """Sentence embeddings as sentence-transformers computes them; returns (vectors, tokens).
+        Runs `EMBED_CHUNK` texts at a time and raises `RequestTimeout` between chunks once
+        `deadline` has passed, so a long batch does not hold its slot past the deadline."""
+        vectors: list[list[float]] = []
+        tokens = 0
+        for at in range(0, len(texts), EMBED_CHUNK):
+            if deadline is not None and time.monotonic() > deadline:
+                raise RequestTimeout()
+            part, n = self._embed(texts[at : at + EMBED_CHUNK])
+            vectors.extend(part)
+            tokens += n
+        return vectors, tokens
+
+    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         torch = self.torch
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_model_len, return_tensors="pt"
@@ -137,21 +169,26 @@ class Engine:
         return vectors.cpu().tolist(), int(enc["attention_mask"].sum().item())
 
     def warmup(self) -> None:
-        """One real forward pass: one generated token, or one embedding."""
+        """Real forward passes: a prefill and a decode step, or one embedding."""
         if self.task == "embed":
             self.embed(["warmup"])
         else:
             ids = self.encode("warmup") or [0]
-            for _ in self.generate(ids, Sampling(max_tokens=1, temperature=0.0)):
+            for _ in self.generate(ids, Sampling(max_tokens=2, temperature=0.0, ignore_eos=True)):
                 pass
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
 
 
-def _cache_kwargs(out: Any) -> dict[str, Any]:
-    """The KV cache of a forward pass, as the next call takes it (transformers >= 5.x names it
-    `cache`; older model classes `past_key_values`)."""
-    cache = getattr(out, "cache", None)
-    if cache is not None:
-        return {"cache": cache}
-    return {"past_key_values": out.past_key_values}
+class _QueueSink:
+    """A job's results in a queue, for `Engine.generate`."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+    def token(self, token: int, logprobs: TokenLogprobs | None) -> bool:
+        self.queue.put(("token", token))
+        return True
+
+    def end(self, finish: str | BaseException) -> None:
+        self.queue.put(("end", finish))
