@@ -334,7 +334,7 @@ class LlamaForCausalLM(nn.Module):
         mask = torch.arange(span, device=device)[None, None, :] <= positions[:, :, None]
         batch = SlotBatch(cache, slots, positions, mask[:, None], span)
         for layer in self.model.layers:
-            hidden = layer.forward_slots(hidden, cos, sin, batch)
+            hidden = layer.forward_slots(hidden, cos, sin, batch)  # type: ignore[operator]
         return self.lm_head(self.model.norm(hidden[:, -1]))  # type: ignore[no-any-return]
 
 

@@ -187,6 +187,7 @@ def warmup_phase(
             opts.task,
             prep.max_model_len,
             prep.pooling,
+            slots=opts.max_concurrency,
         )
         engine.warmup()
     return engine
