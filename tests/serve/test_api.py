@@ -251,9 +251,7 @@ REFUSING_TEMPLATE = (
 )
 
 
-def test_chat_template_errors_are_400s_without_internals(
-    tiny_model: Path, tmp_path: Path
-) -> None:
+def test_chat_template_errors_are_400s_without_internals(tiny_model: Path, tmp_path: Path) -> None:
     import json
     import shutil
 

@@ -38,6 +38,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self.steps = 0  # decode forward passes run
         self.rows = 0  # sequences those passes carried, summed
+        self.on_decode: Callable[[int], None] | None = None  # told each decode pass's size
 
     def start(self) -> Batcher:
         self._thread.start()
@@ -95,6 +96,8 @@ class Batcher:
         if running:
             self.steps += 1
             self.rows += len(running)
+            if self.on_decode is not None:
+                self.on_decode(len(running))
             self._forward(running, self.backend.decode)
 
     def _forward(self, jobs: list[Job], step: Callable[[list[Job]], list[Any]]) -> None:
