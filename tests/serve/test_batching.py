@@ -168,13 +168,15 @@ def wait_until_free(server: Server, deadline: float = 10.0) -> int:
 
 
 def test_a_stream_client_that_disconnects_frees_its_slot_and_stops(single: Server) -> None:
-    with httpx.Client(base_url=single.url, timeout=30) as c:
-        with c.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r:
-            lines = r.iter_lines()
-            got = [next(lines) for _ in range(6)]
-            assert any(line.startswith("data: ") for line in got)
-            busy = single.client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
-            assert busy.status_code == 429  # the one slot is taken while it streams
+    with (
+        httpx.Client(base_url=single.url, timeout=30) as c,
+        c.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r,
+    ):
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in got)
+        busy = single.client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert busy.status_code == 429  # the one slot is taken while it streams
     assert wait_until_free(single) == 200
     after = generated_tokens(single)
     time.sleep(0.5)

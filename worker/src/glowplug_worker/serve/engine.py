@@ -75,13 +75,34 @@ class Engine:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     def token_text(self, token: int) -> str:
-        """One token's text as logprobs show it (special tokens included)."""
+        """One token's text as logprobs show it (special tokens included); a token that is part
+        of a multi-byte character shows its bytes, as OpenAI does: `bytes:\\xe6\\x9d`."""
         text = self._token_texts.get(token)
         if text is None:
             text = str(self.tokenizer.decode([token], skip_special_tokens=False))
+            if "\ufffd" in text and (raw := self._token_bytes(token)) is not None:
+                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
             if len(self._token_texts) < 1 << 20:
                 self._token_texts[token] = text
         return text
+
+    def _token_bytes(self, token: int) -> bytes | None:
+        """The bytes a token stands for: byte-level BPE pieces (GPT-2's byte alphabet) or
+        SentencePiece byte-fallback pieces (`<0xE6>`); None for any other kind."""
+        tok = self.tokenizer
+        backend = getattr(tok, "backend", None)
+        if backend is not None and hasattr(backend, "id_to_token"):
+            piece = backend.id_to_token(token)
+        else:
+            piece = tok.convert_ids_to_tokens(token)
+        if not isinstance(piece, str):
+            return None
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        table = _byte_level_decoder()
+        if piece and all(ch in table for ch in piece):
+            return bytes(table[ch] for ch in piece)
+        return None
 
     # -- generation -------------------------------------------------------------------------
     @property
@@ -178,6 +199,25 @@ class Engine:
                 pass
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: printable stand-ins for the 256 byte values, inverted."""
+    global _BYTE_DECODER
+    if _BYTE_DECODER is None:
+        keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+        chars = list(keep)
+        extra = 0
+        for b in range(256):
+            if b not in keep:
+                keep.append(b)
+                chars.append(256 + extra)
+                extra += 1
+        _BYTE_DECODER = {chr(c): b for b, c in zip(keep, chars, strict=True)}
+    return _BYTE_DECODER
+
+
+_BYTE_DECODER: dict[str, int] | None = None
 
 
 class _QueueSink:

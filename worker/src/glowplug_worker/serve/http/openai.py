@@ -30,6 +30,9 @@ def model_list(model: str, created: int) -> dict[str, Any]:
 
 
 def _bytes(text: str) -> list[int]:
+    """A token's UTF-8 bytes; a `bytes:\\xe6...` token (part of a character) its raw bytes."""
+    if text.startswith("bytes:\\x"):
+        return [int(h, 16) for h in text[len("bytes:") :].split("\\x")[1:]]
     return list(text.encode("utf-8", errors="replace"))
 
 
