@@ -310,3 +310,14 @@ class TestClosingStream:
 
         asyncio.run(scenario())
         assert closed == [True]
+
+
+class TestCacheLength:
+    def test_the_context_when_it_fits_else_what_fits(self) -> None:
+        from glowplug_worker.serve.batching.backends import CacheTooSmall, cache_length
+
+        assert cache_length(4, 1000, 2048, None) == 2048  # unknown free memory: as asked
+        assert cache_length(4, 1000, 2048, 4000 * 4096) == 2048
+        assert cache_length(4, 1000, 2048, 4000 * 512) == 512  # the context limit is lowered
+        with pytest.raises(CacheTooSmall, match="--max-concurrency"):
+            cache_length(128, 1 << 20, 8192, 1 << 30)  # 8 positions

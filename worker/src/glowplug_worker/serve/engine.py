@@ -4,6 +4,7 @@ chunks, so a batch past its deadline stops between chunks)."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from glowplug_worker.serve.batching.job import (
 )
 from glowplug_worker.serve.startup.loading import Pooling
 
+log = logging.getLogger("glowplug.serve")
 EMBED_CHUNK = 16  # texts per forward pass of an embeddings request
 
 __all__ = ["Cancelled", "Engine", "RequestTimeout", "Sampling"]
@@ -120,7 +122,20 @@ class Engine:
         from glowplug_worker.serve.batching.backends import NativeSlots, TransformersCohorts
 
         if hasattr(self.model, "forward_slots"):
-            return NativeSlots(self.torch, self.model, self.slots, self.max_model_len, self.device)
+            native = NativeSlots(
+                self.torch, self.model, self.slots, self.max_model_len, self.device
+            )
+            if native.length < self.max_model_len:
+                log.warning(
+                    "the KV cache for %d slots holds %d tokens each: the context limit is "
+                    "lowered from %d to %d (lower --max-concurrency or set --max-model-len)",
+                    self.slots,
+                    native.length,
+                    self.max_model_len,
+                    native.length,
+                )
+                self.max_model_len = native.length
+            return native
         pad = getattr(self.tokenizer, "pad_token_id", None)
         if not isinstance(pad, int):
             pad = min(self.eos_ids) if self.eos_ids else 0

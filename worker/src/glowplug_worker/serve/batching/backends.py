@@ -31,13 +31,54 @@ class Backend(Protocol):
         """Forget a finished job's cache."""
 
 
+CACHE_SHARE_CUDA = 0.9  # of the GPU memory free after loading
+CACHE_SHARE_CPU = 0.5  # of MemAvailable
+MIN_CACHE_TOKENS = 16
+
+
+class CacheTooSmall(ValueError):
+    """Not even MIN_CACHE_TOKENS per slot fit in memory."""
+
+
+def cache_length(slots: int, bytes_per_token: int, max_len: int, free_bytes: int | None) -> int:
+    """Tokens per slot of the preallocated cache: the context limit, or less when `slots` such
+    rows do not fit in `free_bytes` (then the server's context limit is lowered to it)."""
+    if free_bytes is None:
+        return max_len
+    fits = free_bytes // max(1, slots * bytes_per_token)
+    if fits < MIN_CACHE_TOKENS:
+        raise CacheTooSmall(
+            f"a KV cache of {slots} slots does not fit in memory ({free_bytes >> 20} MiB free, "
+            f"{slots * bytes_per_token} bytes per token position); lower --max-concurrency"
+        )
+    return int(min(max_len, fits))
+
+
+def free_memory(torch: Any, device: Any) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * CACHE_SHARE_CUDA)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * CACHE_SHARE_CPU)
+    except OSError:
+        pass
+    return None
+
+
 class NativeSlots:
     def __init__(self, torch: Any, model: Any, slots: int, length: int, device: Any) -> None:
         from glowplug_worker.serve.native.llama import SlotCache
 
         dtype = next(model.parameters()).dtype
         self.torch, self.model, self.device = torch, model, device
-        self.cache = SlotCache(model.config, slots, length, dtype, device)
+        config = model.config
+        per_token = (
+            2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+        ) * torch.empty((), dtype=dtype).element_size()
+        self.length = cache_length(slots, per_token, length, free_memory(torch, device))
+        self.cache = SlotCache(config, slots, self.length, dtype, device)
         self.capacity = slots
         self._free = list(range(slots - 1, -1, -1))
 
