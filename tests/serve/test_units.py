@@ -188,3 +188,136 @@ class TestTextStream:
         deltas, full = self.run(tokenizer, ids, ["brown"])
         assert full == "The quick " and "".join(deltas) == full
         assert not any("b" in d for d in deltas)
+
+
+class TestJsonPrefix:
+    VALID = [
+        '{"a": 1}',
+        ' \n{"a": [1, -2.5e+3, true, false, null, "x\\u00e9\\n"], "b": {"c": {}}}',
+        '{"empty": [], "nested": [[{}]], "esc": "\\"\\\\\\/"}',
+        "{}",
+    ]
+    INVALID = [
+        "[1, 2]",
+        '"text"',
+        "{a: 1}",
+        '{"a" 1}',
+        '{"a": 01}',
+        '{"a": tru}',
+        '{"a": 1,}',
+        '{"a": 1}}',
+        '{"a": 1} x',
+        '{"a": "\x01"}',
+        '{"a": 1.}',
+        '{"a": -}',
+    ]
+
+    @pytest.mark.parametrize("text", VALID)
+    def test_every_prefix_of_an_object_is_accepted(self, text: str) -> None:
+        import json
+
+        from glowplug_worker.serve.batching.json_prefix import JsonPrefix
+
+        state: JsonPrefix | None = JsonPrefix()
+        for i, ch in enumerate(text):
+            assert state is not None, text[:i]
+            assert not state.complete or ch.isspace()
+            state = state.feed(ch)
+        assert state is not None and state.complete
+        assert isinstance(json.loads(text), dict)
+
+    @pytest.mark.parametrize("text", INVALID)
+    def test_text_that_cannot_become_an_object_is_refused(self, text: str) -> None:
+        from glowplug_worker.serve.batching.json_prefix import JsonPrefix
+
+        state = JsonPrefix().feed(text)
+        assert state is None or not state.complete
+
+    def test_feeding_does_not_change_the_state(self) -> None:
+        from glowplug_worker.serve.batching.json_prefix import JsonPrefix
+
+        state = JsonPrefix().feed('{"a": ')
+        assert state is not None
+        assert state.feed("x") is None and state.feed("1}") is not None  # same state, twice
+
+    def test_partial_characters_are_allowed_inside_strings_only(self) -> None:
+        from glowplug_worker.serve.batching.json_prefix import JsonPrefix
+
+        assert JsonPrefix().feed('{"caf\ufffd') is not None
+        assert JsonPrefix().feed("{\ufffd") is None
+
+
+class TestOpenAIFields:
+    def test_n_logprobs_and_response_format(self) -> None:
+        req = parse_completion(
+            {"prompt": "hi", "n": 3, "logprobs": 2, "response_format": {"type": "json_object"}}
+        )
+        assert (req.n, req.logprobs, req.json_object) == (3, 2, True)
+        msgs = [{"role": "user", "content": "x"}]
+        assert parse_chat({"messages": msgs, "logprobs": True}).logprobs == 0
+        assert parse_chat({"messages": msgs, "logprobs": True, "top_logprobs": 4}).logprobs == 4
+        assert parse_chat({"messages": msgs, "logprobs": False}).logprobs is None
+        assert not parse_chat({"messages": msgs, "response_format": {"type": "text"}}).json_object
+
+    def test_unsupported_fields_pass_when_empty_and_are_named_when_set(self) -> None:
+        msgs = [{"role": "user", "content": "x"}]
+        parse_chat({"messages": msgs, "tools": [], "logit_bias": None, "store": False})
+        for name, value in (("tools", [{"type": "function"}]), ("logit_bias", {"1": 5})):
+            with pytest.raises(ApiError) as err:
+                parse_chat({"messages": msgs, name: value})
+            assert err.value.param == name and "not supported" in err.value.message
+
+
+class TestWeightedAdmission:
+    def test_a_request_with_n_choices_takes_n_slots(self) -> None:
+        async def scenario() -> None:
+            s = Scheduler(max_running=3, max_queued=0)
+            async with s.slot(1.0, weight=2):
+                assert s.running == 2
+                with pytest.raises(Overloaded):
+                    async with s.slot(1.0, weight=2):
+                        pass
+                async with s.slot(1.0):
+                    assert s.running == 3
+            assert s.running == 0 and s.in_flight == 0
+
+        asyncio.run(scenario())
+
+
+class TestClosingStream:
+    def test_closes_even_when_the_client_left_before_the_first_byte(self) -> None:
+        from glowplug_worker.serve.http.app import ClosingStream
+
+        started, closed = [], []
+
+        async def body():  # type: ignore[no-untyped-def]
+            started.append(True)
+            yield "data: x\n\n"
+
+        async def on_close() -> None:
+            closed.append(True)
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: object) -> None:
+            await asyncio.sleep(10)  # a client that never reads
+
+        async def scenario() -> None:
+            response = ClosingStream(body(), on_close)
+            scope = {"type": "http", "asgi": {"spec_version": "2.3"}}
+            await asyncio.wait_for(response(scope, receive, send), 5)
+
+        asyncio.run(scenario())
+        assert closed == [True]
+
+
+class TestCacheLength:
+    def test_the_context_when_it_fits_else_what_fits(self) -> None:
+        from glowplug_worker.serve.batching.backends import CacheTooSmall, cache_length
+
+        assert cache_length(4, 1000, 2048, None) == 2048  # unknown free memory: as asked
+        assert cache_length(4, 1000, 2048, 4000 * 4096) == 2048
+        assert cache_length(4, 1000, 2048, 4000 * 512) == 512  # the context limit is lowered
+        with pytest.raises(CacheTooSmall, match="--max-concurrency"):
+            cache_length(128, 1 << 20, 8192, 1 << 30)  # 8 positions

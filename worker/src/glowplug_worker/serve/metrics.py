@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
 
@@ -68,6 +69,12 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "glowplug_worker_queue_depth", "Requests waiting for a slot", registry=r
+        )
+        self.decode_batch = Histogram(
+            "glowplug_worker_decode_batch_size",
+            "Sequences carried by each decode forward pass (continuous batching)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.running = Gauge(
             "glowplug_worker_requests_running", "Requests running on the model", registry=r

@@ -59,6 +59,8 @@ def serve(state: StartupState, started: Started) -> None:
     """Hand the model to the HTTP side and turn readiness on."""
     http = started.http
     http.service.engine = started.engine
+    if started.engine.task == "generate":
+        started.engine.batcher.on_decode = http.service.metrics.decode_batch.observe
     state.mark_ready()
     m = http.service.metrics
     for name, seconds in state.phases.items():

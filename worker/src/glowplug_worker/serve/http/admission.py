@@ -41,29 +41,38 @@ class Scheduler:
         return self.running + self.queued
 
     @asynccontextmanager
-    async def slot(self, timeout: float | None) -> AsyncIterator[None]:
-        """Hold one running slot for the body; raises `Overloaded` when full and
-        `TimeoutError` when no slot frees up within `timeout` seconds."""
+    async def slot(self, timeout: float | None, weight: int = 1) -> AsyncIterator[None]:
+        """Hold `weight` running slots (one per sequence: a request with `n` choices takes n)
+        for the body; raises `Overloaded` when full and `TimeoutError` when the slots do not
+        free up within `timeout` seconds."""
         slots = self._ensure()
         assert self._idle is not None
-        if self.in_flight >= self.max_running + self.max_queued:
+        if weight > self.max_running:
+            raise ValueError(f"a request may take at most {self.max_running} slots")
+        if self.in_flight + weight > self.max_running + self.max_queued:
             raise Overloaded()
-        self.queued += 1
+        self.queued += weight
         self._idle.clear()
+        taken = 0
         try:
             async with asyncio.timeout(timeout):
-                await slots.acquire()
+                for _ in range(weight):
+                    await slots.acquire()
+                    taken += 1
         except BaseException:
-            self.queued -= 1
+            for _ in range(taken):
+                slots.release()
+            self.queued -= weight
             self._settle()
             raise
-        self.queued -= 1
-        self.running += 1
+        self.queued -= weight
+        self.running += weight
         try:
             yield
         finally:
-            self.running -= 1
-            slots.release()
+            self.running -= weight
+            for _ in range(weight):
+                slots.release()
             self._settle()
 
     def _settle(self) -> None:
@@ -82,11 +91,13 @@ class Scheduler:
         return True
 
 
-async def admit(stack: AsyncExitStack, scheduler: Scheduler, remaining: float) -> None:
-    """Take a slot for a request that has `remaining` seconds left, held until `stack` closes;
-    a full server answers 429, no free slot in time 504."""
+async def admit(
+    stack: AsyncExitStack, scheduler: Scheduler, remaining: float, weight: int = 1
+) -> None:
+    """Take `weight` slots for a request that has `remaining` seconds left, held until `stack`
+    closes; a full server answers 429, no free slot in time 504."""
     try:
-        await stack.enter_async_context(scheduler.slot(max(remaining, 0.001)))
+        await stack.enter_async_context(scheduler.slot(max(remaining, 0.001), weight))
     except Overloaded as exc:
         raise ApiError(
             429,

@@ -19,11 +19,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from glowplug_worker.serve.engine import Engine, RequestTimeout, Sampling
+from glowplug_worker.serve.engine import Cancelled, Engine, RequestTimeout, Sampling
 from glowplug_worker.serve.http import openai
 from glowplug_worker.serve.http.admission import Scheduler, admit
-from glowplug_worker.serve.http.generation_run import GenerationRun
+from glowplug_worker.serve.http.generation_run import Delta, GenerationRun
 from glowplug_worker.serve.http.protocol import (
     ApiError,
     GenerationRequest,
@@ -94,6 +95,34 @@ async def read_json(request: Request) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad(f"the request body is not valid JSON: {exc}") from exc
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed response that runs `on_close` however it ends: finished, failed, or cancelled
+    because the client went away, even before the first byte (then the body generator never
+    starts, and a `finally` inside it would never run)."""
+
+    def __init__(
+        self, content: AsyncIterator[str], on_close: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+async def cancel_on_disconnect(request: Request, run: GenerationRun) -> None:
+    """Cancel `run` when the client disconnects (the body has been read: the next message the
+    server gives is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            run.cancel()
+            return
 
 
 class Routes:
@@ -173,56 +202,89 @@ class Routes:
                 code="model_not_found",
             )
 
-    async def _admit(self, stack: AsyncExitStack, began: float) -> None:
+    async def _admit(self, stack: AsyncExitStack, began: float, weight: int = 1) -> None:
         await admit(
-            stack, self.svc.scheduler, self.svc.request_timeout - (time.monotonic() - began)
+            stack,
+            self.svc.scheduler,
+            self.svc.request_timeout - (time.monotonic() - began),
+            weight,
         )
 
     async def completions(self, request: Request, engine: Engine, began: float) -> Response:
         req = parse_completion(await read_json(request))
-        return await self.generation(req, engine, began, chat=False)
+        return await self.generation(request, req, engine, began, chat=False)
 
     async def chat(self, request: Request, engine: Engine, began: float) -> Response:
-        return await self.generation(parse_chat(await read_json(request)), engine, began, chat=True)
+        req = parse_chat(await read_json(request))
+        return await self.generation(request, req, engine, began, chat=True)
 
     async def generation(
-        self, req: GenerationRequest, engine: Engine, began: float, chat: bool
+        self, request: Request, req: GenerationRequest, engine: Engine, began: float, chat: bool
     ) -> Response:
-        if self.svc.task != "generate":
+        svc = self.svc
+        if svc.task != "generate":
             raise bad("this server embeds (--task embed); use /v1/embeddings", param="model")
         self.check_model(req.model)
-        # The chat template and the tokenizer can take a while on a long prompt: off the event
-        # loop, so /ready and the other requests are not stalled behind them.
-        ids = await asyncio.to_thread(lambda: engine.encode(self._prompt(req, engine, chat)))
-        sampling = Sampling(
-            self._max_tokens(req, engine, len(ids), chat),
-            req.temperature,
-            req.top_p,
-            req.seed,
-            req.stop,
-            req.ignore_eos,
-        )
-        stack = AsyncExitStack()
-        await self._admit(stack, began)
-        run = GenerationRun(self.svc, engine, ids, sampling, began, "chatcmpl" if chat else "cmpl")
-        run.start(asyncio.get_running_loop())
-        if req.stream:
-            return StreamingResponse(
-                self.stream(run, stack, req, chat), media_type="text/event-stream"
+        if req.n > svc.scheduler.max_running:
+            raise bad(
+                f"'n' is {req.n}; this server runs at most {svc.scheduler.max_running} "
+                "sequences at once (--max-concurrency)",
+                param="n",
             )
+        # Admitted first: the chat template and the tokenizer run after, in the model threads,
+        # so a flood of long prompts waits (or gets 429) instead of piling up work, and the
+        # event loop (/ready, the other streams) never runs them.
+        stack = AsyncExitStack()
+        await self._admit(stack, began, req.n)
         try:
-            async with stack:
-                text, finish, n = await run.collect()
-        except RequestTimeout as exc:
-            raise timed_out() from exc
+            loop = asyncio.get_running_loop()
+            ids = await loop.run_in_executor(
+                svc.pool, lambda: engine.encode(self._prompt(req, engine, chat))
+            )
+            max_tokens = self._max_tokens(req, engine, len(ids), chat)
+            samplings = [
+                Sampling(
+                    max_tokens,
+                    req.temperature,
+                    req.top_p,
+                    None if req.seed is None else req.seed + i,
+                    req.stop,
+                    req.ignore_eos,
+                    req.logprobs,
+                    req.json_object,
+                )
+                for i in range(req.n)
+            ]
+            run = GenerationRun(svc, engine, ids, samplings, began, "chatcmpl" if chat else "cmpl")
+            run.start(loop)
+        except BaseException:
+            await stack.aclose()
+            raise
+        if req.stream:
+
+            async def close() -> None:
+                run.cancel()
+                await stack.aclose()
+
+            return ClosingStream(self.stream(run, req, chat), close)
+        async with stack:
+            watcher = asyncio.create_task(cancel_on_disconnect(request, run))
+            try:
+                results = await run.collect()
+            except RequestTimeout as exc:
+                raise timed_out() from exc
+            except Cancelled as exc:
+                raise ApiError(499, "the client closed the request") from exc
+            finally:
+                watcher.cancel()
+                run.cancel()
         body = openai.completion(
             chat=chat,
             rid=run.id,
-            model=self.svc.model_name,
-            text=text,
-            finish=finish,
+            model=svc.model_name,
+            results=results,
             prompt_n=len(ids),
-            n=n,
+            logprobs=req.logprobs is not None,
         )
         return JSONResponse(body)
 
@@ -235,12 +297,22 @@ class Routes:
         except ValueError as exc:
             raise bad(str(exc), param="messages") from exc
         except Exception as exc:
-            # `raise_exception(...)` in a chat template: its author's words to the user.
-            if type(exc).__name__ == "TemplateError" and type(exc).__module__.startswith("jinja2"):
+            # A template error is the messages' problem as far as the client can act on it: a
+            # 400. `raise_exception(...)` carries its author's words for the user; any other
+            # failure's text (paths, internals, the prompt) stays in the server log.
+            jinja = type(exc).__module__.startswith("jinja2")
+            if jinja and type(exc).__name__ == "TemplateError":
                 raise bad(
                     f"the chat template refused the messages: {exc}", param="messages"
                 ) from exc
-            raise
+            error_id = uuid.uuid4().hex[:12]
+            log.warning("chat template error %s: %r", error_id, exc)
+            raise bad(
+                f"the chat template could not render these messages (id {error_id}; the "
+                "server log has the details)",
+                param="messages",
+                code="chat_template_error",
+            ) from exc
 
     @staticmethod
     def _max_tokens(req: GenerationRequest, engine: Engine, prompt_n: int, chat: bool) -> int:
@@ -263,36 +335,60 @@ class Routes:
         return max_tokens
 
     async def stream(
-        self, run: GenerationRun, stack: AsyncExitStack, req: GenerationRequest, chat: bool
+        self, run: GenerationRun, req: GenerationRequest, chat: bool
     ) -> AsyncIterator[str]:
-        """A generation as server-sent events; the slot is held until the last one."""
+        """A generation as server-sent events. The slots are released by `ClosingStream`, which
+        also cancels the run when the client goes away (before or during the stream)."""
         model = self.svc.model_name
+        sent = [0] * run.n  # characters sent per choice (the completions API's text_offset)
 
-        def piece(delta: str | None, finish: str | None, first: bool = False) -> str:
+        def piece(delta: Delta | None, finish: str | None = None, index: int = 0) -> str:
+            lp = None
+            if delta is not None and delta.logprobs:
+                lp = openai.logprobs_body(chat, delta.logprobs, sent[delta.index])
+            if delta is not None:
+                sent[delta.index] += len(delta.text)
+                index = delta.index
             body = openai.chunk(
-                chat=chat, rid=run.id, model=model, delta=delta, finish=finish, first=first
+                chat=chat,
+                rid=run.id,
+                model=model,
+                delta=None if delta is None else delta.text,
+                finish=finish,
+                index=index,
+                logprobs=lp,
             )
             return openai.event(body)
 
         try:
-            async with stack:
-                if chat:
-                    yield piece(None, None, first=True)
-                async for kind, value in run.events():
-                    if kind == "delta" and value:
-                        yield piece(value, None)
-                    elif kind == "done":
-                        yield piece(None, value)
-                if req.include_usage:
-                    prompt_n = len(run.prompt_ids)
-                    body = openai.usage_chunk(
-                        chat=chat, rid=run.id, model=model, prompt_n=prompt_n, n=run.tokens
+            if chat:
+                for i in range(run.n):
+                    body = openai.chunk(
+                        chat=chat,
+                        rid=run.id,
+                        model=model,
+                        delta=None,
+                        finish=None,
+                        first=True,
+                        index=i,
                     )
                     yield openai.event(body)
+            async for kind, value in run.events():
+                if kind == "delta" and (value.text or value.logprobs):
+                    yield piece(value)
+                elif kind == "done":
+                    index, finish, _ = value
+                    yield piece(None, finish, index)
+            if req.include_usage:
+                body = openai.usage_chunk(
+                    chat=chat, rid=run.id, model=model, prompt_n=len(run.prompt_ids), n=run.tokens
+                )
+                yield openai.event(body)
         except RequestTimeout:
             yield openai.event(timed_out().body())
+        except Cancelled:
+            return
         finally:
-            run.cancel.set()
             self.svc.metrics.latency.labels("chat" if chat else "completions").observe(
                 time.monotonic() - run.began
             )
@@ -312,13 +408,16 @@ class Routes:
         await self._admit(stack, began)
         async with stack:
             loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(svc.pool, engine.embed, req.inputs)
-            remaining = svc.request_timeout - (time.monotonic() - began)
+            deadline = began + svc.request_timeout
+            work = loop.run_in_executor(svc.pool, engine.embed, req.inputs, deadline)
+            remaining = deadline - time.monotonic()
             try:
                 vectors, tokens = await asyncio.wait_for(asyncio.shield(work), max(remaining, 0))
+            except RequestTimeout as exc:
+                raise timed_out() from exc
             except TimeoutError as exc:
-                # The batch cannot be stopped mid-way: its slot stays taken until it ends, so
-                # the server never runs more than --max-concurrency batches at once.
+                # The batch stops at its next chunk (`Engine.embed`); its slot stays taken until
+                # then, so the server never runs more than --max-concurrency batches at once.
                 held = stack.pop_all()
 
                 def release(_: object) -> None:

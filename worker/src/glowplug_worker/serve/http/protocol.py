@@ -20,9 +20,35 @@ COMMON = {
     "presence_penalty",
     "frequency_penalty",
     "ignore_eos",  # vLLM's extension: generate exactly max_tokens (benchmarks, tests)
+    "response_format",
+    "logprobs",
+}
+# Fields of the OpenAI API this server does not implement: accepted when empty or off (null,
+# false, {}, [] as some clients send by default), else a 400 that names them.
+UNSUPPORTED = {
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "echo",
+    "best_of",
+    "suffix",
+    "store",
+    "metadata",
+    "modalities",
+    "audio",
+    "prediction",
+    "reasoning_effort",
+    "service_tier",
+    "web_search_options",
 }
 COMPLETION_FIELDS = COMMON | {"prompt"}
-CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens"}
+CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
+MAX_N = 16
+MAX_COMPLETION_LOGPROBS = 5  # as OpenAI's completions API
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "user", "dimensions"}
 MAX_STOP = 4
 MAX_EMBED_INPUTS = 256
@@ -73,6 +99,9 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
+    n: int = 1
+    logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the top k
+    json_object: bool = False
 
 
 @dataclass
@@ -85,7 +114,10 @@ class EmbeddingRequest:
 def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
+    for name in sorted(set(body) & UNSUPPORTED):
+        if body[name]:
+            raise bad(f"'{name}' is not supported by this server; leave it out", param=name)
+    unknown = sorted(set(body) - allowed - UNSUPPORTED)
     if unknown:
         raise bad(
             f"unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(allowed))}",
@@ -120,8 +152,12 @@ def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str)
         if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
             raise bad(f"'{name}' is not supported by this server; leave it out or 0", param=name)
     n = body.get("n", 1)
-    if n not in (1, None):
-        raise bad("only 'n': 1 is supported", param="n")
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise bad(f"'n' must be an integer between 1 and {MAX_N}", param="n")
+    req.n = n
+    req.json_object = _response_format(body.get("response_format"))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad("'stream' must be true or false", param="stream")
@@ -155,6 +191,32 @@ def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str)
     req.ignore_eos = ignore_eos
 
 
+def _response_format(value: Any) -> bool:
+    """True for `{"type": "json_object"}`; `text` (or none) is plain text; anything else a 400."""
+    if value is None:
+        return False
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise bad("'response_format' must be an object with a 'type'", param="response_format")
+    kind = value["type"]
+    if kind == "text":
+        return False
+    if kind == "json_object":
+        return True
+    raise bad(
+        f"response_format type {kind!r} is not supported; use 'json_object' or 'text'",
+        param="response_format.type",
+    )
+
+
+def _int_in(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise bad(f"'{name}' must be an integer between {low} and {high}", param=name)
+    return value
+
+
 def parse_completion(body: Any) -> GenerationRequest:
     obj = _object(body, COMPLETION_FIELDS)
     prompt = obj.get("prompt")
@@ -164,6 +226,7 @@ def parse_completion(body: Any) -> GenerationRequest:
         raise bad("'prompt' must be a non-empty string", param="prompt")
     req = GenerationRequest(model=obj.get("model"), prompt=prompt, max_tokens=16)
     _common(obj, req, "max_tokens")
+    req.logprobs = _int_in(obj, "logprobs", 0, MAX_COMPLETION_LOGPROBS)
     return req
 
 
@@ -199,6 +262,13 @@ def parse_chat(body: Any) -> GenerationRequest:
         clean.append({"role": m["role"], "content": content})
     req = GenerationRequest(model=obj.get("model"), messages=clean)
     _common(obj, req, "max_completion_tokens")
+    logprobs = obj.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise bad("'logprobs' must be true or false", param="logprobs")
+    top = _int_in(obj, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top is not None and not logprobs:
+        raise bad("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    req.logprobs = (top or 0) if logprobs else None
     return req
 
 

@@ -113,6 +113,37 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+class SlotCache:
+    """A KV cache allocated once: per layer, keys and values of shape
+    (slots, kv_heads, length, head_dim). A sequence owns one slot for its whole life; its keys
+    sit at their positions, so nothing is copied or concatenated while it decodes."""
+
+    def __init__(
+        self, config: SimpleNamespace, slots: int, length: int, dtype: Any, device: Any
+    ) -> None:
+        shape = (slots, config.num_key_value_heads, length, config.head_dim)
+        layers = config.num_hidden_layers
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.slots, self.length = slots, length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
+class SlotBatch:
+    """One forward pass over rows in a `SlotCache`: row b's tokens go to slot `slots[b]` at
+    `positions[b]`; `mask[b, 0, t, j]` is whether its query t sees key j."""
+
+    cache: SlotCache
+    slots: torch.Tensor  # (B,)
+    positions: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, 1, T, span)
+    span: int
+
+
 @dataclass
 class KVCache:
     """Keys and values per layer, grown by concatenation."""
@@ -170,6 +201,33 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).contiguous().reshape(*hidden.shape[:-1], -1)
         return self.o_proj(out)  # type: ignore[no-any-return]
 
+    def forward_slots(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: SlotBatch
+    ) -> torch.Tensor:
+        """Attention for rows that live in slots of a preallocated cache: the new keys and values
+        are written at each row's positions, and each query sees its own slot up to itself."""
+        shape = (*hidden.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden).view(shape).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        query = (query * cos) + (rotate_half(query) * sin)
+        key = (key * cos) + (rotate_half(key) * sin)
+        keys, values = batch.cache.keys[self.index], batch.cache.values[self.index]
+        rows = batch.slots[:, None]
+        keys[rows, :, batch.positions] = key.transpose(1, 2)
+        values[rows, :, batch.positions] = value.transpose(1, 2)
+        out = functional.scaled_dot_product_attention(
+            query,
+            keys[batch.slots, :, : batch.span],
+            values[batch.slots, :, : batch.span],
+            attn_mask=batch.mask,
+            scale=self.scaling,
+            enable_gqa=self.groups > 1,
+        )
+        out = out.transpose(1, 2).contiguous().reshape(*hidden.shape[:-1], -1)
+        return self.o_proj(out)  # type: ignore[no-any-return]
+
 
 class Mlp(nn.Module):
     """The gated MLP's projections (DecoderLayer.forward applies them)."""
@@ -193,6 +251,16 @@ class DecoderLayer(nn.Module):
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache
     ) -> torch.Tensor:
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, cache)
+        mlp, x = self.mlp, self.post_attention_layernorm(hidden)
+        out: torch.Tensor = mlp.down_proj(functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        return hidden + out
+
+    def forward_slots(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: SlotBatch
+    ) -> torch.Tensor:
+        hidden = hidden + self.self_attn.forward_slots(
+            self.input_layernorm(hidden), cos, sin, batch
+        )
         mlp, x = self.mlp, self.post_attention_layernorm(hidden)
         out: torch.Tensor = mlp.down_proj(functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
         return hidden + out
@@ -249,6 +317,25 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             hidden = layer(hidden, cos, sin, cache)
         return Output(logits=self.lm_head(self.model.norm(hidden)), past_key_values=cache)
+
+    def forward_slots(
+        self, input_ids: torch.Tensor, slots: torch.Tensor, starts: torch.Tensor, cache: SlotCache
+    ) -> torch.Tensor:
+        """Logits of the last position of each row: `input_ids` (B, T) continue the sequences in
+        `slots` (B,), whose first `starts` (B,) positions are already in `cache`. A prefill is
+        one row from position 0; a decode step is B rows of one token each."""
+        hidden = self.model.embed_tokens(input_ids)
+        device = hidden.device
+        positions = starts[:, None] + torch.arange(input_ids.shape[1], device=device)
+        freqs = positions[:, :, None].float() * self.inv_freq.to(device, torch.float)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = angles.cos().to(hidden.dtype), angles.sin().to(hidden.dtype)
+        span = int(positions.max().item()) + 1
+        mask = torch.arange(span, device=device)[None, None, :] <= positions[:, :, None]
+        batch = SlotBatch(cache, slots, positions, mask[:, None], span)
+        for layer in self.model.layers:
+            hidden = layer.forward_slots(hidden, cos, sin, batch)  # type: ignore[operator]
+        return self.lm_head(self.model.norm(hidden[:, -1]))  # type: ignore[no-any-return]
 
 
 class NativeConfig:

@@ -67,7 +67,11 @@ class NativeTokenizer:
         self._template: Any = None
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        return {"input_ids": self.backend.encode(text, add_special_tokens=add_special_tokens).ids}
+        # `encode_batch` releases the GIL while it runs (`encode` does not): a long prompt
+        # tokenized in a model thread then leaves the event loop free (transformers' fast
+        # tokenizers call it too).
+        encoded = self.backend.encode_batch([text], add_special_tokens=add_special_tokens)
+        return {"input_ids": encoded[0].ids}
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return str(self.backend.decode(ids, skip_special_tokens=skip_special_tokens))

@@ -308,11 +308,16 @@ def load_weights(
 
 def start_early(model_dir: Path, device: str) -> WeightStream | None:
     """Start streaming the weights right after `import torch` (before transformers); None when
-    the device cannot be known yet (the load phase then streams itself)."""
+    the device cannot be known yet (the load phase then streams itself) or when the model will
+    be spread over several GPUs (transformers' device map loads it then)."""
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    from glowplug_worker.serve.startup.devices import placement
+
+    cuda = torch.cuda.is_available()
+    if device.startswith("cuda") and not cuda:
         return None
-    return WeightStream(model_dir, device).start()
+    place = placement(device, cuda, torch.cuda.device_count() if cuda else 0)
+    if place.spread:
+        return None
+    return WeightStream(model_dir, place.device).start()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from glowplug_worker.serve.startup.devices import SPREAD_MAP, Placement, placement
 from glowplug_worker.serve.startup.safetensors_io import FLOAT_DTYPES, TORCH_DTYPES, CheckpointError
 from glowplug_worker.serve.startup.state import FlagFailure
 
@@ -61,6 +62,7 @@ class Prepared:
     device: Any  # torch.device
     max_model_len: int
     pooling: Pooling = field(default_factory=Pooling)
+    placement: Placement = field(default_factory=lambda: Placement("cpu"))
 
 
 def read_pooling(model_dir: Path) -> Pooling:
@@ -132,11 +134,11 @@ def prepare(
             f"{', '.join(archs)}; use --task embed for encoders"
         )
     tokenizer = stack.tokenizer_loader.from_pretrained(model_dir, local_files_only=offline)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    cuda = bool(torch.cuda.is_available())
+    if device.startswith("cuda") and not cuda:
         raise ModelConfigError(f"--device {device}: CUDA is not available in this container")
+    place = placement(device, cuda, int(torch.cuda.device_count()) if cuda else 0)
+    dev = torch.device(place.device)
     limit = getattr(config, "max_position_embeddings", None) or 2048
     if max_model_len is not None:
         if max_model_len > limit:
@@ -157,12 +159,14 @@ def prepare(
         dev,
         limit,
         pooling,
+        place,
     )
 
 
 def load_plain(stack: MlStack, prep: Prepared, offline: bool) -> tuple[Any, dict[str, Any]]:
     """The baseline: `from_pretrained`, on the device via `device_map` when accelerate is
-    installed, else moved there afterwards."""
+    installed, else moved there afterwards; spread over every visible GPU (accelerate's
+    balanced device map) when there are several."""
     import importlib.util
 
     torch = stack.torch
@@ -170,17 +174,26 @@ def load_plain(stack: MlStack, prep: Prepared, offline: bool) -> tuple[Any, dict
     begin = time.perf_counter()
     kwargs: dict[str, Any] = {"dtype": prep.dtype, "local_files_only": offline}
     on_device = prep.device.type != "cpu" and importlib.util.find_spec("accelerate") is not None
-    if on_device:
+    if prep.placement.spread:
+        if not on_device:
+            raise ModelConfigError(
+                f"{prep.placement.gpus} GPUs are visible, and spreading a model over them "
+                "needs the accelerate package in the image"
+            )
+        kwargs["device_map"] = SPREAD_MAP
+    elif on_device:
         kwargs["device_map"] = str(prep.device)
     model = cls.from_pretrained(prep.model_dir, **kwargs)
     if not on_device and prep.device.type != "cpu":
         model = model.to(prep.device)
     if prep.device.type == "cuda":
-        torch.cuda.synchronize(prep.device)
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - begin
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    devices = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
     return model.eval(), {
         "loader": "transformers",
+        **({"device_map": SPREAD_MAP, "devices": devices} if prep.placement.spread else {}),
         "bytes": total,
         "seconds": round(seconds, 4),
         "gb_per_second": round(total / seconds / 1e9, 3) if seconds else None,

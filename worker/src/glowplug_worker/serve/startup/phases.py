@@ -163,11 +163,22 @@ def load_phase(
             imported.prefetcher.stop()
             state.details["prefetch"] = imported.prefetcher.summary()
         stack, stream = imported.stack, imported.weight_stream
+        if prep.placement.spread and (stack.native is not None or F.FAST_LOAD in opts.flags):
+            native = stack.native is not None
+            log.warning(
+                "%d GPUs visible: %s loads onto one device; %s",
+                prep.placement.gpus,
+                F.NATIVE_MODEL if native else F.FAST_LOAD,
+                "the model goes on cuda:0 only"
+                if native
+                else "loading with transformers' device map instead",
+            )
+            state.details["spread_fallback"] = F.NATIVE_MODEL if native else F.FAST_LOAD
         if stack.native is not None:
             model, stats = load_native(stack, prep, stream)
-        elif F.FAST_LOAD in opts.flags:
+        elif F.FAST_LOAD in opts.flags and not prep.placement.spread:
             model, stats = load_fast(stack, prep, stream)
-        else:
+        else:  # the baseline, and fast-load's fallback when the model spreads over GPUs
             model, stats = load_plain(stack, prep, offline)
         state.details["load"] = stats
     return model, stats
@@ -187,6 +198,7 @@ def warmup_phase(
             opts.task,
             prep.max_model_len,
             prep.pooling,
+            slots=opts.max_concurrency,
         )
         engine.warmup()
     return engine
@@ -209,8 +221,12 @@ def native_model_fits(opts: Options, state: StartupState) -> bool:
     """`native-model`: whether glowplug's own code can serve this model (else transformers does,
     as without the flag); decided from the model's files before anything heavy is imported."""
     from glowplug_worker.serve.native.support import unsupported_reason
+    from glowplug_worker.serve.startup.devices import visible_gpus_from_env
 
     reason = unsupported_reason(opts.model, opts.task)
+    gpus = visible_gpus_from_env()
+    if reason is None and gpus is not None and gpus > 1 and opts.device in ("auto", "cuda"):
+        reason = f"{gpus} GPUs visible (native-model runs on one; transformers spreads the model)"
     state.details["native_model"] = {"used": reason is None, "reason": reason}
     if reason:
         log.info("%s: %s; loading with transformers", F.NATIVE_MODEL, reason)
