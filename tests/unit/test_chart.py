@@ -207,6 +207,7 @@ NEEDED = [("glowplug.dev", "modelservers", verb) for verb in ("get", "list", "wa
         for verb in ("get", "list", "watch", "create", "update", "patch", "delete")
     ],
     *[("", "pods", verb) for verb in ("get", "list", "watch")],
+    ("", "pods/log", "get"),  # a stock engine's own start phases
     ("", "events", "create"),
 ]
 # Cluster-scoped: kopf lists the namespaces and watches the CRD.

@@ -108,3 +108,35 @@ def test_only_numeric_worker_phases_are_taken() -> None:
     assert got == {"import": 1.0}
     with pytest.raises(ValueError):
         worker_phases(["not", "a", "dict"])
+
+
+def test_an_engines_phases_come_from_its_log_once() -> None:
+    """vLLM writes no /startup: its own log lines (read through the API) give its phases."""
+    from pathlib import Path
+
+    log = (Path(__file__).parents[1] / "data" / "engine-logs" / "vllm-startup.txt").read_text()
+
+    async def run() -> None:
+        reads = 0
+
+        async def read_log() -> str:
+            nonlocal reads
+            reads += 1
+            return log
+
+        seen = Recorder()
+        reports = StartupReports(seen.requeue, seen.observe)
+        reports.request_log(KEY, "pod-1", "vllm", read_log, download=12.0)
+        reports.request_log(KEY, "pod-1", "vllm", read_log, download=12.0)
+        await asyncio.wait_for(seen.changed.wait(), 5)
+        reports.request_log(KEY, "pod-1", "vllm", read_log, download=12.0)
+        assert reads == 1
+        assert reports.phases("pod-1") == {
+            "load": 5.384,
+            "compile": 21.13,
+            "graphCapture": 8.0,
+            "engineInit": 39.86,
+        }
+        assert seen.observed == [{"download": 12.0, **(reports.phases("pod-1") or {})}]
+
+    asyncio.run(run())

@@ -159,6 +159,18 @@ class Kube:
         # pool threads' own malloc arenas (which then stay mapped, fragmented).
         return dict(json.loads(data))
 
+    async def read_log(self, namespace: str, pod: str, container: str, limit: int) -> str:
+        """The last `limit` bytes (about) of a container's log: an engine's own start phases."""
+        self._client()
+        query = {"container": container, "limitBytes": str(limit)}
+        call = partial(
+            self._sync, "GET", _path("Pod", namespace, pod, "log"), query, None, None, "*/*"
+        )
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kube")
+        data = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        return data.decode(errors="replace")
+
     def _sync(
         self,
         method: str,
@@ -166,9 +178,10 @@ class Kube:
         query: Mapping[str, str | None],
         body: Any,
         content_type: str | None,
+        accept: str = "application/json",
     ) -> bytes:
         client = self._client()
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         request = client.param_serialize(

@@ -12,12 +12,18 @@ from functools import partial
 from typing import Any
 
 from glowplug_operator import builders
-from glowplug_operator.contract import RETRY_ANNOTATION, child_name, flag_fingerprint
+from glowplug_operator.contract import (
+    RETRY_ANNOTATION,
+    WORKER_CONTAINER,
+    child_name,
+    flag_fingerprint,
+)
 from glowplug_operator.controller.kube import ApiError, Gone, Kube, Stale
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.objects import contains
 from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store
+from glowplug_operator.engines import engine
 from glowplug_operator.rollback import (
     ClaimObservation,
     Decision,
@@ -44,6 +50,7 @@ from glowplug_operator.status import (
 
 log = logging.getLogger(__name__)
 STALE_RETRY_SECONDS = 0.5
+LOG_TAIL = 256 * 1024  # bytes of an engine's log read for its start phases
 
 
 @dataclass(frozen=True)
@@ -165,18 +172,24 @@ class Reconciler:
     def _read_startup(
         self, key: Key, spec: ModelServerSpec, observations: list[PodObservation]
     ) -> None:
-        """Ask the worker of the pod that turned Ready last for its start phases, once (the
-        builtin engine's /startup; the other engines' phases are the pod's own)."""
+        """Ask the pod that turned Ready last for its start phases, once: the builtin worker's
+        /startup, or the log of an engine that logs its own phases (vLLM, SGLang)."""
         latest = latest_ready(observations)
-        if self.startup_reports is None or latest is None or spec.engine.kind != "builtin":
+        if self.startup_reports is None or latest is None:
+            return
+        report = latest.init.final_report if latest.init else None
+        download = report.phases.get("download") if report else None
+        kind = spec.engine.kind
+        if kind != "builtin":
+            if engine(kind).log_phases:
+                read = partial(self.kube.read_log, key[0], latest.name, WORKER_CONTAINER, LOG_TAIL)
+                self.startup_reports.request_log(key, latest.uid, kind, read, download)
             return
         body = next((p for p in self.store.pods_of(key) if p["metadata"]["uid"] == latest.uid), {})
         ip = (body.get("status") or {}).get("podIP")
         if not ip:
             return
         host = f"[{ip}]" if ":" in ip else ip
-        report = latest.init.final_report if latest.init else None
-        download = report.phases.get("download") if report else None
         self.startup_reports.request(
             key, latest.uid, f"http://{host}:{spec.serving.port}/startup", download
         )

@@ -1,5 +1,6 @@
 """The worker's own start phases (import, config, load, warmup), read once per pod from its
-`/startup` when the pod turns Ready.
+`/startup` when the pod turns Ready; for a stock engine that logs its phases (vLLM, SGLang), read
+once from the last part of its container log (engines.phases_from_log).
 
 A read never blocks a reconcile: it runs as a task with a short timeout, keeps its result per pod
 UID and asks for the ModelServer to be reconciled again, which then puts the phases into
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
 
 from glowplug_operator.controller.store import Key
+from glowplug_operator.engines import phases_from_log
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +49,58 @@ class StartupReports:
     def request(self, key: Key, uid: str, url: str, download: float | None = None) -> None:
         """Read `url` once for this pod, in the background; `download` (the prefetcher's
         seconds) joins the phases the histogram observes."""
+        self._start(key, uid, url, partial(self._read_startup, url), download)
+
+    def request_log(
+        self,
+        key: Key,
+        uid: str,
+        engine: str,
+        read_log: Callable[[], Awaitable[str]],
+        download: float | None = None,
+    ) -> None:
+        """Read the engine's log once for this pod and keep the phases it logged."""
+
+        async def phases() -> dict[str, float]:
+            return phases_from_log(engine, await read_log())
+
+        self._start(key, uid, f"the {engine} log", phases, download)
+
+    def _start(
+        self,
+        key: Key,
+        uid: str,
+        source: str,
+        read: Callable[[], Awaitable[dict[str, float]]],
+        download: float | None,
+    ) -> None:
         if uid in self._phases or uid in self._tasks:
             return
         self._tasks[uid] = asyncio.get_running_loop().create_task(
-            self._read(key, uid, url, download)
+            self._read(key, uid, source, read, download)
         )
 
-    async def _read(self, key: Key, uid: str, url: str, download: float | None) -> None:
+    async def _read_startup(self, url: str) -> dict[str, float]:
+        async with (
+            aiohttp.ClientSession(timeout=self._timeout) as session,
+            session.get(url) as response,
+        ):
+            response.raise_for_status()
+            return worker_phases(await response.json())
+
+    async def _read(
+        self,
+        key: Key,
+        uid: str,
+        source: str,
+        read: Callable[[], Awaitable[dict[str, float]]],
+        download: float | None,
+    ) -> None:
         phases: dict[str, float] = {}
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self._timeout) as session,
-                session.get(url) as response,
-            ):
-                response.raise_for_status()
-                phases = worker_phases(await response.json())
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            log.info("%s/%s: no start phases from %s: %s", key[0], key[1], url, error)
+            phases = await asyncio.wait_for(read(), self._timeout.total)
+        except Exception as error:  # a phase read is informative: never fail a reconcile
+            log.info("%s/%s: no start phases from %s: %s", key[0], key[1], source, error)
         finally:
             self._tasks.pop(uid, None)
         self._phases[uid] = phases
