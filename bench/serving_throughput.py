@@ -4,7 +4,8 @@
     uv run python bench/serving_throughput.py                  # tiny and small
     uv run python bench/serving_throughput.py --presets tiny --rounds 2
 
-(The worker's `serve` extra includes transformers' `serving` extra, which `transformers serve` needs.)
+(The worker's `serve` extra includes transformers' `serving` extra, which `transformers serve`
+needs.)
 
 Both servers start once per preset and stay up; then, for several rounds, each concurrency
 (1, 4, 16 clients) runs against one server and then the other (the order alternates between
