@@ -5,9 +5,11 @@ chooses its own next token (its own temperature, seed, logprobs, JSON constraint
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -42,12 +44,22 @@ class Batcher:
 
     def start(self) -> Batcher:
         self._thread.start()
+        # Ended before the interpreter finalizes: a thread still inside torch's inference-mode
+        # guard then makes the C++ runtime abort the process ("terminate called without an
+        # active exception") after a clean exit.
+        atexit.register(_close_if_alive, weakref.ref(self))
         return self
 
     def stop(self) -> None:
         with self._cv:
             self._stopped = True
             self._cv.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop, and wait for the thread to leave its loop."""
+        self.stop()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def submit(self, job: Job) -> None:
         if job.sampling.seed is not None and job.sampling.temperature > 0:
@@ -150,3 +162,10 @@ class Batcher:
             job.sink.end(finish)
         except Exception:
             log.exception("a job's sink failed at its end")
+
+
+def _close_if_alive(ref: weakref.ref[Batcher]) -> None:
+    """At exit: close the batcher if it still exists (the hook keeps no batcher alive)."""
+    batcher = ref()
+    if batcher is not None:
+        batcher.close()
