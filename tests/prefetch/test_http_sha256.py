@@ -110,9 +110,8 @@ def test_the_digest_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
         tmp_path,
     )
     assert res.rc == 2 and "http:// and https:// sources only" in res.stderr
+    url = "https://example.invalid/m.bin"
     res = run_prefetch(
-        ["--source", "https://example.invalid/m.bin", "--dest", str(tmp_path / "d")]
-        + ["--sha256", "abc"],
-        tmp_path,
+        ["--source", url, "--dest", str(tmp_path / "d"), "--sha256", "abc"], tmp_path
     )
     assert res.rc == 2 and "64 hexadecimal digits" in res.stderr

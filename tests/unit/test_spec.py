@@ -253,6 +253,16 @@ class TestInvalid:
                 "spec.model.revision",
                 "only applies to hf://",
             ),
+            (
+                {"model": {"source": "pvc://c/m", "sha256": "a" * 64}},
+                "spec.model.sha256",
+                "only applies to http:// and https://",
+            ),
+            (
+                {"model": {"source": "https://h/m.bin", "sha256": "A" * 64}},
+                "spec.model.sha256",
+                "should match pattern",
+            ),
             ({"replicas": "3"}, "spec.replicas", "valid integer"),
             ({"replicas": True}, "spec.replicas", "valid integer"),
             ({"resources": {"cpu": "-1"}}, "spec.resources.cpu", "not a Kubernetes quantity"),

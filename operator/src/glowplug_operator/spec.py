@@ -99,6 +99,7 @@ class ModelSource(CamelModel):
     credentials_secret_ref: SecretRef | None = None
     task: Literal["generate", "embed"] = "generate"
     include: list[str] = Field(default_factory=list, max_length=64)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @property
     def scheme(self) -> str:
@@ -296,6 +297,10 @@ def _check_model(model: ModelSource) -> None:
         raise InvalidSpec(field, "a file:// source needs an absolute path, as file:///PATH")
     elif model.scheme in ("http", "https") and not rest.split("/", 1)[0]:
         raise InvalidSpec(field, f"a {model.scheme}:// source needs a host, as https://HOST/PATH")
+    if model.sha256 is not None and model.scheme not in ("http", "https"):
+        raise InvalidSpec(
+            "spec.model.sha256", "sha256 only applies to http:// and https:// sources"
+        )
     if model.revision is not None:
         if model.scheme != "hf":
             raise InvalidSpec("spec.model.revision", "revision only applies to hf:// sources")
