@@ -263,6 +263,21 @@ class TestInvalid:
                 "spec.model.sha256",
                 "should match pattern",
             ),
+            (
+                {"model": {"source": "hf://org/m", "revision": "\x7f"}},
+                "spec.model.revision",
+                "control character U+007F",
+            ),
+            (
+                {"startup": {"optimizations": [{"name": "x", "env": {"A": "b\x00"}}]}},
+                "spec.startup.optimizations[0].env.A",
+                "control character U+0000",
+            ),
+            (
+                {"placement": {"nodeSelector": {"k\x85\x9f": "v"}}},
+                "spec.placement.nodeSelector.k\x85\x9f",
+                "control character U+009F",
+            ),
             ({"replicas": "3"}, "spec.replicas", "valid integer"),
             ({"replicas": True}, "spec.replicas", "valid integer"),
             ({"resources": {"cpu": "-1"}}, "spec.resources.cpu", "not a Kubernetes quantity"),
@@ -321,3 +336,10 @@ class TestInvalid:
         raw = {"model": {"source": "ftp://x"}, "cache": {"kind": "HostPath"}}
         assert ModelServerSpec.model_validate(raw).cache.host_path is None
         assert refusal({"spec": raw}).field == "spec.model.source"
+
+
+def test_tabs_newlines_and_any_printable_unicode_are_accepted() -> None:
+    spec = parse_spec(
+        {"spec": {"model": {"source": "hf://org/m", "revision": "模型 🦙\tv1\r\n\u0085"}}}
+    )
+    assert spec.model.revision == "模型 🦙\tv1\r\n\u0085"

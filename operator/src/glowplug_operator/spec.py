@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.alias_generators import to_camel
 
 from glowplug_operator.engines import ENGINES, PREFETCH_FLAGS, EngineKind, known_flag
+from glowplug_operator.printable import first_unprintable
 from glowplug_operator.quantity import parse_quantity
 
 BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
@@ -221,6 +222,13 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServerSpec:
     if not isinstance(raw, Mapping):
         raise InvalidSpec("spec", "a ModelServer needs a spec with at least spec.model.source")
     _check_name(body)
+    if (found := first_unprintable(raw, "spec")) is not None:
+        field, char = found
+        raise InvalidSpec(
+            field,
+            f"contains the control character U+{ord(char):04X}, which Kubernetes refuses in the "
+            "objects the operator writes; remove it",
+        )
     try:
         spec = ModelServerSpec.model_validate(dict(raw))
     except ValidationError as error:
