@@ -305,6 +305,12 @@ def _check_model(model: ModelSource) -> None:
         raise InvalidSpec(field, "a file:// source needs an absolute path, as file:///PATH")
     elif model.scheme in ("http", "https") and not rest.split("/", 1)[0]:
         raise InvalidSpec(field, f"a {model.scheme}:// source needs a host, as https://HOST/PATH")
+    ref = model.credentials_secret_ref
+    if ref is not None and not _DNS_SUBDOMAIN.match(ref.name):
+        raise InvalidSpec(
+            "spec.model.credentialsSecretRef.name",
+            f"{ref.name!r} is not a Secret name (lowercase letters, digits, '-' and '.')",
+        )
     if model.sha256 is not None and model.scheme not in ("http", "https"):
         raise InvalidSpec(
             "spec.model.sha256", "sha256 only applies to http:// and https:// sources"
