@@ -94,6 +94,10 @@ class FaultProxy:
                 await self._runner.cleanup()
             if self._session:
                 await self._session.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:  # watches still being forwarded
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(TimeoutError):
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(15)
