@@ -278,6 +278,27 @@ class TestInvalid:
                 "spec.placement.nodeSelector.k\x85\x9f",
                 "control character U+009F",
             ),
+            (
+                {"placement": {"affinity": {"nodeAffinity": {"x": 1}}}},
+                "spec.placement.affinity.nodeAffinity.x",
+                "not a field of a pod's affinity",
+            ),
+            (
+                {
+                    "placement": {
+                        "affinity": {
+                            "podAntiAffinity": {
+                                "preferredDuringSchedulingIgnoredDuringExecution": [
+                                    {"weight": "high", "podAffinityTerm": {}}
+                                ]
+                            }
+                        }
+                    }
+                },
+                "spec.placement.affinity.podAntiAffinity"
+                ".preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+                "must be an integer",
+            ),
             ({"replicas": "3"}, "spec.replicas", "valid integer"),
             ({"replicas": True}, "spec.replicas", "valid integer"),
             ({"resources": {"cpu": "-1"}}, "spec.resources.cpu", "not a Kubernetes quantity"),
@@ -343,3 +364,28 @@ def test_tabs_newlines_and_any_printable_unicode_are_accepted() -> None:
         {"spec": {"model": {"source": "hf://org/m", "revision": "模型 🦙\tv1\r\n\u0085"}}}
     )
     assert spec.model.revision == "模型 🦙\tv1\r\n\u0085"
+
+
+def test_a_full_affinity_of_every_kind_is_accepted() -> None:
+    term = {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+    pod_term = {
+        "labelSelector": {"matchLabels": {"app": "x"}, "matchExpressions": []},
+        "topologyKey": "kubernetes.io/hostname",
+        "namespaces": ["a"],
+    }
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": term}],
+        },
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [pod_term],
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": pod_term}
+            ],
+        },
+    }
+    spec = parse_spec(
+        {"spec": {"model": {"source": "hf://o/m"}, "placement": {"affinity": affinity}}}
+    )
+    assert spec.placement.affinity == affinity

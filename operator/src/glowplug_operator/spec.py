@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from glowplug_operator.affinity import affinity_problem
 from glowplug_operator.engines import ENGINES, PREFETCH_FLAGS, EngineKind, known_flag
 from glowplug_operator.printable import first_unprintable
 from glowplug_operator.quantity import parse_quantity
@@ -347,6 +348,8 @@ def is_label_key(key: str) -> bool:
 
 def _check_placement(placement: Placement) -> None:
     field = "spec.placement"
+    if (found := affinity_problem(placement.affinity, f"{field}.affinity")) is not None:
+        raise InvalidSpec(*found)
     for key, value in placement.node_selector.items():
         if not is_label_key(key):
             raise InvalidSpec(
