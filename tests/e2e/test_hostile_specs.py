@@ -61,6 +61,7 @@ def test_hostile_specs_are_refused_or_reconciled_and_never_break_the_operator(
     tally: Counter[str] = Counter()
     accepted: dict[str, str] = {}  # name -> outcome
     count = [0]
+    specs: dict[str, dict[str, Any]] = {}
     samples: list[tuple[str, str]] = []
 
     @settings(
@@ -80,6 +81,7 @@ def test_hostile_specs_are_refused_or_reconciled_and_never_break_the_operator(
             "metadata": {"name": name},
             "spec": spec,
         }
+        specs[name] = spec
         ok, out = k.try_apply(json.dumps(body))
         assert operator.running, f"the operator died after {name}: {operator.log()[-3000:]}"
         if not ok:
@@ -132,12 +134,13 @@ def test_hostile_specs_are_refused_or_reconciled_and_never_break_the_operator(
 
     # No child the cluster refuses: every ReplicaSet of ours could create its pods.
     failing = [
-        rs["metadata"]["name"]
+        (rs["metadata"]["name"], c.get("message", ""), specs.get(owner["name"]))
         for rs in k.get("replicasets")["items"]
+        for owner in rs["metadata"].get("ownerReferences") or []
         for c in (rs.get("status") or {}).get("conditions") or []
         if c["type"] == "ReplicaFailure" and c["status"] == "True"
     ]
-    assert not failing, f"children the cluster refuses: {failing}"
+    assert not failing, f"children the cluster refuses (ReplicaSet, message, spec): {failing}"
 
     _report(tried, tally, after, len(accepted), time.monotonic() - started, samples)
 
