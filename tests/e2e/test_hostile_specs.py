@@ -132,13 +132,31 @@ def test_hostile_specs_are_refused_or_reconciled_and_never_break_the_operator(
     assert not changed, f"ModelServers still being written: {sorted(changed)}"
     assert after <= MAX_WRITES_PER_MODELSERVER * max(1, len(accepted)), after
 
-    # No child the cluster refuses: every ReplicaSet of ours could create its pods.
+    # A child whose pods the cluster refuses (a RuntimeClass or PriorityClass that does not
+    # exist: valid names the operator cannot check) is reported: Ready=False, PodsRefused.
+    refused = [
+        (rs["metadata"]["name"], c.get("message", ""), specs.get(owner["name"]))
+        for rs in k.get("replicasets")["items"]
+        for owner in rs["metadata"].get("ownerReferences") or []
+        for c in (rs.get("status") or {}).get("conditions") or []
+        if c["type"] == "ReplicaFailure" and c["status"] == "True"
+    ]
+    for rs_name, _, _ in refused:
+        ms = rs_name.rsplit("-", 1)[0]
+        wait_until(
+            f"{ms} Ready=False PodsRefused",
+            lambda ms=ms: (_ready(k.get("ms", ms)) or {}).get("reason") == "PodsRefused",
+            30,
+        )
+        tally["reconciled, pods refused by the cluster: Ready=False PodsRefused"] += 1
+    # Any other child the cluster refuses would be a bug.
     failing = [
         (rs["metadata"]["name"], c.get("message", ""), specs.get(owner["name"]))
         for rs in k.get("replicasets")["items"]
         for owner in rs["metadata"].get("ownerReferences") or []
         for c in (rs.get("status") or {}).get("conditions") or []
         if c["type"] == "ReplicaFailure" and c["status"] == "True"
+        if (_ready(k.get("ms", owner["name"])) or {}).get("reason") != "PodsRefused"
     ]
     assert not failing, f"children the cluster refuses (ReplicaSet, message, spec): {failing}"
 

@@ -239,6 +239,8 @@ def _blocked(
             return Degraded("ContainerConfigError", f"pod {pod.name}: {reason}")
         if reason is not None:
             return Degraded("ImagePullFailed", f"pod {pod.name}: {reason}")
+    if progress and progress.refused and not current:
+        return Degraded("PodsRefused", truncate(progress.refused))
     if progress and progress.stuck and not any(p.scheduled for p in current):
         return Degraded("RolloutStuck", truncate(progress.message or "progress deadline exceeded"))
     return None

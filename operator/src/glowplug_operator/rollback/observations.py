@@ -181,6 +181,9 @@ class DeploymentProgress:
     reason: str | None
     message: str | None
     last_update: datetime | None
+    # ReplicaFailure=True: the API server refuses the pods (a missing RuntimeClass or
+    # PriorityClass, a quota, admission); its message says why.
+    refused: str | None = None
 
 
 def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
@@ -224,10 +227,16 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
 
 
 def observe_deployment_progress(deployment: Mapping[str, Any]) -> DeploymentProgress | None:
-    """The Deployment's Progressing condition; None when it has none yet."""
+    """The Deployment's Progressing condition (and ReplicaFailure); None when it has none yet."""
     status = _dict(deployment.get("status"))
-    for condition in _list(status.get("conditions")):
-        if isinstance(condition, dict) and condition.get("type") == "Progressing":
+    conditions = [c for c in _list(status.get("conditions")) if isinstance(c, dict)]
+    failure = next(
+        (c for c in conditions if c.get("type") == "ReplicaFailure" and c.get("status") == "True"),
+        None,
+    )
+    refused = failure.get("message") if failure else None
+    for condition in conditions:
+        if condition.get("type") == "Progressing":
             reason = condition.get("reason")
             message = condition.get("message")
             return DeploymentProgress(
@@ -235,7 +244,10 @@ def observe_deployment_progress(deployment: Mapping[str, Any]) -> DeploymentProg
                 reason=reason if isinstance(reason, str) else None,
                 message=message if isinstance(message, str) else None,
                 last_update=parse_time(condition.get("lastUpdateTime")),
+                refused=(refused or "pods refused") if failure else None,
             )
+    if failure:
+        return DeploymentProgress(False, None, None, None, refused=refused or "pods refused")
     return None
 
 
