@@ -79,6 +79,12 @@ test-e2e: setup ## End-to-end tests on the local cluster, kwok and real node (or
 	@if [[ -z "$${KUBECONFIG:-}" ]]; then $(MAKE) --no-print-directory cluster-up; fi
 	KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)} $(PYTEST) tests/e2e
 
+.PHONY: test-hostile
+test-hostile: setup ## The hostile-spec suite at length (400 hypothesis examples; `make test-e2e` runs 40).
+	@if [[ -z "$${KUBECONFIG:-}" ]]; then $(MAKE) --no-print-directory cluster-up; fi
+	GLOWPLUG_HOSTILE_EXAMPLES=$${GLOWPLUG_HOSTILE_EXAMPLES:-400} KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)} \
+	  $(PYTEST) -s tests/e2e/test_hostile_specs.py
+
 ##@ Local control plane
 
 .PHONY: cluster-up

@@ -723,6 +723,13 @@ class TestDeployment:
         includes = [args[i + 1] for i, a in enumerate(args) if a == "--include"]
         assert includes == ["*.safetensors", "*.json", "tokenizer.model"]
 
+    def test_prefetch_gets_the_sha256_only_when_set(self) -> None:
+        url = "https://models.example.com/tiny.safetensors"
+        pinned = prefetch(deployment(body(model={"source": url, "sha256": "ab" * 32})))["args"]
+        assert option(pinned, "--sha256") == "ab" * 32
+        plain = prefetch(deployment(body(model={"source": url})))["args"]
+        assert "--sha256" not in plain
+
     def test_zero_replicas_keep_the_service_and_the_cache(self) -> None:
         raw = body(replicas=0, cache=CACHES["PersistentVolumeClaim"])
         spec = parse_spec(raw)
@@ -853,6 +860,19 @@ class TestModelDir:
         spec = parse_spec(body(model={"source": "hf://org/name", "revision": "abc"}))
         assert model_dir(spec, SETTINGS).endswith(
             "/" + hashlib.sha256(b"hf://org/name@abc").hexdigest()[:16]
+        )
+
+    def test_a_digest_gets_its_own_directory_and_none_keeps_the_old_one(self) -> None:
+        # A changed digest must never reuse files fetched under the old one; a spec without a
+        # digest keeps the directory earlier versions used.
+        url = "https://h/m.bin"
+        plain = parse_spec(body(model={"source": url}))
+        a = parse_spec(body(model={"source": url, "sha256": "a" * 64}))
+        b = parse_spec(body(model={"source": url, "sha256": "b" * 64}))
+        dirs = {model_dir(spec, SETTINGS) for spec in (plain, a, b)}
+        assert len(dirs) == 3
+        assert model_dir(plain, SETTINGS).endswith(
+            "/" + hashlib.sha256(f"{url}@".encode()).hexdigest()[:16]
         )
 
     def test_inside_the_cache_mount(self) -> None:

@@ -253,6 +253,16 @@ def test_deployment_progress(condition: dict[str, Any], stuck: bool | None) -> N
         assert progress is not None and progress.stuck == stuck
 
 
+def test_a_replica_failure_is_the_api_servers_refusal_of_the_pods() -> None:
+    refusal = {"type": "ReplicaFailure", "status": "True", "message": "RuntimeClass not found"}
+    progressing = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}
+    for conditions in ([refusal], [progressing, refusal]):
+        progress = observe_deployment_progress({"status": {"conditions": conditions}})
+        assert progress is not None and progress.replica_failure == "RuntimeClass not found"
+    progress = observe_deployment_progress({"status": {"conditions": [progressing]}})
+    assert progress is not None and progress.replica_failure is None
+
+
 def test_budget_clock_in_pods_is_relative_to_now() -> None:
     seen = observe_pod(pod(worker=running()), NOW + timedelta(hours=1))
     assert seen.observed_at == NOW + timedelta(hours=1)

@@ -734,6 +734,27 @@ def test_a_stuck_rollout_with_no_scheduled_pod_is_degraded_not_blamed() -> None:
     assert decision.effective_flags == tuple(BUILTIN4)
 
 
+def test_pods_the_api_server_refuses_are_degraded_with_its_message_not_blamed() -> None:
+    # Found by the hostile-spec suite: a runtimeClassName with no RuntimeClass left the
+    # ModelServer "Starting" with no pod and no word of why.
+    message = 'pods "m-6d9df5d5b8-" is forbidden: pod rejected: RuntimeClass "m" not found'
+    progress = DeploymentProgress(False, "ReplicaSetUpdated", "", NOW0, replica_failure=message)
+    decision = decide(
+        spec_flags=BUILTIN4,
+        policy="Automatic",
+        flag_states=(),
+        rollout=Rollout(),
+        pods=[],
+        progress=progress,
+        budget_seconds=BUDGET,
+        retry_token=None,
+        now=NOW0,
+    )
+    assert decision.degraded is not None and decision.degraded.reason == "FailedCreate"
+    assert 'RuntimeClass "m" not found' in decision.degraded.message
+    assert decision.effective_flags == tuple(BUILTIN4) and decision.rollbacks == ()
+
+
 @pytest.mark.parametrize(
     "raw",
     [None, {}, {"sets": "x", "pods": [1, {"uid": 3}], "bisection": {"mode": "Nope"}}, []],

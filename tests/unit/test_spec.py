@@ -254,6 +254,52 @@ class TestInvalid:
                 "spec.model.revision",
                 "only applies to hf://",
             ),
+            (
+                {"model": {"source": "pvc://c/m", "sha256": "a" * 64}},
+                "spec.model.sha256",
+                "only applies to http:// and https://",
+            ),
+            (
+                {"model": {"source": "https://h/m.bin", "sha256": "A" * 64}},
+                "spec.model.sha256",
+                "should match pattern",
+            ),
+            (
+                {"model": {"source": "hf://org/m", "revision": "\x7f"}},
+                "spec.model.revision",
+                "control character U+007F",
+            ),
+            (
+                {"startup": {"optimizations": [{"name": "x", "env": {"A": "b\x00"}}]}},
+                "spec.startup.optimizations[0].env.A",
+                "control character U+0000",
+            ),
+            (
+                {"placement": {"nodeSelector": {"k\x85\x9f": "v"}}},
+                "spec.placement.nodeSelector.k\x85\x9f",
+                "control character U+009F",
+            ),
+            (
+                {"placement": {"affinity": {"nodeAffinity": {"x": 1}}}},
+                "spec.placement.affinity.nodeAffinity.x",
+                "not a field of a pod's affinity",
+            ),
+            (
+                {
+                    "placement": {
+                        "affinity": {
+                            "podAntiAffinity": {
+                                "preferredDuringSchedulingIgnoredDuringExecution": [
+                                    {"weight": "high", "podAffinityTerm": {}}
+                                ]
+                            }
+                        }
+                    }
+                },
+                "spec.placement.affinity.podAntiAffinity"
+                ".preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+                "must be an integer",
+            ),
             ({"replicas": "3"}, "spec.replicas", "valid integer"),
             ({"replicas": True}, "spec.replicas", "valid integer"),
             ({"resources": {"cpu": "-1"}}, "spec.resources.cpu", "not a Kubernetes quantity"),
@@ -316,3 +362,35 @@ class TestInvalid:
         raw = {"model": {"source": "ftp://x"}, "cache": {"kind": "HostPath"}}
         assert ModelServerSpec.model_validate(raw).cache.host_path is None
         assert refusal({"spec": raw}).field == "spec.model.source"
+
+
+def test_tabs_newlines_and_any_printable_unicode_are_accepted() -> None:
+    spec = parse_spec(
+        {"spec": {"model": {"source": "hf://org/m", "revision": "模型 🦙\tv1\r\n\u0085"}}}
+    )
+    assert spec.model.revision == "模型 🦙\tv1\r\n\u0085"
+
+
+def test_a_full_affinity_of_every_kind_is_accepted() -> None:
+    term = {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+    pod_term = {
+        "labelSelector": {"matchLabels": {"app": "x"}, "matchExpressions": []},
+        "topologyKey": "kubernetes.io/hostname",
+        "namespaces": ["a"],
+    }
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": term}],
+        },
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [pod_term],
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": pod_term}
+            ],
+        },
+    }
+    spec = parse_spec(
+        {"spec": {"model": {"source": "hf://o/m"}, "placement": {"affinity": affinity}}}
+    )
+    assert spec.placement.affinity == affinity

@@ -96,10 +96,12 @@ class PrefetchKey:
     source: str
     revision: str | None
     includes: tuple[str, ...]
+    sha256: str | None = None
 
     @classmethod
     def of(cls, spec: ModelServerSpec) -> PrefetchKey:
-        return cls(spec.model.source, spec.model.revision, tuple(spec.model.include))
+        m = spec.model
+        return cls(m.source, m.revision, tuple(m.include), m.sha256)
 
     def args(self, dest: str) -> list[str]:
         args = ["--source", self.source, "--dest", dest]
@@ -107,12 +109,16 @@ class PrefetchKey:
             args += ["--revision", self.revision]
         for pattern in self.includes:
             args += ["--include", pattern]
+        if self.sha256:
+            args += ["--sha256", self.sha256]
         return args
 
     def digest(self) -> str:
         key = f"{self.source}@{self.revision or ''}"
         if self.includes:  # without globs, the key (and directory) of earlier versions
             key += "|" + json.dumps(sorted(set(self.includes)))  # as the prefetcher sorts them
+        if self.sha256:  # likewise: only a spec that sets a digest gets a new directory
+            key += "#sha256=" + self.sha256
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

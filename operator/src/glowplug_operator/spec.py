@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from glowplug_operator.affinity import affinity_problem
 from glowplug_operator.engines import ENGINES, PREFETCH_FLAGS, EngineKind, known_flag
+from glowplug_operator.printable import first_unprintable
 from glowplug_operator.quantity import parse_quantity
 
 BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
@@ -99,6 +101,7 @@ class ModelSource(CamelModel):
     credentials_secret_ref: SecretRef | None = None
     task: Literal["generate", "embed"] = "generate"
     include: list[str] = Field(default_factory=list, max_length=64)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @property
     def scheme(self) -> str:
@@ -238,6 +241,13 @@ def parse_spec(body: Mapping[str, Any]) -> ModelServerSpec:
     if not isinstance(raw, Mapping):
         raise InvalidSpec("spec", "a ModelServer needs a spec with at least spec.model.source")
     _check_name(body)
+    if (found := first_unprintable(raw, "spec")) is not None:
+        field, char = found
+        raise InvalidSpec(
+            field,
+            f"contains the control character U+{ord(char):04X}, which Kubernetes refuses in the "
+            "objects the operator writes; remove it",
+        )
     try:
         spec = ModelServerSpec.model_validate(dict(raw))
     except ValidationError as error:
@@ -315,6 +325,16 @@ def _check_model(model: ModelSource) -> None:
         raise InvalidSpec(field, "a file:// source needs an absolute path, as file:///PATH")
     elif model.scheme in ("http", "https") and not rest.split("/", 1)[0]:
         raise InvalidSpec(field, f"a {model.scheme}:// source needs a host, as https://HOST/PATH")
+    ref = model.credentials_secret_ref
+    if ref is not None and not _DNS_SUBDOMAIN.match(ref.name):
+        raise InvalidSpec(
+            "spec.model.credentialsSecretRef.name",
+            f"{ref.name!r} is not a Secret name (lowercase letters, digits, '-' and '.')",
+        )
+    if model.sha256 is not None and model.scheme not in ("http", "https"):
+        raise InvalidSpec(
+            "spec.model.sha256", "sha256 only applies to http:// and https:// sources"
+        )
     if model.revision is not None:
         if model.scheme != "hf":
             raise InvalidSpec("spec.model.revision", "revision only applies to hf:// sources")
@@ -347,6 +367,8 @@ def is_label_key(key: str) -> bool:
 
 def _check_placement(placement: Placement) -> None:
     field = "spec.placement"
+    if (found := affinity_problem(placement.affinity, f"{field}.affinity")) is not None:
+        raise InvalidSpec(*found)
     for key, value in placement.node_selector.items():
         if not is_label_key(key):
             raise InvalidSpec(

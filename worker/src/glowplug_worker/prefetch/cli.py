@@ -18,6 +18,7 @@ from glowplug_worker.prefetch.options import (
     DEFAULT_PVC_ROOT,
     Options,
     parse_optimizations,
+    parse_sha256,
     parse_source,
 )
 
@@ -87,6 +88,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "(a cache others can write: a shared host path); otherwise fetch it again",
     )
     p.add_argument(
+        "--sha256",
+        help="http(s) sources: the sha256 of the body at the URL (the file, or the manifest); "
+        "a download that does not match is refused and nothing is published",
+    )
+    p.add_argument(
         "--pvc-root",
         default=env.get("GLOWPLUG_PVC_ROOT", DEFAULT_PVC_ROOT),
         help="where pvc:// claims are mounted",
@@ -112,8 +118,9 @@ def parse_options(
         raise UsageError("--chunk-mib must be at least 1")
     if args.timeout <= 0 or args.stall_timeout <= 0 or args.retries < 1:
         raise UsageError("--timeout and --stall-timeout must be positive, --retries at least 1")
+    source = parse_source(args.source)
     opts = Options(
-        source=parse_source(args.source),
+        source=source,
         dest=args.dest,
         revision=args.revision,
         includes=tuple(args.include),
@@ -127,6 +134,7 @@ def parse_options(
         pvc_root=args.pvc_root,
         optimizations=optimizations,
         verify_reuse=args.verify_reuse,
+        sha256=parse_sha256(args.sha256, source),
     )
     return opts, args.metrics_file
 

@@ -10,12 +10,14 @@ Manifest (any URL ending in .json whose body carries the schema below):
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import posixpath
 import re
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from glowplug_worker.prefetch.errors import SourceError, TransientError
+from glowplug_worker.prefetch.errors import IntegrityError, SourceError, TransientError
 from glowplug_worker.prefetch.httpclient import HttpClient, HttpStream, redact
 from glowplug_worker.prefetch.plan import Plan, RemoteFile
 from glowplug_worker.prefetch.safepath import is_archive, safe_relpath
@@ -27,9 +29,14 @@ _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 
 
 class HttpSource:
-    def __init__(self, url: str, client: HttpClient) -> None:
+    """`sha256` (the --sha256 option) pins the body at the URL: a single file is verified
+    against it before it is published; a manifest's own body is checked before it is trusted
+    (its files then carry their own digests)."""
+
+    def __init__(self, url: str, client: HttpClient, sha256: str | None = None) -> None:
         self.url = url
         self.client = client
+        self.sha256 = sha256
 
     def plan(self) -> Plan:
         name = posixpath.basename(unquote(urlsplit(self.url).path)) or "download"
@@ -37,9 +44,22 @@ class HttpSource:
             body = self._read_small(self.url)
             manifest = _parse_json(body)
             if isinstance(manifest, dict) and manifest.get("schema") == MANIFEST_SCHEMA:
+                self._check_manifest_digest(body)
                 return parse_manifest(manifest, self.url)
         f = self.probe(self.url, safe_relpath(name, "URL file name"))
+        if self.sha256:
+            f = dataclasses.replace(f, sha256=self.sha256)
         return Plan(files=[f], archive=is_archive(name))
+
+    def _check_manifest_digest(self, body: bytes) -> None:
+        if self.sha256 is None:
+            return
+        got = hashlib.sha256(body).hexdigest()
+        if got != self.sha256:
+            raise IntegrityError(
+                f"manifest {redact(self.url)}: sha256 {got} does not match the "
+                f"spec.model.sha256 {self.sha256}; nothing was fetched"
+            )
 
     def probe(self, url: str, path: str) -> RemoteFile:
         """Ask for byte 0 to learn the size, range support and ETag in one round trip."""

@@ -12,6 +12,7 @@ from glowplug_worker.prefetch.errors import UsageError
 Scheme = Literal["hf", "http", "https", "s3", "pvc", "file"]
 SCHEMES: tuple[str, ...] = ("hf", "http", "https", "s3", "pvc", "file")
 DEFAULT_PVC_ROOT = "/mnt/pvc"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -48,6 +49,7 @@ class Options:
     pvc_root: str = DEFAULT_PVC_ROOT
     optimizations: tuple[str, ...] = field(default_factory=tuple)
     verify_reuse: bool = False  # a completed cache is reused only after its sha256s check out
+    sha256: str | None = None  # http(s) sources: the digest of the body at the URL
 
     @property
     def warm_page_cache(self) -> bool:
@@ -94,6 +96,21 @@ def parse_source(raw: str) -> SourceURI:
     if parts.netloc not in ("", "localhost") or not path.startswith("/"):
         raise UsageError(f"--source {raw!r}: a local source is file:///absolute/path")
     return SourceURI(raw, "file", path)
+
+
+def parse_sha256(value: str | None, source: SourceURI) -> str | None:
+    """`--sha256`: 64 hex digits, for http(s):// sources only (the body at the URL: the single
+    file, or the manifest that lists the files with their own digests)."""
+    if value is None:
+        return None
+    digest = value.strip().lower()
+    if not _SHA256.match(digest):
+        raise UsageError(f"--sha256 {value!r}: expected 64 hexadecimal digits")
+    if source.scheme not in ("http", "https"):
+        raise UsageError(
+            f"--sha256 applies to http:// and https:// sources only, not {source.scheme}://"
+        )
+    return digest
 
 
 def effective_revision(source: SourceURI, revision: str | None) -> str | None:

@@ -46,7 +46,7 @@ def make_source(opts: Options, revision: str | None, env: Mapping[str, str]) -> 
         from glowplug_worker.prefetch.httpclient import HttpClient
         from glowplug_worker.prefetch.httpsrc import HttpSource
 
-        return HttpSource(src.location, HttpClient(None, opts.stall_timeout_s))
+        return HttpSource(src.location, HttpClient(None, opts.stall_timeout_s), opts.sha256)
     if src.scheme == "s3":
         from glowplug_worker.prefetch.s3src import S3Source
 
@@ -74,7 +74,7 @@ def prefetch(opts: Options, env: Mapping[str, str]) -> Outcome:
     started = time.monotonic()
     deadline = started + opts.timeout_s
     revision = effective_revision(opts.source, opts.revision)
-    key = CacheKey(opts.source.canonical, revision, tuple(sorted(opts.includes)))
+    key = CacheKey(opts.source.canonical, revision, tuple(sorted(opts.includes)), opts.sha256)
     dest = Destination(opts.dest)
 
     record = dest.completed(key)

@@ -39,9 +39,17 @@ class CacheKey:
     source: str
     revision: str | None
     includes: tuple[str, ...]
+    sha256: str | None = None  # --sha256: files fetched under another digest are never reused
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "revision": self.revision, "includes": list(self.includes)}
+        key: dict[str, Any] = {
+            "source": self.source,
+            "revision": self.revision,
+            "includes": list(self.includes),
+        }
+        if self.sha256:  # without one, the key of earlier records: their caches stay reusable
+            key["sha256"] = self.sha256
+        return key
 
 
 class Destination:
