@@ -305,8 +305,11 @@ def test_a_stalled_modelserver_fails_health_checks_until_fixed_in_json_logs(
     assert judged[-1][:2] == ("Current", "Healthy"), shown
 
     lines = [json.loads(line) for line in json_operator.log().splitlines() if line.strip()]
-    decisions = [line for line in lines if line.get("modelserver") == "stuck"]
+    # Decision lines carry a reason; the gateway's write lines (`write`) name the ModelServer too.
+    decisions = [line for line in lines if line.get("modelserver") == "stuck" and "reason" in line]
     assert {"InvalidSpec", "Ready"} <= {d["reason"] for d in decisions}, decisions
+    writes = [line for line in lines if line.get("modelserver") == "stuck" and "write" in line]
+    assert writes, "the gateway logs each write of the ModelServer's status and children"
     invalid = next(d for d in decisions if d["reason"] == "InvalidSpec")
     assert invalid["namespace"] == namespace
     assert invalid["level"] == "INFO"
