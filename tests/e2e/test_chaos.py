@@ -7,7 +7,9 @@ Asserted, for every ModelServer: it converges (Ready, status of its current gene
 states below) within 60 s of the last disruption; only the culprit `fast-load` is RolledBack,
 every other flag Active; no Ready flap (a ModelServer that was Ready at a generation never turns
 Ready=False at that same generation: recorded with `kubectl get -w` on every ModelServer); exactly
-one Deployment and one Service each. The tally goes to bench/results/chaos.md.
+one Deployment and one Service each; no Warning Event other than the culprit's rollback and Ready
+lost as an edit rolls out (a fault is never blamed on the spec: an etcd restart once gave
+InvalidSpec, see `_refused` in controller/reconciler.py). The tally goes to bench/results/chaos.md.
 
 Knobs: GLOWPLUG_CHAOS_ROLLOUTS (8) and GLOWPLUG_CHAOS_KILLS (3); `make test-chaos` runs 20 and 10.
 GLOWPLUG_CHAOS_SEED replays a run's kill times; GLOWPLUG_CHAOS_DUMP=FILE writes every ModelServer
@@ -131,7 +133,15 @@ def _check(k: Kubectl, culprits: dict[str, bool], versions: list[dict[str, Any]]
     }
     wrong_children.update({n: {} for n in culprits if n not in children})
     found, dips = flaps(versions)
+    warnings = sorted(
+        {
+            f"{e['involvedObject']['name']}: {e['reason']}: {e['message'][:160]}"
+            for e in k.get("events")["items"]
+            if e["type"] == "Warning" and e["involvedObject"]["kind"] == "ModelServer"
+        }
+    )
     return {
+        "warnings": warnings,
         "wrong": wrong,
         "wrong_children": wrong_children,
         "flaps": found,
@@ -169,6 +179,8 @@ class Tally:
         ]
         for r in self.rows:
             lines.append(f"\n{r['what']}: {r['detail']}")
+            lines.append("Warning Events on ModelServers:")
+            lines.extend(f"    {w}" for w in r["warnings"] or ["none"])
         return "\n".join(lines) + "\n"
 
 
@@ -228,8 +240,15 @@ def _record(
     return row
 
 
+# Warning Events a disruption may bring: the culprit's rollback, and Ready lost as an edit rolls
+# out. Anything else (InvalidSpec, Degraded, ...) blames the spec or the model for the fault.
+EXPECTED_WARNINGS = ("OptimizationRolledBack", "Starting")
+
+
 def _assert_clean(row: dict[str, Any]) -> None:
     assert row["wrong"] == [], "a flag rolled back that the kwok Stages never failed"
+    misdiagnosed = [w for w in row["warnings"] if w.split(": ")[1] not in EXPECTED_WARNINGS]
+    assert misdiagnosed == [], "a Warning Event blames the ModelServer for a fault"
     assert row["wrong_children"] == {}, "not exactly one Deployment and one Service each"
     assert row["flaps"] == [], "Ready went False with no spec change"
 
