@@ -327,9 +327,12 @@ def test_rollouts_survive_a_control_plane_restart(
     watch = ReadyWatch(k)
     for name, culprit in culprits.items():
         k.apply(_modelserver(name, culprit, 0))
-    # During reconciliation: the first Deployments exist, not every ModelServer is Ready yet.
-    wait_until(
-        "a first Deployment", lambda: k.get("deployments")["items"], timeout=30, interval=0.1
+    # During reconciliation: a first ModelServer Ready (so a flap would show), others not yet.
+    ready_first = wait_until(
+        "a first Ready ModelServer",
+        lambda: [ms for ms in k.get("ms")["items"] if ready_status(ms) == "True"],
+        timeout=30,
+        interval=0.1,
     )
     last = controlplane.restart(component, down_seconds=2.0)
     wait_until("the API server answering", _try(lambda: k.get("ms")), timeout=60, interval=0.5)
@@ -346,9 +349,9 @@ def test_rollouts_survive_a_control_plane_restart(
         1,
         last,
         watch,
-        f"{component} SIGKILLed as the first Deployment appeared, kept down 2 s, started "
-        f"again with its flags (API answering {answering - last:.1f} s later); every "
-        "ModelServer then edited",
+        f"{component} SIGKILLed as the first ModelServer turned Ready ({len(ready_first)} "
+        f"Ready of {len(culprits)}), kept down 2 s, started again with its flags (API "
+        f"answering {answering - last:.1f} s later); every ModelServer then edited",
     )
     assert sim_operator.running, "the operator exited"
     # The rest of the suite runs on this cluster: kwok's nodes are back.
