@@ -85,6 +85,12 @@ test-hostile: setup ## The hostile-spec suite at length (400 hypothesis examples
 	GLOWPLUG_HOSTILE_EXAMPLES=$${GLOWPLUG_HOSTILE_EXAMPLES:-400} KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)} \
 	  $(PYTEST) -s tests/e2e/test_hostile_specs.py
 
+.PHONY: test-chaos
+test-chaos: setup ## Crashes and restarts at length: 10 operator SIGKILLs during 20 rollouts (`make test-e2e` runs 3 in 8), kube-apiserver and etcd restarts.
+	@if [[ -z "$${KUBECONFIG:-}" ]]; then $(MAKE) --no-print-directory cluster-up; fi
+	GLOWPLUG_CHAOS_ROLLOUTS=$${GLOWPLUG_CHAOS_ROLLOUTS:-20} GLOWPLUG_CHAOS_KILLS=$${GLOWPLUG_CHAOS_KILLS:-10} \
+	  KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)} $(PYTEST) -s tests/e2e/test_chaos.py
+
 ##@ Local control plane
 
 .PHONY: cluster-up

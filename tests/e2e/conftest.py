@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci import cannot_run
 from tests.cluster import behaviours
 from tests.cluster.kube import LOCAL_KUBECONFIG, Kubectl, kubeconfig_path, make_namespace
 from tests.cluster.operator import OperatorProcess
@@ -40,7 +41,7 @@ def has_kwok(kubectl: Kubectl) -> bool:
 @pytest.fixture
 def needs_kwok(has_kwok: bool) -> None:
     if not has_kwok:
-        pytest.skip("needs kwok-simulated nodes and Stages (the local control plane)")
+        cannot_run("needs kwok-simulated nodes and Stages (the local control plane)")
 
 
 @pytest.fixture

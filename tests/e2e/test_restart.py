@@ -4,7 +4,6 @@ restart see the pods that exist, so no Ready flaps and no Warning Event is poste
 from __future__ import annotations
 
 import signal
-import time
 
 from tests.cluster.kube import Kubectl, wait_until
 from tests.cluster.operator import OperatorProcess
@@ -36,7 +35,28 @@ def test_a_restart_with_many_modelservers_does_not_flap_ready(
     }
     operator.kill(signal.SIGKILL)
     operator.start()
-    time.sleep(15)  # the restarted operator reconciles every one of them (resync: 5 s)
+
+    def reconciled_twice() -> bool:
+        """The restarted process (its metrics start from zero) has reconciled at least 2x as
+        many times as there are ModelServers (its first pass and a resync, every 5 s) and set
+        every one's Ready replicas gauge."""
+        try:
+            samples = operator.samples()
+        except OSError:  # not listening yet
+            return False
+        count = samples[("glowplug_reconcile_seconds_count", {})] or 0
+        gauges = [
+            samples[
+                (
+                    "glowplug_modelserver_ready_replicas",
+                    {"namespace": namespace, "modelserver": n},
+                )
+            ]
+            for n in names
+        ]
+        return count >= 2 * MANY and None not in gauges
+
+    wait_until("the restarted operator to reconcile each twice", reconciled_twice, timeout=60)
     after = all_ready()
     assert after == before, "Ready changed across the restart"
     new_warnings = [

@@ -14,7 +14,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,7 +212,19 @@ def test_credentials_appear_nowhere_a_user_or_scraper_reads(
         )
     flaky = k.get("ms", "flaky")["status"]["optimizations"]
     assert {o["name"]: o["state"] for o in flaky}["fast-load"] == "RolledBack"
-    time.sleep(2)  # the Events and metrics of the last transitions
+    # The last transitions' Event and metric are out before the scan.
+    wait_until(
+        "flaky's OptimizationRolledBack Event and rollback metric",
+        lambda: (
+            any(
+                e["reason"] == "OptimizationRolledBack" and e["involvedObject"]["name"] == "flaky"
+                for e in k.get("events")["items"]
+            )
+            and "glowplug_optimization_rollbacks_total{" in debug_operator.metrics()
+            and 'modelserver="flaky"' in debug_operator.metrics()
+        ),
+        timeout=30,
+    )
 
     scanned: dict[str, str] = {}
     for name, res in runs.items():

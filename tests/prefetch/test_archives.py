@@ -14,6 +14,7 @@ import pytest
 from glowplug_worker.prefetch.errors import NoSpaceError, SourceError
 from glowplug_worker.prefetch.safepath import extract_archive
 
+from tests.ci import cannot_run
 from tests.prefetch.conftest import Model, assert_nothing_published, assert_published, run_prefetch
 
 FILES = {
@@ -87,10 +88,12 @@ PACKERS: dict[str, Callable[[Path, Path], Path]] = {
 }
 
 
-@pytest.mark.skipif(not shutil.which("tar") or not shutil.which("zip"), reason="tar/zip missing")
 @pytest.mark.parametrize("packer", sorted(PACKERS))
 @pytest.mark.parametrize("layout", ["plain", "hf-local-dir"])
 def test_archive_packed_the_usual_way_is_unpacked(packer: str, layout: str, tmp_path: Path) -> None:
+    missing = [tool for tool in ("tar", "zip") if not shutil.which(tool)]
+    if missing:
+        cannot_run(f"{' and '.join(missing)} not on PATH (`make packages` installs them)")
     files = FILES if layout == "plain" else HF_LOCAL_DIR
     src = _model_dir(tmp_path / "model", files)
     (tmp_path / "out").mkdir()

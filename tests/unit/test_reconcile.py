@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from glowplug_operator.controller.kube import ApiError
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
 from glowplug_operator.controller.store import Store
@@ -175,3 +176,48 @@ def test_the_cache_claim_and_its_storage_class_reach_the_status() -> None:
     assert (ready["status"], ready["reason"]) == ("False", "ClaimPending")
     assert ready["message"] == "claim tiny-llama-cache is Pending: storage class ssd does not exist"
     assert [r for _, r, _ in kube.events].count("ClaimPending") == 1
+
+
+class RefusingServiceKube(RecordingKube):
+    """The API server refusing the Service with a 422 carrying `message`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    async def apply(
+        self, manifest: dict[str, Any], force: bool = True, live_version: str | None = None
+    ) -> dict[str, Any]:
+        if manifest["kind"] == "Service":
+            raise ApiError(422, self.message)
+        return await super().apply(manifest, force, live_version)
+
+
+def _refusing(message: str) -> tuple[Reconciler, RefusingServiceKube]:
+    cache = Store()
+    cache.put_modelserver(_body())
+    kube = RefusingServiceKube(message)
+    return Reconciler(Settings(), kube, cache, Metrics()), kube  # type: ignore[arg-type]
+
+
+def test_a_422_from_the_api_servers_own_storage_is_retried_not_invalid_spec() -> None:
+    # Seen with etcd restarted during reconciliation (tests/e2e/test_chaos.py): the Service's IP
+    # allocation fails inside the API server, which says 422 Invalid.
+    reconciler, kube = _refusing(
+        'Service "tiny-llama" is invalid: spec.clusterIPs: Invalid value: [""]: failed to '
+        "allocate IP: rpc error: code = Unavailable desc = error reading from server: EOF"
+    )
+    with pytest.raises(ApiError):  # the loop retries it with backoff
+        _reconcile(reconciler)
+    assert kube.statuses == []
+    assert kube.events == []
+
+
+def test_a_422_on_a_field_of_the_spec_is_invalid_spec() -> None:
+    reconciler, kube = _refusing(
+        'Service "tiny-llama" is invalid: metadata.labels: Invalid value: "x y": a valid label'
+    )
+    assert _reconcile(reconciler) == Settings().resync_seconds
+    ready = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert [(t, r) for t, r, _ in kube.events] == [("Warning", "InvalidSpec")]

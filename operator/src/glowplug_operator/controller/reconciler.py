@@ -429,6 +429,18 @@ def _name_conflict(kind: str, name: str, owner: builders.Owner) -> Blocked:
     )
 
 
+# The API server's own failures that it reports as a 422 "Invalid": a Service's cluster IP
+# allocation while etcd is unavailable reads 'spec.clusterIPs: Invalid value: [""]: failed to
+# allocate IP: rpc error: code = Unavailable ...' (seen with etcd restarted during reconciliation,
+# tests/e2e/test_chaos.py). Our Service never asks for an IP, so these are no spec's fault.
+_SERVER_FAILURES = (
+    "rpc error: code = ",
+    "etcdserver: ",
+    "context deadline exceeded",
+    "failed to allocate",
+)
+
+
 def _refused(error: BaseException, owner: builders.Owner) -> Blocked | None:
     """A write refused for a reason a user must fix, or None for one worth retrying."""
     if isinstance(error, _Conflict):
@@ -436,6 +448,8 @@ def _refused(error: BaseException, owner: builders.Owner) -> Blocked | None:
     if not isinstance(error, ApiError):
         return None
     code, text = error.code, error.message or str(error)
+    if code in (400, 422) and any(failure in text for failure in _SERVER_FAILURES):
+        return None  # retried with backoff, like a 500
     if code in (400, 422):
         return Blocked("InvalidSpec", text, "fix the spec; nothing is rolled out")
     if code == 403:  # a quota, an admission policy (RBAC too, but ours is installed with us)
