@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from glowplug_operator.builders import build_deployment, engine_flag_definition
 from glowplug_operator.engines import ENGINES
-from glowplug_operator.rollback import FlagDefinition, Rollout, attribute, decide, observe_pod
+from glowplug_operator.rollback import (
+    Decision,
+    FlagDefinition,
+    Rollout,
+    attribute,
+    decide,
+    observe_pod,
+)
 from glowplug_operator.rollback.signatures import blame, last_log_line
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import InvalidSpec, parse_spec
@@ -261,25 +268,30 @@ def crashed_pod(message: str, flags: str) -> dict[str, Any]:
     }
 
 
+def decide_after_crash(log: str) -> Decision:
+    """The decision on one transformers-serve pod whose worker crashed with `log` as its
+    termination message, running the flags of TS_FLAGS."""
+    pod = attribute(
+        observe_pod(crashed_pod(log, "flash-attention,verbose"), NOW),
+        "transformers-serve",
+        TS_FLAGS,
+    )
+    return decide(
+        spec_flags=["flash-attention", "verbose"],
+        policy="Automatic",
+        flag_states=(),
+        rollout=Rollout(),
+        pods=[pod],
+        progress=None,
+        budget_seconds=300,
+        retry_token=None,
+        now=NOW,
+    )
+
+
 class TestDecisionFromLogs:
     def test_the_flag_the_log_names_is_rolled_back_with_the_line_quoted(self) -> None:
-        tail = (LOGS / "transformers-serve-flash-attention.txt").read_text()
-        pod = attribute(
-            observe_pod(crashed_pod(tail, "flash-attention,verbose"), NOW),
-            "transformers-serve",
-            TS_FLAGS,
-        )
-        decision = decide(
-            spec_flags=["flash-attention", "verbose"],
-            policy="Automatic",
-            flag_states=(),
-            rollout=Rollout(),
-            pods=[pod],
-            progress=None,
-            budget_seconds=300,
-            retry_token=None,
-            now=NOW,
-        )
+        decision = decide_after_crash((LOGS / "transformers-serve-flash-attention.txt").read_text())
         assert decision.effective_flags == ("verbose",)
         (rollback,) = decision.rollbacks
         assert (rollback.flag, rollback.reason) == ("flash-attention", "StartupFailed")
@@ -288,24 +300,7 @@ class TestDecisionFromLogs:
     def test_without_a_named_flag_the_event_quotes_the_last_line_and_bisection_starts(
         self,
     ) -> None:
-        pod = attribute(
-            observe_pod(
-                crashed_pod("loading\nSegmentation fault\n", "flash-attention,verbose"), NOW
-            ),
-            "transformers-serve",
-            TS_FLAGS,
-        )
-        decision = decide(
-            spec_flags=["flash-attention", "verbose"],
-            policy="Automatic",
-            flag_states=(),
-            rollout=Rollout(),
-            pods=[pod],
-            progress=None,
-            budget_seconds=300,
-            retry_token=None,
-            now=NOW,
-        )
+        decision = decide_after_crash("loading\nSegmentation fault\n")
         assert decision.rollbacks == ()
         (event,) = [e for e in decision.events if e.reason == "BisectingOptimizations"]
         assert "Segmentation fault" in event.message
