@@ -56,10 +56,15 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
 }
 
 bridge() {
-  ip link show "$BRIDGE" >/dev/null 2>&1 && return
-  ip link add "$BRIDGE" type bridge
-  ip addr add "$NODE_IP/16" dev "$BRIDGE"
-  ip link set "$BRIDGE" up
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$NODE_IP/16" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+  fi
+  # Service addresses route onto the bridge, not the host's default route: kube-proxy rewrites
+  # them to pod addresses, and one it has not programmed yet (a new Service) finds no host there
+  # instead of leaving the machine. The route goes with the link at `down`.
+  ip route replace "$SERVICE_CIDR" dev "$BRIDGE"
 }
 
 record_host_state() {
@@ -367,6 +372,7 @@ leftovers() {
   local m
   for m in $(our_mounts); do echo "mount $m"; done
   ip link show "$BRIDGE" >/dev/null 2>&1 && echo "link $BRIDGE"
+  ip route show "$SERVICE_CIDR" | sed 's/^/route /'
   ip -o link show type veth 2>/dev/null | awk -F': ' '{print "veth " $2}'
   for tool in iptables ip6tables; do
     for table in filter nat mangle; do

@@ -5,6 +5,7 @@ Service (kube-proxy)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -34,6 +35,8 @@ PLACEMENT = {
     "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
 }
 PROMPT = [{"role": "user", "content": "Hello, glowplug!"}]
+# A Service kube-proxy knows without endpoints refuses; one it has not seen has no route yet.
+NOT_ROUTED_YET = (errno.ECONNREFUSED, errno.EHOSTUNREACH)
 RESULTS = ROOT / "bench" / "results" / "realnode_e2e.md"
 
 
@@ -166,13 +169,14 @@ def _reference_answer(model_dir: Path, max_tokens: int) -> str:
 
 def _chat(url: str, body: bytes) -> str | None:
     """The answer, or None while kube-proxy has not yet routed the Service to the new endpoint
-    (it follows the pod's readiness by a moment)."""
+    (it follows the pod's readiness by a moment): refused while it knows no endpoint, no route
+    (the Service range ends on the pod bridge) before it knows the Service."""
     request = urllib.request.Request(url, body, {"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return str(json.load(response)["choices"][0]["message"]["content"])
     except urllib.error.URLError as error:
-        if isinstance(error.reason, ConnectionRefusedError):
+        if isinstance(error.reason, OSError) and error.reason.errno in NOT_ROUTED_YET:
             return None
         raise
 
