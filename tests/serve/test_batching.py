@@ -231,3 +231,14 @@ def test_a_long_prompt_does_not_stall_ready(single: Server) -> None:
     assert during, "the long prompt finished before /ready was asked"
     assert all(status == 200 for _, status in during)
     assert max(lat for lat, _ in during) < 1.0, during
+
+
+def test_a_vanishing_top_p_keeps_the_most_likely_token() -> None:
+    # Found by tests/serve/test_api_fuzz.py: top_p 5e-324 is 0 in float32, kept no token, and
+    # sampling failed with a 500.
+    from glowplug_worker.serve.batching.choose import choose
+    from glowplug_worker.serve.batching.job import Job, Sampling
+
+    logits = torch.tensor([0.1, 3.0, 0.2, -1.0])
+    job = Job([1], Sampling(max_tokens=1, temperature=1.0, top_p=5e-324), sink=None)  # type: ignore[arg-type]
+    assert [choose(torch, logits, job, str, set())[0] for _ in range(20)] == [1] * 20

@@ -63,12 +63,36 @@ class TestProtocol:
             ({"prompt": "hi", "presence_penalty": 1}, "presence_penalty"),
             ({"prompt": "hi", "stream_options": {"x": 1}}, "stream_options"),
             ({"prompt": 5}, "prompt"),
+            # Found by tests/serve/test_api_fuzz.py: each was a 500 or went through unchecked.
+            ({"prompt": "hi", "seed": 2**64}, "seed"),
+            ({"prompt": "hi", "user": 5}, "user"),
+            ({"prompt": "hi", "stream_options": "x"}, "stream_options"),
+            ({"prompt": "hi", "stream_options": {"include_usage": "yes"}}, "stream_options"),
         ],
     )
     def test_completion_errors_name_the_field(self, body: dict[str, object], param: str) -> None:
         with pytest.raises(ApiError) as err:
             parse_completion(body)
         assert err.value.status == 400 and err.value.param == param
+
+    @pytest.mark.parametrize(
+        ("body", "param"),
+        [
+            ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
+            ({"messages": [{"role": "user", "content": "x", "name": 1}]}, "messages[0].name"),
+            ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1,
+              "max_completion_tokens": None}, "max_tokens"),
+        ],
+    )  # fmt: skip
+    def test_chat_errors_name_the_field(self, body: dict[str, object], param: str) -> None:
+        with pytest.raises(ApiError) as err:
+            parse_chat(body)
+        assert err.value.status == 400 and err.value.param == param
+
+    def test_a_vanishing_temperature_decodes_greedily(self) -> None:
+        # 5e-324 once made logits / temperature infinite and sampling a 500.
+        assert parse_completion({"prompt": "hi", "temperature": 5e-324}).temperature == 0.0
+        assert parse_completion({"prompt": "hi", "temperature": 0.5}).temperature == 0.5
 
     def test_chat_accepts_text_parts_and_max_completion_tokens(self) -> None:
         req = parse_chat(

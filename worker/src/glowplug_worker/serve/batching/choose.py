@@ -51,6 +51,7 @@ def _probs(torch: Any, logits: Any, job: Job) -> Any:
     if s.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < s.top_p
+        keep[0] = True  # the most likely token, always: a top_p under float32's least is 0
         sorted_probs = sorted_probs * keep
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return probs

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from glowplug_worker.serve.engine import Cancelled, Engine, RequestTimeout, Sampling
-from glowplug_worker.serve.http import openai
+from glowplug_worker.serve.http import openai, openapi
 from glowplug_worker.serve.http.admission import Scheduler, admit
 from glowplug_worker.serve.http.generation_run import Delta, GenerationRun
 from glowplug_worker.serve.http.protocol import (
@@ -37,6 +37,7 @@ from glowplug_worker.serve.metrics import Metrics
 from glowplug_worker.serve.startup.state import StartupState
 
 MAX_BODY_BYTES = 1 << 20
+BODY_READ_SECONDS = 10.0  # at most: a slow client must not hold a connection and a buffer forever
 log = logging.getLogger("glowplug.serve")
 _BACKGROUND: set[asyncio.Task[None]] = set()
 ModelHandler = Callable[[Request, Engine, float], Awaitable[Response]]
@@ -75,21 +76,26 @@ def timed_out() -> ApiError:
     return ApiError(504, "the request ran past its timeout", type_="timeout_error")
 
 
-async def read_json(request: Request) -> Any:
-    """The JSON body, read only up to MAX_BODY_BYTES: a larger Content-Length is refused before
-    any byte is read, and a body without one (chunked) stops at the limit, so an oversized
-    request never sits whole in memory."""
+async def read_json(request: Request, seconds: float) -> Any:
+    """The JSON body, read only up to MAX_BODY_BYTES and within `seconds`: a larger
+    Content-Length is refused before any byte is read, and a body without one (chunked) stops at
+    the limit, so an oversized request never sits whole in memory; a body still arriving after
+    `seconds` is a 408."""
     too_big = ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise too_big
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise too_big
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise ApiError(408, f"the request body did not arrive within {seconds:g} s") from exc
     body = b"".join(chunks)
     try:
         return json.loads(body)
@@ -157,6 +163,9 @@ class Routes:
     async def models(self, _: Request) -> Response:
         return JSONResponse(openai.model_list(self.svc.model_name, self.svc.created))
 
+    async def openapi(self, _: Request) -> Response:
+        return JSONResponse(openapi.document(self.svc.model_name))
+
     # -- model endpoints -------------------------------------------------------------------
 
     def on_model(
@@ -202,6 +211,9 @@ class Routes:
                 code="model_not_found",
             )
 
+    async def body(self, request: Request) -> Any:
+        return await read_json(request, min(BODY_READ_SECONDS, self.svc.request_timeout))
+
     async def _admit(self, stack: AsyncExitStack, began: float, weight: int = 1) -> None:
         await admit(
             stack,
@@ -211,11 +223,11 @@ class Routes:
         )
 
     async def completions(self, request: Request, engine: Engine, began: float) -> Response:
-        req = parse_completion(await read_json(request))
+        req = parse_completion(await self.body(request))
         return await self.generation(request, req, engine, began, chat=False)
 
     async def chat(self, request: Request, engine: Engine, began: float) -> Response:
-        req = parse_chat(await read_json(request))
+        req = parse_chat(await self.body(request))
         return await self.generation(request, req, engine, began, chat=True)
 
     async def generation(
@@ -396,7 +408,7 @@ class Routes:
 
     async def embeddings(self, request: Request, engine: Engine, began: float) -> Response:
         svc = self.svc
-        req = parse_embedding(await read_json(request))
+        req = parse_embedding(await self.body(request))
         if svc.task != "embed":
             raise bad(
                 "this server generates text (--task generate); /v1/embeddings needs a "
@@ -452,6 +464,7 @@ def build_app(svc: Service) -> Starlette:
         Route("/startup", r.startup),
         Route("/metrics", r.metrics),
         Route("/v1/models", r.models),
+        Route("/openapi.json", r.openapi),
         Route("/v1/completions", r.on_model("completions", r.completions), methods=["POST"]),
         Route("/v1/chat/completions", r.on_model("chat", r.chat), methods=["POST"]),
         Route("/v1/embeddings", r.on_model("embeddings", r.embeddings), methods=["POST"]),

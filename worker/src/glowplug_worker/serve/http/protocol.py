@@ -51,6 +51,8 @@ MAX_COMPLETION_LOGPROBS = 5  # as OpenAI's completions API
 MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "user", "dimensions"}
 MAX_STOP = 4
+GREEDY_BELOW = 1e-5
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch's generators take
 MAX_EMBED_INPUTS = 256
 ROLES = {"system", "user", "assistant", "developer"}
 
@@ -123,9 +125,9 @@ def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
             f"unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(allowed))}",
             param=unknown[0],
         )
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise bad("'model' must be a string", param="model")
+    for name in ("model", "user"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise bad(f"'{name}' must be a string", param=name)
     return body
 
 
@@ -138,13 +140,21 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     return float(value)
 
 
+def _positive(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise bad(f"'{name}' must be a positive integer", param=name)
+    return value
+
+
 def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str) -> None:
-    value = body.get(max_tokens_field, body.get("max_tokens"))
+    # Chat's max_completion_tokens wins over its older name, max_tokens; both are checked.
+    value = _positive(body, max_tokens_field) or _positive(body, "max_tokens")
     if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise bad(f"'{max_tokens_field}' must be a positive integer", param=max_tokens_field)
         req.max_tokens = value
-    req.temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    # Below GREEDY_BELOW, logits / temperature overflows: decode greedily (vLLM does the same).
+    req.temperature = temperature if temperature >= GREEDY_BELOW else 0.0
     req.top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if req.top_p == 0.0:
         raise bad("'top_p' must be greater than 0", param="top_p")
@@ -164,9 +174,16 @@ def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str)
     req.stream = stream
     options = body.get("stream_options")
     if options is not None:
-        if not isinstance(options, dict) or set(options) - {"include_usage"}:
-            raise bad("'stream_options' may only hold 'include_usage'", param="stream_options")
-        req.include_usage = bool(options.get("include_usage", False))
+        if (
+            not isinstance(options, dict)
+            or set(options) - {"include_usage"}
+            or not isinstance(options.get("include_usage", False), bool)
+        ):
+            raise bad(
+                "'stream_options' may only hold 'include_usage': true or false",
+                param="stream_options",
+            )
+        req.include_usage = options.get("include_usage", False)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -182,8 +199,10 @@ def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str)
             )
         req.stop = stop
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise bad("'seed' must be an integer", param="seed")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX
+    ):
+        raise bad(f"'seed' must be an integer between {SEED_MIN} and {SEED_MAX}", param="seed")
     req.seed = seed
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
@@ -241,11 +260,13 @@ def parse_chat(body: Any) -> GenerationRequest:
             raise bad(
                 f"messages[{i}] must be an object with 'role' and 'content'", param=f"messages[{i}]"
             )
-        if m.get("role") not in ROLES:
+        if not isinstance(m.get("role"), str) or m["role"] not in ROLES:
             raise bad(
                 f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
                 param=f"messages[{i}].role",
             )
+        if not isinstance(m.get("name", ""), str):
+            raise bad(f"messages[{i}].name must be a string", param=f"messages[{i}].name")
         content = m.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             if not all(
