@@ -85,6 +85,10 @@ test-hostile: setup ## The hostile-spec suite at length (400 hypothesis examples
 	GLOWPLUG_HOSTILE_EXAMPLES=$${GLOWPLUG_HOSTILE_EXAMPLES:-400} KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)} \
 	  $(PYTEST) -s tests/e2e/test_hostile_specs.py
 
+.PHONY: test-api-fuzz
+test-api-fuzz: setup packages ## The worker's HTTP API fuzzed at length (1000 hypothesis examples per property; `make test-worker` runs 60).
+	GLOWPLUG_API_FUZZ_EXAMPLES=$${GLOWPLUG_API_FUZZ_EXAMPLES:-1000} $(PYTEST) -s tests/serve/test_api_fuzz.py
+
 .PHONY: test-chaos
 test-chaos: setup ## Crashes and restarts at length: 10 operator SIGKILLs during 20 rollouts (`make test-e2e` runs 3 in 8), kube-apiserver and etcd restarts.
 	@if [[ -z "$${KUBECONFIG:-}" ]]; then $(MAKE) --no-print-directory cluster-up; fi
