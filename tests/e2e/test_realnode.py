@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 from glowplug_worker.devtools.manifest import write_manifest
 
+from tests.ci import cannot_run
 from tests.cluster.kube import ROOT, Kubectl, make_namespace, wait_until
 from tests.prefetch.servers import Nginx
 
@@ -44,10 +44,7 @@ RESULTS = ROOT / "bench" / "results" / "realnode_e2e.md"
 def real_node(kubectl: Kubectl) -> dict[str, Any]:
     nodes = kubectl.get("nodes", selector=REAL_NODE)["items"]
     if not nodes:
-        message = "no node labelled glowplug.dev/real-node: run `make cluster-up`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        cannot_run("no node labelled glowplug.dev/real-node: run `make cluster-up`")
     return nodes[0]
 
 

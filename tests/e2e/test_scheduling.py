@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.ci import cannot_run
 from tests.cluster import behaviours as b
 from tests.cluster.kube import Kubectl, wait_until
 from tests.cluster.operator import OperatorProcess
@@ -158,7 +159,7 @@ def test_the_new_users_claim_in_a_cluster_without_a_provisioner_is_reported(
         == "true"
     ]
     if defaults:
-        pytest.skip(f"this cluster has a default StorageClass ({defaults[0]}): claims bind")
+        cannot_run(f"this cluster has a default StorageClass ({defaults[0]}): claims bind")
     _up(operator)
     k = kubectl.in_namespace(namespace)
     k.apply(_modelserver("fresh", cache={"kind": "PersistentVolumeClaim", "size": "1Gi"}))
