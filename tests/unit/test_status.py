@@ -589,6 +589,16 @@ class TestModelServerStatus:
         assert out["coldStart"] == first["coldStart"]
         assert summary(out)["Ready"] == ("False", "Starting")
 
+    def test_ready_says_the_previous_pods_serve_while_new_flags_roll_out(self) -> None:
+        old = ready_pod(uid="pod-1", flags_hash="0ld0ld0ld0ld0ld0")
+        new = pod(init_running(), worker_waiting(), uid="pod-2", name="llama-7a8b9c-n3w4p")
+        ready = condition(status([old, new]), "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "Updating")
+        assert "1 pod(s) of the previous ones serve" in ready["message"]
+        # Once the previous pod is on its way out, nothing serves: Starting.
+        gone = ready_pod(uid="pod-1", flags_hash="0ld0ld0ld0ld0ld0", deleting=True)
+        assert summary(status([gone, new]))["Ready"] == ("False", "Starting")
+
     def test_no_cold_start_before_a_pod_is_ready(self) -> None:
         assert "coldStart" not in status([starting_pod()])
 

@@ -157,12 +157,18 @@ def modelserver_status(
         o for o in observed.observations if o.flags_hash == observed.flags_hash and not o.deleting
     ]
     ready = sum(1 for o in current if o.ready)
+    # Pods of the previous flag set keep serving until the new ones are Ready (maxUnavailable 0).
+    previous_serving = sum(
+        1
+        for o in observed.observations
+        if o.flags_hash != observed.flags_hash and o.ready and not o.deleting
+    )
     dep_status = (observed.deployment or {}).get("status") or {}
     replicas = int(
         dep_status.get("replicas") or len([o for o in observed.observations if not o.deleting])
     )
     desired = observed.desired_replicas
-    readiness = _ready(ready, desired, decision)
+    readiness = _ready(ready, desired, decision, previous_serving)
     progressing = _progressing(ready, desired, current, decision)
     wanted = [
         readiness,
@@ -199,13 +205,23 @@ def _kept_cold_start(previous: Mapping[str, Any]) -> ColdStart | None:
         return None
 
 
-def _ready(ready: int, desired: int, decision: Decision) -> Condition:
+def _ready(ready: int, desired: int, decision: Decision, previous_serving: int) -> Condition:
+    """True when the current flag set serves with every replica. While a new flag set rolls
+    out it is False, reason Updating, and says that the previous pods still serve."""
     if desired == 0:
         return Condition("Ready", "True", "ScaledToZero", "no replicas requested")
     if ready >= desired:
         return Condition("Ready", "True", "Serving", f"{ready}/{desired} replicas serve the model")
     if decision.degraded:
         return Condition("Ready", "False", decision.degraded.reason, decision.degraded.message)
+    if previous_serving:
+        return Condition(
+            "Ready",
+            "False",
+            "Updating",
+            f"{ready}/{desired} replicas of the new startup flags ready; "
+            f"{previous_serving} pod(s) of the previous ones serve meanwhile",
+        )
     return Condition("Ready", "False", "Starting", f"{ready}/{desired} replicas ready")
 
 
