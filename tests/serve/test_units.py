@@ -89,6 +89,12 @@ class TestProtocol:
             parse_chat(body)
         assert err.value.status == 400 and err.value.param == param
 
+    def test_integral_numbers_are_integers_as_in_json_schema(self) -> None:
+        # Found by tests/serve/test_api_fuzz.py: the OpenAPI document's `integer` takes 3.0.
+        req = parse_completion({"prompt": "hi", "max_tokens": 3.0, "n": 2.0, "seed": 7.0})
+        assert (req.max_tokens, req.n, req.seed) == (3, 2, 7)
+        assert all(isinstance(v, int) for v in (req.max_tokens, req.n, req.seed))
+
     def test_a_vanishing_temperature_decodes_greedily(self) -> None:
         # 5e-324 once made logits / temperature infinite and sampling a 500.
         assert parse_completion({"prompt": "hi", "temperature": 5e-324}).temperature == 0.0

@@ -140,16 +140,28 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     return float(value)
 
 
-def _positive(body: dict[str, Any], name: str) -> int | None:
+def _integer(body: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
+    """An integer field between `low` and `high` (None: no bound), or None when absent or null.
+    As in JSON Schema, 3.0 is the integer 3."""
     value = body.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise bad(f"'{name}' must be a positive integer", param=name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise bad(f"'{name}' must be an integer {bounds}", param=name)
     return value
 
 
 def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str) -> None:
     # Chat's max_completion_tokens wins over its older name, max_tokens; both are checked.
-    value = _positive(body, max_tokens_field) or _positive(body, "max_tokens")
+    value = _integer(body, max_tokens_field, 1, None) or _integer(body, "max_tokens", 1, None)
     if value is not None:
         req.max_tokens = value
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
@@ -161,12 +173,7 @@ def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str)
     for name in ("presence_penalty", "frequency_penalty"):
         if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
             raise bad(f"'{name}' is not supported by this server; leave it out or 0", param=name)
-    n = body.get("n", 1)
-    if n is None:
-        n = 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise bad(f"'n' must be an integer between 1 and {MAX_N}", param="n")
-    req.n = n
+    req.n = _integer(body, "n", 1, MAX_N) or 1
     req.json_object = _response_format(body.get("response_format"))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -198,12 +205,7 @@ def _common(body: dict[str, Any], req: GenerationRequest, max_tokens_field: str)
                 param="stop",
             )
         req.stop = stop
-    seed = body.get("seed")
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX
-    ):
-        raise bad(f"'seed' must be an integer between {SEED_MIN} and {SEED_MAX}", param="seed")
-    req.seed = seed
+    req.seed = _integer(body, "seed", SEED_MIN, SEED_MAX)
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise bad("'ignore_eos' must be true or false", param="ignore_eos")
@@ -227,15 +229,6 @@ def _response_format(value: Any) -> bool:
     )
 
 
-def _int_in(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise bad(f"'{name}' must be an integer between {low} and {high}", param=name)
-    return value
-
-
 def parse_completion(body: Any) -> GenerationRequest:
     obj = _object(body, COMPLETION_FIELDS)
     prompt = obj.get("prompt")
@@ -245,7 +238,7 @@ def parse_completion(body: Any) -> GenerationRequest:
         raise bad("'prompt' must be a non-empty string", param="prompt")
     req = GenerationRequest(model=obj.get("model"), prompt=prompt, max_tokens=16)
     _common(obj, req, "max_tokens")
-    req.logprobs = _int_in(obj, "logprobs", 0, MAX_COMPLETION_LOGPROBS)
+    req.logprobs = _integer(obj, "logprobs", 0, MAX_COMPLETION_LOGPROBS)
     return req
 
 
@@ -286,7 +279,7 @@ def parse_chat(body: Any) -> GenerationRequest:
     logprobs = obj.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         raise bad("'logprobs' must be true or false", param="logprobs")
-    top = _int_in(obj, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    top = _integer(obj, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     if top is not None and not logprobs:
         raise bad("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     req.logprobs = (top or 0) if logprobs else None
