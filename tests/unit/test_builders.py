@@ -26,11 +26,10 @@ from glowplug_operator.builders import (
     build_disruption_budget,
     build_service,
     endpoint,
-    host_path_problem,
     label_selector,
-    model_dir,
     startup_probe_timing,
 )
+from glowplug_operator.cache import host_path_problem, model_dir
 from glowplug_operator.settings import Settings, SettingsError
 from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
 

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 from glowplug_operator import builders
+from glowplug_operator.cache import host_path_problem
 from glowplug_operator.contract import (
     RETRY_ANNOTATION,
     WORKER_CONTAINER,
@@ -115,7 +116,7 @@ class Reconciler:
         except InvalidSpec as error:
             await self._invalid(body, error, now)
             return None
-        if (problem := builders.host_path_problem(spec, self.settings)) is not None:
+        if (problem := host_path_problem(spec, self.settings)) is not None:
             await self._invalid(body, InvalidSpec("spec.cache.hostPath", problem), now)
             return None
         owner = builders.Owner(key[1], key[0], body["metadata"]["uid"])
