@@ -205,6 +205,9 @@ def _kept_cold_start(previous: Mapping[str, Any]) -> ColdStart | None:
         return None
 
 
+UPDATING = "Updating"  # Ready's reason while a new flag set rolls out and the previous one serves
+
+
 def _ready(ready: int, desired: int, decision: Decision, previous_serving: int) -> Condition:
     """True when the current flag set serves with every replica. While a new flag set rolls
     out it is False, reason Updating, and says that the previous pods still serve."""
@@ -218,7 +221,7 @@ def _ready(ready: int, desired: int, decision: Decision, previous_serving: int) 
         return Condition(
             "Ready",
             "False",
-            "Updating",
+            UPDATING,
             f"{ready}/{desired} replicas of the new startup flags ready; "
             f"{previous_serving} pod(s) of the previous ones serve meanwhile",
         )

@@ -42,6 +42,7 @@ from glowplug_operator.rollback import (
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import InvalidSpec, ModelServerSpec, parse_spec
 from glowplug_operator.status import (
+    UPDATING,
     Observed,
     blocked_status,
     invalid_spec_status,
@@ -388,7 +389,9 @@ class Reconciler:
                 extra += "".join(f"; {e.message}" for e in folded)
                 await self._event(body, "Normal", "Ready", now_ready["message"] + extra)
             elif was is not None:
-                await self._event(body, "Warning", now_ready["reason"], now_ready["message"])
+                # A flag edit rolling out while the previous pods serve is no fault: Normal.
+                kind = "Normal" if now_ready["reason"] == UPDATING else "Warning"
+                await self._event(body, kind, now_ready["reason"], now_ready["message"])
 
     def _next_look(
         self,
