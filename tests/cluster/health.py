@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tests.cluster.kube import ROOT, Kubectl
+from tests.cluster.kube import ROOT, Kubectl, watched_objects
 
 ARGOCD_LUA = ROOT / "examples" / "argocd" / "health.lua"
 
@@ -76,14 +76,7 @@ class ObjectWatch:
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
-        decoder, buffer = json.JSONDecoder(), ""
-        for line in self._proc.stdout:
-            buffer += line
-            try:
-                obj, end = decoder.raw_decode(buffer.strip())
-            except json.JSONDecodeError:
-                continue
-            buffer = buffer.strip()[end:]
+        for obj in watched_objects(self._proc.stdout):
             self.objects.append(obj)
 
     def stop(self) -> list[dict[str, Any]]:

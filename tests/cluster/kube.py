@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +93,19 @@ def make_namespace(kubectl: Kubectl, prefix: str) -> str:
         }
     )
     return name
+
+
+def watched_objects(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The objects `kubectl get -w -o json` prints, one after another (each spans many lines)."""
+    decoder, buffer = json.JSONDecoder(), ""
+    for line in lines:
+        buffer += line
+        try:
+            obj, end = decoder.raw_decode(buffer.strip())
+        except json.JSONDecodeError:
+            continue
+        buffer = buffer.strip()[end:]
+        yield obj
 
 
 def kubeconfig_path() -> str:

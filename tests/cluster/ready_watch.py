@@ -3,12 +3,11 @@ flaps in them (tests/e2e/test_chaos.py)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 from typing import Any
 
-from tests.cluster.kube import Kubectl
+from tests.cluster.kube import Kubectl, watched_objects
 
 
 class ReadyWatch:
@@ -33,14 +32,7 @@ class ReadyWatch:
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
             )
             assert self._proc.stdout is not None
-            decoder, buffer = json.JSONDecoder(), ""
-            for line in self._proc.stdout:
-                buffer += line
-                try:
-                    obj, end = decoder.raw_decode(buffer.strip())
-                except json.JSONDecodeError:
-                    continue
-                buffer = buffer.strip()[end:]
+            for obj in watched_objects(self._proc.stdout):
                 self.versions.append(obj)
             self._proc.wait()
             if not self._stop.is_set():

@@ -18,6 +18,7 @@ import pytest
 from tests.cluster import behaviours as b
 from tests.cluster.faultproxy import FaultProxy
 from tests.cluster.kube import ROOT, Kubectl, wait_until
+from tests.cluster.manifests import modelserver, optimizations
 from tests.cluster.operator import OperatorProcess
 
 COUNT = int(os.environ.get("GLOWPLUG_FAULT_MODELSERVERS", "10"))
@@ -32,16 +33,8 @@ def proxy(kubectl: Kubectl) -> Iterator[FaultProxy]:
 
 
 def _modelserver(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "glowplug.dev/v1alpha1",
-        "kind": "ModelServer",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"source": "s3://weights/tiny"},
-            "resources": {"gpus": 0},
-            "startup": {"optimizations": [{"name": "prefetch-weights"}]},
-        },
-    }
+    startup = {"optimizations": optimizations("prefetch-weights")}
+    return modelserver(name, gpus=0, source="s3://weights/tiny", startup=startup)
 
 
 def _owned(k: Kubectl, kind: str) -> dict[str, list[str]]:

@@ -34,6 +34,7 @@ from tests.ci import cannot_run
 from tests.cluster import behaviours as b
 from tests.cluster import controlplane
 from tests.cluster.kube import Kubectl, KubectlError, wait_until
+from tests.cluster.manifests import modelserver
 from tests.cluster.operator import OperatorProcess
 from tests.cluster.ready_watch import ReadyWatch, flaps, ready_status
 
@@ -62,16 +63,7 @@ def _modelserver(name: str, culprit: bool, tune: int) -> dict[str, Any]:
     if culprit:
         flags.insert(0, {"name": CULPRIT})
     flags.append({"name": "tune", "env": {"CHAOS_TUNE": str(tune)}})
-    return {
-        "apiVersion": "glowplug.dev/v1alpha1",
-        "kind": "ModelServer",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"source": "https://models.example/tiny/manifest.json"},
-            "resources": {"gpus": 0},
-            "startup": {"optimizations": flags},
-        },
-    }
+    return modelserver(name, gpus=0, startup={"optimizations": flags})
 
 
 def _add_stages(stages: Any) -> None:

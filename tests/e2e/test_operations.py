@@ -22,6 +22,7 @@ import pytest
 from tests.cluster import behaviours as b
 from tests.cluster.health import ObjectWatch, argocd_health, kstatus
 from tests.cluster.kube import ROOT, Kubectl, wait_until
+from tests.cluster.manifests import modelserver, optimizations
 from tests.cluster.operator import OperatorProcess
 
 FLAGS = ["prefetch-weights", "fast-load", "slim-imports"]
@@ -40,17 +41,7 @@ RECORDED = ROOT / "tests" / "data" / "statuses"
 
 
 def _modelserver(name: str, flags: list[str], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "glowplug.dev/v1alpha1",
-        "kind": "ModelServer",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"source": "https://models.example/tiny/manifest.json"},
-            "resources": {"gpus": 1},
-            "startup": {"optimizations": [{"name": f} for f in flags]},
-            **spec,
-        },
-    }
+    return modelserver(name, startup={"optimizations": optimizations(*flags)}, **spec)
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.cluster import behaviours as b
 from tests.cluster.kube import Kubectl, wait_until
+from tests.cluster.manifests import modelserver, optimizations
 from tests.cluster.operator import OperatorProcess
 
 FLAGS = ["prefetch-weights", "background-import", "fast-load", "slim-imports"]
@@ -36,16 +37,7 @@ REPORT = {
 
 
 def _modelserver(name: str, flags: list[str], **startup: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "glowplug.dev/v1alpha1",
-        "kind": "ModelServer",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"source": "https://models.example/tiny/manifest.json"},
-            "resources": {"gpus": 1},
-            "startup": {"optimizations": [{"name": f} for f in flags], **startup},
-        },
-    }
+    return modelserver(name, startup={"optimizations": optimizations(*flags), **startup})
 
 
 def _status(k: Kubectl, name: str) -> dict[str, Any]:

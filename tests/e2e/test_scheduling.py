@@ -20,6 +20,7 @@ import pytest
 from tests.ci import cannot_run
 from tests.cluster import behaviours as b
 from tests.cluster.kube import Kubectl, wait_until
+from tests.cluster.manifests import modelserver
 from tests.cluster.operator import OperatorProcess
 
 # Before the old behaviour's first word (the rollout deadline, budget + 300 s) by far.
@@ -46,19 +47,6 @@ def _table() -> Iterator[None]:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
-
-
-def _modelserver(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "glowplug.dev/v1alpha1",
-        "kind": "ModelServer",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"source": "https://models.example/tiny/manifest.json"},
-            "resources": {"gpus": 1},
-            **spec,
-        },
-    }
 
 
 def _conditions(k: Kubectl, name: str) -> dict[str, dict[str, Any]]:
@@ -113,7 +101,7 @@ def test_a_node_selector_no_node_matches_is_unschedulable_within_seconds(
 ) -> None:
     _up(operator)
     k = kubectl.in_namespace(namespace)
-    k.apply(_modelserver("nowhere", placement={"nodeSelector": {"example.com/pool": "none"}}))
+    k.apply(modelserver("nowhere", placement={"nodeSelector": {"example.com/pool": "none"}}))
     ready = _reported(k, "nowhere", "Unschedulable")
     assert "cannot be scheduled" in ready["message"]
     assert "node affinity/selector" in ready["message"], ready
@@ -134,7 +122,7 @@ def test_a_claim_of_a_storage_class_that_does_not_exist_is_reported(
     _up(operator)
     k = kubectl.in_namespace(namespace)
     cache = {"kind": "PersistentVolumeClaim", "size": "1Gi", "storageClassName": "no-such-class"}
-    k.apply(_modelserver("unbound", cache=cache))
+    k.apply(modelserver("unbound", cache=cache))
     ready = _reported(k, "unbound", "ClaimPending")
     assert (
         "claim unbound-cache is Pending: storage class no-such-class does not exist"
@@ -162,7 +150,7 @@ def test_the_new_users_claim_in_a_cluster_without_a_provisioner_is_reported(
         cannot_run(f"this cluster has a default StorageClass ({defaults[0]}): claims bind")
     _up(operator)
     k = kubectl.in_namespace(namespace)
-    k.apply(_modelserver("fresh", cache={"kind": "PersistentVolumeClaim", "size": "1Gi"}))
+    k.apply(modelserver("fresh", cache={"kind": "PersistentVolumeClaim", "size": "1Gi"}))
     ready = _reported(k, "fresh", "ClaimPending")
     assert "claim fresh-cache is Pending: it names no storage class" in ready["message"], ready
     weights = _conditions(k, "fresh")["WeightsReady"]
@@ -176,7 +164,7 @@ def test_an_image_that_cannot_be_pulled_is_reported_with_the_kubelets_message(
     k = kubectl.in_namespace(sim_namespace)
     message = 'failed to pull image "ghcr.io/example/worker:9.9": not found'
     stages.add(b.image_pull_failure("pull", [], message=message))
-    k.apply(_modelserver("pull", startup={"optimizations": [{"name": "fast-load"}]}))
+    k.apply(modelserver("pull", startup={"optimizations": [{"name": "fast-load"}]}))
     ready = _reported(k, "pull", "ImagePullFailed")
     assert f"ErrImagePull: {message}" in ready["message"], ready
     assert message in _warned(k, "pull", "ImagePullFailed")
@@ -203,7 +191,7 @@ def test_a_resource_quota_that_refuses_the_pods_is_reported_with_its_message(
         lambda: (k.get("resourcequota", "no-gpus").get("status") or {}).get("hard"),
         timeout=30,
     )
-    k.apply(_modelserver("refused"))
+    k.apply(modelserver("refused"))
     ready = _reported(k, "refused", "FailedCreate")
     assert "exceeded quota: no-gpus" in ready["message"], ready
     assert "exceeded quota" in _warned(k, "refused", "FailedCreate")
@@ -217,9 +205,9 @@ def test_a_trial_on_a_full_node_is_reported_and_no_flag_is_blamed(
     spec.rollout {maxSurge: 0, maxUnavailable: 1} lets the trial replace the pod in place."""
     _up(operator)
     k = kubectl.in_namespace(namespace)
-    ms = _modelserver(
+    ms = modelserver(
         "packed",
-        resources={"gpus": 8},
+        gpus=8,
         placement={"nodeSelector": {"kubernetes.io/hostname": "kwok-gpu-0"}},
         startup={"optimizations": [{"name": "prefetch-weights"}]},
     )
