@@ -19,7 +19,7 @@ from glowplug_operator.rollback import (
     observe_deployment_progress,
     observe_pod,
 )
-from glowplug_operator.rollback.blockers import CLAIM_GRACE, blocker
+from glowplug_operator.rollback.blockers import CLAIM_GRACE, REFUSAL_GRACE, blocker
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 FLAGS = ("fast-load", "prefetch-weights")
@@ -137,12 +137,23 @@ def deployment(*conditions: dict[str, Any]) -> dict[str, Any]:
     return {"status": {"conditions": list(conditions)}}
 
 
-REPLICA_FAILURE = {
-    "type": "ReplicaFailure",
-    "status": "True",
-    "reason": "FailedCreate",
-    "message": QUOTA,
-}
+def replica_failure(since: float, message: str = QUOTA) -> dict[str, Any]:
+    return {
+        "type": "ReplicaFailure",
+        "status": "True",
+        "reason": "FailedCreate",
+        "message": message,
+        "lastTransitionTime": at(since),
+    }
+
+
+REPLICA_FAILURE = replica_failure(-REFUSAL_GRACE.total_seconds())
+# Seen in CI: the controller-manager reached a restarted API server before its RBAC had synced.
+PASSING_REFUSAL = replica_failure(
+    -2,
+    'pods is forbidden: User "system:serviceaccount:kube-system:replicaset-controller" '
+    'cannot create resource "pods"',
+)
 PROGRESSING = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}
 
 
@@ -223,6 +234,9 @@ CASES = {
         deployment=deployment(PROGRESSING, REPLICA_FAILURE),
         reason="FailedCreate",
         says=("pods cannot be created", "exceeded quota: gpus"),
+    ),
+    "a-refusal-the-replicaset-retries-is-not-reported-yet": Case(
+        deployment=deployment(PROGRESSING, PASSING_REFUSAL), reason=None
     ),
     "trial-on-a-full-cluster": Case(
         pods=(Pod(name="llama-new", unschedulable=NO_GPU),),

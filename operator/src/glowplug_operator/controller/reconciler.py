@@ -37,6 +37,7 @@ from glowplug_operator.rollback import (
     observe_claim,
     observe_deployment_progress,
     observe_pod,
+    refusal_reported_at,
     startup_deadline,
 )
 from glowplug_operator.settings import Settings
@@ -156,7 +157,7 @@ class Reconciler:
             (status.get("coldStart") or {}).get("lastSeconds"),
             decision.flag_states,
         )
-        return self._next_look(spec, status, observations, now)
+        return self._next_look(spec, status, observations, deployment, now)
 
     def _observe(self, spec: ModelServerSpec, key: Key, now: datetime) -> list[PodObservation]:
         """The pods as observations; a worker that failed without a report (a stock engine)
@@ -398,16 +399,17 @@ class Reconciler:
         spec: ModelServerSpec,
         status: Mapping[str, Any],
         observations: list[PodObservation],
+        deployment: Mapping[str, Any] | None,
         now: datetime,
     ) -> float | None:
         """When to look again without an event: while pods start, at the first startup budget
-        that could run out (a hung start produces no event); when converged, a slow resync."""
+        that could run out (a hung start produces no event) or when a refusal of the pods gets
+        reported; when converged, a slow resync."""
         budget = builders.budget_seconds(spec, self.settings)
-        deadlines = [
-            (deadline - now).total_seconds() + 1
-            for o in observations
-            if (deadline := startup_deadline(o, budget)) is not None and deadline > now
-        ]
+        times = [startup_deadline(o, budget) for o in observations]
+        if deployment is not None:
+            times.append(refusal_reported_at(observe_deployment_progress(deployment)))
+        deadlines = [(t - now).total_seconds() + 1 for t in times if t is not None and t > now]
         if deadlines:
             return max(1.0, float(min(deadlines)))
         if status.get("readyReplicas", 0) < spec.replicas:

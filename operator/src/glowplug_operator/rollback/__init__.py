@@ -4,6 +4,7 @@ Pure: pods and the state kept in the ModelServer's status in, a `Decision` out (
 This package's interface is what is imported here; its modules are its own business.
 """
 
+from glowplug_operator.rollback.blockers import refusal_reported_at
 from glowplug_operator.rollback.claims import ClaimObservation, observe_claim
 from glowplug_operator.rollback.decide import (
     CHURN_BUDGET_CHANGES,
@@ -51,5 +52,6 @@ __all__ = [
     "observe_deployment_progress",
     "observe_pod",
     "parse_report",
+    "refusal_reported_at",
     "startup_deadline",
 ]

@@ -30,6 +30,10 @@ CLAIM_GRACE = timedelta(seconds=60)
 # it is not reported until the stopped pod is past its grace (deletionTimestamp) and gone for
 # this long (the scheduler retries an unschedulable pod within 10 s of a pod's deletion).
 ROOM_WAIT = timedelta(seconds=30)
+# The ReplicaSet controller retries a refused pod creation within seconds: a refusal that stands
+# this long is the cluster's answer (a ResourceQuota, an admission policy); a shorter one is a
+# passing fault (an API server restarting before its authorizer has synced).
+REFUSAL_GRACE = timedelta(seconds=10)
 MESSAGE_CHARS = 1024  # a condition's message; the scheduler's own can be long
 ROLLOUT_HINT = (
     "a trial with spec.rollout.maxSurge 1 needs room for one more pod; on a full cluster set "
@@ -83,6 +87,18 @@ def _claim_blocks(
     return None
 
 
+def refusal_reported_at(progress: DeploymentProgress | None) -> datetime | None:
+    """When a refusal of the pods that still stands gets reported (`REFUSAL_GRACE`)."""
+    if progress is None or not progress.replica_failure or progress.replica_failure_since is None:
+        return None
+    return progress.replica_failure_since + REFUSAL_GRACE
+
+
+def _refused_for_long(progress: DeploymentProgress, now: datetime) -> bool:
+    reported_at = refusal_reported_at(progress)
+    return reported_at is None or now >= reported_at
+
+
 def blocker(
     current: Sequence[PodObservation],
     others: Sequence[PodObservation],
@@ -132,7 +148,7 @@ def blocker(
                 ),
             )
         return Degraded("Unschedulable", truncate(scheduler, MESSAGE_CHARS))
-    if progress and progress.replica_failure:
+    if progress and progress.replica_failure and _refused_for_long(progress, now):
         return Degraded(
             "FailedCreate",
             truncate(f"pods cannot be created: {progress.replica_failure}", MESSAGE_CHARS),

@@ -195,8 +195,10 @@ class DeploymentProgress:
     message: str | None
     last_update: datetime | None
     # ReplicaFailure=True (reason FailedCreate): the ReplicaSet cannot create pods, and the API
-    # server's refusal (a ResourceQuota, an admission policy), as the Deployment repeats it.
+    # server's refusal (a ResourceQuota, an admission policy), as the Deployment repeats it, and
+    # since when the ReplicaSet has been refused.
     replica_failure: str | None = None
+    replica_failure_since: datetime | None = None
 
 
 def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
@@ -256,15 +258,17 @@ def observe_deployment_progress(deployment: Mapping[str, Any]) -> DeploymentProg
     condition = _dict(progressing)
     reason = condition.get("reason")
     message = condition.get("message")
-    refused = None
+    refused, refused_since = None, None
     if failure is not None and failure.get("status") == "True":
         refused = str(failure.get("message") or failure.get("reason") or "FailedCreate")
+        refused_since = parse_time(failure.get("lastTransitionTime"))
     return DeploymentProgress(
         stuck=condition.get("status") == "False" and reason == "ProgressDeadlineExceeded",
         reason=reason if isinstance(reason, str) else None,
         message=message if isinstance(message, str) else None,
         last_update=parse_time(condition.get("lastUpdateTime")),
         replica_failure=refused,
+        replica_failure_since=refused_since,
     )
 
 
