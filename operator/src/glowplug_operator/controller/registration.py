@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -48,6 +48,23 @@ def _controller(memo: kopf.Memo) -> Controller:
     return cast(Controller, memo.controller)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: the operator has only event handlers, and kopf would deep-copy every
+    object of every watch event to build one (43% of the operator's CPU at 300 ModelServers).
+    Nothing is stored on the objects either."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod, the API server is where KUBERNETES_SERVICE_HOST/PORT say, as client-go finds it:
@@ -68,6 +85,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config = cast(Settings, memo.settings)
     logging.getLogger().setLevel(config.log_level)
     settings.posting.loggers = False  # only the Events the reconciler posts on purpose
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
