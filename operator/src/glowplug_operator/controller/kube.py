@@ -239,10 +239,12 @@ class Kube:
         return live
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The live object, or None when there is none (the store sees only labelled objects:
-        this is how an object of the same name that is not ours is found)."""
+        """The object, or None when there is none (the store sees only labelled objects: this is
+        how an object of the same name that is not ours is found). Read from the API server's
+        watch cache (resourceVersion=0), not from etcd: as fresh as the server's own watch."""
         try:
-            return await self._request("GET", _path(kind, namespace, name))
+            cached = {"resourceVersion": "0"}
+            return await self._request("GET", _path(kind, namespace, name), cached)
         except ApiError as error:
             if error.code == 404:
                 return None
