@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from glowplug_operator.builders import build_deployment, engine_flag_definition
+from glowplug_operator.builders import build_deployment
+from glowplug_operator.commands import engine_flag_definition
 from glowplug_operator.engines import ENGINES
 from glowplug_operator.rollback import (
     Decision,

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from glowplug_operator.cache import PrefetchKey, cache_volume, model_dir
+from glowplug_operator.commands import (
+    PVC_MOUNT_ROOT,
+    builtin_command,
+    container_env,
+    engine_command,
+    worker_image,
+)
 from glowplug_operator.contract import (
     API_VERSION,
     CACHE_OWNER_CONTAINER,
@@ -26,12 +33,10 @@ from glowplug_operator.contract import (
     WORKER_CONTAINER,
     child_name,
 )
-from glowplug_operator.engines import PREFETCH_FLAGS as PREFETCH_ONLY
-from glowplug_operator.engines import ServeParams, engine, known_flag
+from glowplug_operator.engines import engine
 from glowplug_operator.settings import Settings
 from glowplug_operator.spec import ModelServerSpec, Optimization
 
-PVC_MOUNT_ROOT = "/mnt/pvc"
 UID = 1000
 PRE_STOP_SECONDS = 10  # before SIGTERM, while endpoints stop routing to the pod
 TERMINATION_GRACE_SECONDS = 60  # preStop, then the worker's drain (--drain-seconds 25), then exit
@@ -114,26 +119,6 @@ def _credentials(spec: ModelServerSpec) -> list[Manifest]:
     return [{"secretRef": {"name": ref.name}}] if ref else []
 
 
-def _env(flags: Sequence[Optimization], settings: Settings, *, worker: bool) -> list[Manifest]:
-    """The container's env: the operator's own variables, then the custom flags' (which may
-    override anything but GLOWPLUG_*). One entry per name; empty values are left out, as the
-    API server stores them, so a converged Deployment compares equal."""
-    env = {
-        "GLOWPLUG_OPTIMIZATIONS": ",".join(f.name for f in flags),
-        "GLOWPLUG_TERMINATION_PATH": TERMINATION_PATH,
-        "GLOWPLUG_PVC_ROOT": PVC_MOUNT_ROOT,
-        "HF_HOME": f"{settings.cache_mount_path}/.hf",
-        # The root filesystem is read-only: caches of custom images (vLLM, torch) go to /tmp.
-        "HOME": "/tmp",
-    }
-    if worker:
-        if any(f.name == "hf-offline" for f in flags):
-            env["HF_HUB_OFFLINE"] = "1"
-        for flag in flags:
-            env.update({k: v for k, v in flag.env.items() if not k.startswith("GLOWPLUG_")})
-    return [{"name": k, "value": v} if v else {"name": k} for k, v in env.items()]
-
-
 def _mounts(spec: ModelServerSpec, settings: Settings) -> list[Manifest]:
     mounts: list[Manifest] = [
         {"name": "cache", "mountPath": settings.cache_mount_path},
@@ -191,7 +176,7 @@ def _prefetch_container(
         "image": image,
         "command": ["glowplug-worker"],
         "args": args,
-        "env": _env(flags, settings, worker=False),
+        "env": container_env(flags, settings, worker=False),
         "volumeMounts": _mounts(spec, settings),
         "securityContext": _container_security(),
         "terminationMessagePath": TERMINATION_PATH,
@@ -236,10 +221,10 @@ def _worker_container(
 ) -> Manifest:
     """The container that serves: glowplug's worker, or the engine's own server."""
     if spec.engine.kind == "builtin":
-        command, args, env = _builtin_command(owner, spec, settings, flags)
+        command, args, env = builtin_command(owner.name, owner.namespace, spec, settings, flags)
         ready, live = "/ready", "/health"
     else:
-        command, args, env = _engine_command(owner, spec, settings, flags)
+        command, args, env = engine_command(owner.name, owner.namespace, spec, settings, flags)
         kind = engine(spec.engine.kind)
         ready = spec.engine.readiness_path or kind.readiness_path
         live = spec.engine.liveness_path or kind.liveness_path
@@ -268,82 +253,6 @@ def _worker_container(
     if spec.image.pull_policy:
         container["imagePullPolicy"] = spec.image.pull_policy
     return container
-
-
-def engine_flag_definition(
-    spec: ModelServerSpec, flag: Optimization, settings: Settings
-) -> tuple[list[str], dict[str, str]]:
-    """A flag's args and env on this ModelServer's engine: its own when the spec gives any, else
-    the engine catalogue's (engines.py), with {cache} meaning the cache volume's mount path."""
-    if flag.args or flag.env:
-        return list(flag.args), dict(flag.env)
-    known = known_flag(spec.engine.kind, flag.name)
-    if known is None:
-        return [], {}
-    env = {k: v.replace("{cache}", settings.cache_mount_path) for k, v in known.env.items()}
-    return list(known.args), env
-
-
-def _engine_command(
-    owner: Owner, spec: ModelServerSpec, settings: Settings, flags: Sequence[Optimization]
-) -> tuple[list[str], list[str], list[Manifest]]:
-    kind = engine(spec.engine.kind)
-    params = ServeParams(
-        model_dir=model_dir(spec, settings, owner.namespace),
-        served_name=owner.name,
-        port=spec.serving.port,
-        dtype=spec.serving.dtype,
-        gpus=spec.resources.gpus,
-        max_concurrency=spec.serving.max_concurrency,
-        max_model_len=spec.serving.max_model_len,
-    )
-    args = kind.args(params) + list(spec.engine.args)
-    env = {
-        # For the args of any engine, as $(GLOWPLUG_MODEL_DIR): Kubernetes expands them.
-        "GLOWPLUG_MODEL_DIR": params.model_dir,
-        "GLOWPLUG_SERVED_MODEL_NAME": params.served_name,
-        **kind.env,
-        "HF_HOME": f"{settings.cache_mount_path}/.hf",
-        # The root filesystem is read-only: the engine's caches go to /tmp.
-        "HOME": "/tmp",
-    }
-    for flag in flags:
-        if spec.engine.kind != "builtin" and flag.name in PREFETCH_ONLY:
-            continue  # acts in the init container
-        flag_args, flag_env = engine_flag_definition(spec, flag, settings)
-        args += flag_args
-        env.update(flag_env)
-    command = list(spec.engine.command or kind.command)
-    return command, args, [{"name": k, "value": v} if v else {"name": k} for k, v in env.items()]
-
-
-def _builtin_command(
-    owner: Owner, spec: ModelServerSpec, settings: Settings, flags: Sequence[Optimization]
-) -> tuple[list[str], list[str], list[Manifest]]:
-    serving = spec.serving
-    args = [
-        "serve",
-        "--model", model_dir(spec, settings, owner.namespace),
-        # Clients name the model as they name the ModelServer.
-        "--served-model-name", owner.name,
-        "--task", spec.model.task,
-        "--port", str(serving.port),
-        "--dtype", serving.dtype,
-        "--max-concurrency", str(serving.max_concurrency),
-        "--max-queue", str(serving.max_queue),
-        "--request-timeout", str(serving.request_timeout_seconds),
-    ]  # fmt: skip
-    if serving.max_model_len:
-        args += ["--max-model-len", str(serving.max_model_len)]
-    for flag in flags:
-        args += flag.args
-    return ["glowplug-worker"], args, _env(flags, settings, worker=True)
-
-
-def worker_image(spec: ModelServerSpec, settings: Settings) -> str:
-    """The worker container's image: the spec's, else the engine's public one, else (builtin)
-    the operator's worker image."""
-    return spec.image.worker or engine(spec.engine.kind).image or settings.worker_image
 
 
 def _pod_spec(

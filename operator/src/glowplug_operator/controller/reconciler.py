@@ -13,6 +13,7 @@ from typing import Any
 
 from glowplug_operator import builders
 from glowplug_operator.cache import host_path_problem
+from glowplug_operator.commands import engine_flag_definition
 from glowplug_operator.contract import (
     RETRY_ANNOTATION,
     WORKER_CONTAINER,
@@ -164,7 +165,7 @@ class Reconciler:
         blames a flag when its last log lines name exactly one (rollback/signatures.py)."""
         definitions = []
         for flag in spec.startup.optimizations:
-            args, env = builders.engine_flag_definition(spec, flag, self.settings)
+            args, env = engine_flag_definition(spec, flag, self.settings)
             definitions.append(FlagDefinition(flag.name, tuple(args), env))
         observations = [observe_pod(p, now) for p in self.store.pods_of(key)]
         return [

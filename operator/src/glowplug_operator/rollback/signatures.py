@@ -35,7 +35,7 @@ _ENV_NAME = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\b")
 
 @dataclass(frozen=True)
 class FlagDefinition:
-    """What an active flag puts on the worker container (builders.engine_flag_definition)."""
+    """What an active flag puts on the worker container (commands.engine_flag_definition)."""
 
     name: str
     args: tuple[str, ...] = ()
