@@ -22,8 +22,7 @@ def container_env(
     flags: Sequence[Optimization], settings: Settings, *, worker: bool
 ) -> list[Manifest]:
     """The container's env: the operator's own variables, then the custom flags' (which may
-    override anything but GLOWPLUG_*). One entry per name; empty values are left out, as the
-    API server stores them, so a converged Deployment compares equal."""
+    override anything but GLOWPLUG_*). One entry per name."""
     env = {
         "GLOWPLUG_OPTIMIZATIONS": ",".join(f.name for f in flags),
         "GLOWPLUG_TERMINATION_PATH": TERMINATION_PATH,
@@ -37,7 +36,7 @@ def container_env(
             env["HF_HUB_OFFLINE"] = "1"
         for flag in flags:
             env.update({k: v for k, v in flag.env.items() if not k.startswith("GLOWPLUG_")})
-    return [{"name": k, "value": v} if v else {"name": k} for k, v in env.items()]
+    return _env_entries(env)
 
 
 def engine_flag_definition(
@@ -88,7 +87,7 @@ def engine_command(
         args += flag_args
         env.update(flag_env)
     command = list(spec.engine.command or kind.command)
-    return command, args, [{"name": k, "value": v} if v else {"name": k} for k, v in env.items()]
+    return command, args, _env_entries(env)
 
 
 def builtin_command(
@@ -122,3 +121,9 @@ def worker_image(spec: ModelServerSpec, settings: Settings) -> str:
     """The worker container's image: the spec's, else the engine's public one, else (builtin)
     the operator's worker image."""
     return spec.image.worker or engine(spec.engine.kind).image or settings.worker_image
+
+
+def _env_entries(env: dict[str, str]) -> list[Manifest]:
+    """A container's env list; empty values are left out, as the API server stores them, so a
+    converged Deployment compares equal."""
+    return [{"name": k, "value": v} if v else {"name": k} for k, v in env.items()]

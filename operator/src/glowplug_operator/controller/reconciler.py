@@ -29,6 +29,7 @@ from glowplug_operator.engines import engine
 from glowplug_operator.rollback import (
     ClaimObservation,
     Decision,
+    DeploymentProgress,
     FlagDefinition,
     PodObservation,
     Rollout,
@@ -125,7 +126,8 @@ class Reconciler:
         owner = builders.Owner(key[1], key[0], body["metadata"]["uid"])
         observations = self._observe(spec, key, now)
         deployment = self.store.child("Deployment", key[0], key[1])
-        decision = self._decide(body, spec, observations, deployment, now)
+        progress = observe_deployment_progress(deployment) if deployment else None
+        decision = self._decide(body, spec, observations, progress, now)
 
         blocked = await self._converge_children(owner, spec, decision)
         if blocked is not None:
@@ -158,7 +160,7 @@ class Reconciler:
             (status.get("coldStart") or {}).get("lastSeconds"),
             decision.flag_states,
         )
-        return self._next_look(spec, status, observations, deployment, now)
+        return self._next_look(spec, status, observations, progress, now)
 
     def _observe(self, spec: ModelServerSpec, key: Key, now: datetime) -> list[PodObservation]:
         """The pods as observations; a worker that failed without a report (a stock engine)
@@ -209,7 +211,7 @@ class Reconciler:
         body: Mapping[str, Any],
         spec: ModelServerSpec,
         observations: list[PodObservation],
-        deployment: Mapping[str, Any] | None,
+        progress: DeploymentProgress | None,
         now: datetime,
     ) -> Decision:
         status = body.get("status") or {}
@@ -221,7 +223,7 @@ class Reconciler:
             flag_states=states,
             rollout=Rollout.from_status(status.get("rollout")),
             pods=observations,
-            progress=observe_deployment_progress(deployment) if deployment else None,
+            progress=progress,
             budget_seconds=builders.budget_seconds(spec, self.settings),
             retry_token=(body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION),
             now=now,
@@ -400,7 +402,7 @@ class Reconciler:
         spec: ModelServerSpec,
         status: Mapping[str, Any],
         observations: list[PodObservation],
-        deployment: Mapping[str, Any] | None,
+        progress: DeploymentProgress | None,
         now: datetime,
     ) -> float | None:
         """When to look again without an event: while pods start, at the first startup budget
@@ -408,8 +410,7 @@ class Reconciler:
         reported; when converged, a slow resync."""
         budget = builders.budget_seconds(spec, self.settings)
         times = [startup_deadline(o, budget) for o in observations]
-        if deployment is not None:
-            times.append(refusal_reported_at(observe_deployment_progress(deployment)))
+        times.append(refusal_reported_at(progress))
         deadlines = [(t - now).total_seconds() + 1 for t in times if t is not None and t > now]
         if deadlines:
             return max(1.0, float(min(deadlines)))

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from glowplug_operator.contract import MODELSERVER_LABEL
 
@@ -27,14 +27,12 @@ def slim(body: Body) -> Body:
         annotations = meta.get("annotations")
         if annotations:
             annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
-    compacted: Body = compact(body)
-    return compacted
+    return cast(Body, compact(body))
 
 
 def slim_pod(body: Body) -> Body:
     """A pod as the rollback logic reads it: metadata and status (the spec is the template's)."""
-    body = slim(body)
-    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "status") if k in body}
+    return slim({k: body[k] for k in ("apiVersion", "kind", "metadata", "status") if k in body})
 
 
 SHARED_CHARS = 32  # strings up to this long are shared: keys, states, reasons, image names
