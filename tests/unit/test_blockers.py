@@ -49,6 +49,7 @@ class Pod:
     flags: tuple[str, ...] = FLAGS
     created: float = -3600  # an hour ago: twelve startup budgets
     unschedulable: str | None = None
+    scheduler_reason: str = "Unschedulable"  # or SchedulerError
     waiting: tuple[str, str] | None = None  # (reason, message) of the worker or init container
     init_waiting: bool = False
     running_since: float | None = None
@@ -62,7 +63,7 @@ class Pod:
                 {
                     "type": "PodScheduled",
                     "status": "False",
-                    "reason": "Unschedulable",
+                    "reason": self.scheduler_reason,
                     "message": self.unschedulable,
                     "lastTransitionTime": at(self.created),
                 }
@@ -147,6 +148,7 @@ def replica_failure(since: float, message: str = QUOTA) -> dict[str, Any]:
     }
 
 
+FAILED_BIND = 'running Bind plugin "DefaultBinder": etcdserver: request timed out'
 REPLICA_FAILURE = replica_failure(-REFUSAL_GRACE.total_seconds())
 # Seen in CI: the controller-manager reached a restarted API server before its RBAC had synced.
 PASSING_REFUSAL = replica_failure(
@@ -244,6 +246,16 @@ CASES = {
         trial=True,
         reason="TrialUnschedulable",
         says=("the trial of flags fast-load, prefetch-weights cannot be scheduled", "maxSurge"),
+    ),
+    # Seen in CI: the scheduler failed to bind while etcd restarted, and bound on its retry.
+    "a-bind-the-scheduler-retries-is-not-reported-yet": Case(
+        pods=(Pod(created=-2, unschedulable=FAILED_BIND, scheduler_reason="SchedulerError"),),
+        reason=None,
+    ),
+    "a-scheduler-error-that-stands-is-reported": Case(
+        pods=(Pod(created=-10, unschedulable=FAILED_BIND, scheduler_reason="SchedulerError"),),
+        reason="Unschedulable",
+        says=("SchedulerError: running Bind plugin",),
     ),
     "first-rollout-unschedulable-is-no-trial": Case(
         pods=(Pod(unschedulable=NO_GPU),), trial=True, reason="Unschedulable"

@@ -30,9 +30,10 @@ CLAIM_GRACE = timedelta(seconds=60)
 # it is not reported until the stopped pod is past its grace (deletionTimestamp) and gone for
 # this long (the scheduler retries an unschedulable pod within 10 s of a pod's deletion).
 ROOM_WAIT = timedelta(seconds=30)
-# The ReplicaSet controller retries a refused pod creation within seconds: a refusal that stands
-# this long is the cluster's answer (a ResourceQuota, an admission policy); a shorter one is a
-# passing fault (an API server restarting before its authorizer has synced).
+# The ReplicaSet controller retries a refused pod creation within seconds, and the scheduler a
+# pod it failed on (SchedulerError): a refusal or failure that stands this long is the cluster's
+# answer (a ResourceQuota, an admission policy, a missing StorageClass); a shorter one is a
+# passing fault (an API server before its authorizer has synced, a bind while etcd restarts).
 REFUSAL_GRACE = timedelta(seconds=10)
 MESSAGE_CHARS = 1024  # a condition's message; the scheduler's own can be long
 ROLLOUT_HINT = (
@@ -99,6 +100,11 @@ def _refused_for_long(progress: DeploymentProgress, now: datetime) -> bool:
     return reported_at is None or now >= reported_at
 
 
+def _failed_for_long(pod: PodObservation, now: datetime) -> bool:
+    since = pod.scheduler_error_since
+    return since is None or now - since >= REFUSAL_GRACE
+
+
 def blocker(
     current: Sequence[PodObservation],
     others: Sequence[PodObservation],
@@ -129,7 +135,11 @@ def blocker(
             return Degraded("ContainerConfigError", truncate(detail, MESSAGE_CHARS))
         return Degraded("ImagePullFailed", truncate(detail, MESSAGE_CHARS))
     waiting_for_room = making_room(leaving, left_at, now)
-    stuck = [p for p in current if p.unschedulable and not p.scheduled and not waiting_for_room]
+    stuck = [
+        p
+        for p in current
+        if p.unschedulable and not p.scheduled and not waiting_for_room and _failed_for_long(p, now)
+    ]
     if (held := _claim_blocks(claim, bool(stuck), now)) is not None:
         message = claim_message(held)
         if stuck:

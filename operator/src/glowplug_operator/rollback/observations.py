@@ -101,6 +101,9 @@ class PodObservation:
     init: ContainerObservation | None
     # metadata.deletionTimestamp: when a pod being deleted is to be gone (its grace's end).
     gone_by: datetime | None = None
+    # Since when the scheduler has failed on the pod (PodScheduled=False, SchedulerError: a bind
+    # that failed while etcd restarted, a claim's missing StorageClass); it retries.
+    scheduler_error_since: datetime | None = None
 
     @property
     def worker_restarts(self) -> int:
@@ -221,6 +224,7 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
         why = str(scheduled.get("message") or "no node fits the pod")
         reason = scheduled.get("reason")
         unschedulable = why if reason in (None, "Unschedulable") else f"{reason}: {why}"
+    scheduler_error = scheduled.get("status") == "False" and reason == "SchedulerError"
     ready = conditions.get("Ready", {})
     is_ready = ready.get("status") == "True"
     trial = annotations.get(TRIAL_ANNOTATION)
@@ -245,6 +249,9 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> PodObservation:
         observed_at=now,
         worker=_container(status.get("containerStatuses"), WORKER_CONTAINER),
         init=_container(status.get("initContainerStatuses"), INIT_CONTAINER),
+        scheduler_error_since=(
+            parse_time(scheduled.get("lastTransitionTime")) if scheduler_error else None
+        ),
     )
 
 
