@@ -67,7 +67,7 @@ run: setup ## Run the operator here against $KUBECONFIG (the local cluster by de
 test: lint test-unit test-worker test-e2e ## Everything CI runs: lint, types, unit, worker, end-to-end.
 
 .PHONY: test-unit
-test-unit: setup ## Pure unit tests (no cluster, no torch).
+test-unit: setup binaries ## Pure unit tests (no cluster, no torch; helm renders the chart, kstatus reads statuses).
 	$(PYTEST) tests/unit
 
 .PHONY: test-worker
