@@ -7,10 +7,14 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from glowplug_worker import report
 from glowplug_worker.serve.startup import flags as F
 from glowplug_worker.serve.startup.loading import DTYPE_CHOICES, model_dir_problem
+
+if TYPE_CHECKING:
+    from glowplug_worker.prefetch.options import Options as PrefetchOptions
 
 
 class UsageError(ValueError):
@@ -88,10 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="context limit in tokens (default: the model's)",
     )
+    p.add_argument(
+        "--download",
+        default=None,
+        metavar="PREFETCH_ARGS",
+        help="fetch the model first, while the imports run: one shell-quoted string of "
+        "`glowplug-worker prefetch` arguments (--source, --dest, ...); --model must be "
+        "where they publish it (the overlap-download flag; the operator sets this)",
+    )
     return p
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(args: argparse.Namespace) -> PrefetchOptions | None:
+    """Refuse arguments that cannot work; the parsed `--download`, if given."""
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: use a port between 1 and 65535")
     if args.max_concurrency < 1:
@@ -105,8 +118,27 @@ def validate(args: argparse.Namespace) -> None:
     dev = args.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise UsageError(f"--device {dev!r}: use auto, cpu, cuda or cuda:N")
+    if args.download is not None:
+        return _download_options(args.download, args.model)
     if (problem := model_dir_problem(args.model)) is not None:
         raise UsageError(problem)
+    return None
+
+
+def _download_options(value: str, model: Path) -> PrefetchOptions:
+    """`--download`, parsed by the prefetcher's own parser; it must publish to `--model`."""
+    from glowplug_worker.prefetch.errors import UsageError as PrefetchUsage
+    from glowplug_worker.serve.startup.download import parse_download
+
+    try:
+        options = parse_download(value, os.environ)
+    except (PrefetchUsage, ValueError) as exc:
+        raise UsageError(f"--download: {exc}") from exc
+    except SystemExit as exc:  # --help inside the string
+        raise UsageError("--download: give prefetch arguments, not --help") from exc
+    if Path(options.dest).resolve() != model.resolve():
+        raise UsageError(f"--download publishes to {options.dest}, but --model is {model}")
+    return options
 
 
 def main(argv: list[str]) -> int:
@@ -122,7 +154,7 @@ def main(argv: list[str]) -> int:
         return int(exc.code or 0)
     flags = F.parse_flags(args.optimizations, os.environ.get(F.ENV_VAR))
     try:
-        validate(args)
+        download = validate(args)
     except UsageError as exc:
         parser.print_usage()
         print(f"glowplug-worker serve: error: {exc}")
@@ -154,5 +186,6 @@ def main(argv: list[str]) -> int:
         drain_seconds=args.drain_seconds,
         max_model_len=args.max_model_len,
         started=started,
+        download=download,
     )
     return run(opts)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from glowplug_worker.serve.startup.flags import Flags
+
+if TYPE_CHECKING:
+    from glowplug_worker.prefetch.options import Options as PrefetchOptions
 
 
 @dataclass(frozen=True)
@@ -24,3 +28,5 @@ class Options:
     drain_seconds: float
     max_model_len: int | None
     started: float  # perf_counter at process start: the import phase begins there
+    # `--download`: the prefetch this process runs itself before it reads the model directory.
+    download: PrefetchOptions | None = None

@@ -19,6 +19,7 @@ SLIM_IMPORTS = "slim-imports"
 HF_OFFLINE = "hf-offline"
 FAST_LOAD = "fast-load"
 NATIVE_MODEL = "native-model"
+OVERLAP_DOWNLOAD = "overlap-download"
 
 FLAG_PHASES: dict[str, str] = {
     PREFETCH_WEIGHTS: "import",
@@ -29,6 +30,9 @@ FLAG_PHASES: dict[str, str] = {
     # Decided before the imports; its model is built and filled in `load` (where it is blamed;
     # a failure of its tokenizer or forward pass in another phase is left to bisection).
     NATIVE_MODEL: "load",
+    # The overlap (the download thread beside the imports) is import-phase work; a failure of the
+    # download itself is reported in phase `download`, as the prefetch init container's is.
+    OVERLAP_DOWNLOAD: "import",
 }
 KNOWN_FLAGS: tuple[str, ...] = tuple(FLAG_PHASES)
 ENV_VAR = "GLOWPLUG_OPTIMIZATIONS"

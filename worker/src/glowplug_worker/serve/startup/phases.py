@@ -15,25 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from glowplug_worker.serve.options import Options
 from glowplug_worker.serve.startup import flags as F
-from glowplug_worker.serve.startup.state import StartupError, StartupState
+from glowplug_worker.serve.startup.state import Interrupted, StartupError, StartupState
+
+__all__ = ["Failed", "Interrupted", "Started", "start_up"]
 
 if TYPE_CHECKING:
     from glowplug_worker.serve.engine import Engine
     from glowplug_worker.serve.http.server import Http
+    from glowplug_worker.serve.startup.download import Download
     from glowplug_worker.serve.startup.fast_load import WeightStream
     from glowplug_worker.serve.startup.imports import MlStack
     from glowplug_worker.serve.startup.loading import Prepared
     from glowplug_worker.serve.startup.weight_prefetch import Prefetcher
 
 log = logging.getLogger("glowplug.serve")
-
-
-class Interrupted(Exception):
-    """SIGTERM arrived during startup; `http` is the server to stop, if it is to be stopped."""
-
-    def __init__(self, http: Http | None) -> None:
-        super().__init__("startup interrupted by a signal")
-        self.http = http
 
 
 class Failed(Exception):
@@ -90,29 +85,33 @@ def import_phase(opts: Options, state: StartupState) -> _Imported:
     prefetcher = None
     try:
         with state.phase("import", begin=opts.started):
+            download = _start_download(opts)
             check_bytecode(state)
-            native = F.NATIVE_MODEL in opts.flags and native_model_fits(opts, state)
+            if download is None:  # the model directory is complete: read it from the start
+                native, prefetcher = _model_dir_steps(opts, state)
             if F.SLIM_IMPORTS in opts.flags:
                 from glowplug_worker.serve.startup.imports import apply_slim_imports
 
                 state.details["slim_imports_blocked"] = apply_slim_imports()
-            if F.PREFETCH_WEIGHTS in opts.flags:
-                from glowplug_worker.serve.startup.weight_prefetch import start_prefetch
-
-                prefetcher = start_prefetch(opts.model)
             background = None
             if F.BACKGROUND_IMPORT in opts.flags:
                 from glowplug_worker.serve.startup.imports import BackgroundImport
 
                 background = BackgroundImport("torch").start()
             http = _start_http(opts, state)  # disjoint work: no torch, no transformers
+            if background is not None:
+                background.join()
+                state.details["background_import_seconds"] = round(background.seconds or 0, 4)
+            if download is not None:
+                import torch  # noqa: F401  # the import the download overlaps; both stacks need it
+
+                if not _finish_download(download, state):
+                    raise Interrupted(http)
+                native, prefetcher = _model_dir_steps(opts, state)
             if F.NATIVE_MODEL in opts.flags and not native:  # asked for, but does not apply
                 http.service.metrics.optimization.labels(F.NATIVE_MODEL).set(0)
             from glowplug_worker.serve.startup.imports import import_native_stack, import_stack
 
-            if background is not None:
-                background.join()
-                state.details["background_import_seconds"] = round(background.seconds or 0, 4)
             weight_stream = None
             if F.FAST_LOAD in opts.flags:
                 # torch only: the weights stream to the device while transformers imports.
@@ -123,6 +122,44 @@ def import_phase(opts: Options, state: StartupState) -> _Imported:
     except StartupError as err:
         raise Failed(err, prefetcher, None) from err
     return _Imported(http, stack, prefetcher, weight_stream)
+
+
+def _model_dir_steps(opts: Options, state: StartupState) -> tuple[bool, Prefetcher | None]:
+    """The import-phase steps that read the model directory: whether `native-model` applies,
+    and `prefetch-weights`' page-cache readers."""
+    native = F.NATIVE_MODEL in opts.flags and native_model_fits(opts, state)
+    if F.PREFETCH_WEIGHTS not in opts.flags:
+        return native, None
+    from glowplug_worker.serve.startup.weight_prefetch import start_prefetch
+
+    return native, start_prefetch(opts.model)
+
+
+def _start_download(opts: Options) -> Download | None:
+    if opts.download is None:
+        return None
+    from glowplug_worker.serve.startup.download import Download
+
+    return Download(opts.download).start()
+
+
+def _finish_download(download: Download, state: StartupState) -> bool:
+    """Wait for the download thread; False when SIGTERM came first. A failed download fails
+    phase `download` with the prefetcher's own error (its type tells the operator whether a flag
+    can be to blame)."""
+    try:
+        outcome = download.wait(lambda: state.draining)
+    except Exception as exc:
+        raise state.failure("download", exc) from exc
+    if outcome is None:
+        return False
+    state.record("download", outcome.seconds)
+    state.details["download"] = {
+        "bytes": outcome.fetched_bytes,
+        "files": outcome.files,
+        "reused": outcome.reused,
+    }
+    return True
 
 
 def _start_http(opts: Options, state: StartupState) -> Http:

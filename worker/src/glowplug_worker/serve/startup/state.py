@@ -8,7 +8,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from glowplug_worker.serve.http.server import Http
 
 
 class FlagFailure(Exception):
@@ -18,6 +21,14 @@ class FlagFailure(Exception):
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(message)
         self.flag = flag
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived during startup; `http` is the server to stop, if it is to be stopped."""
+
+    def __init__(self, http: Http | None) -> None:
+        super().__init__("startup interrupted by a signal")
+        self.http = http
 
 
 class StartupError(Exception):
@@ -53,23 +64,32 @@ class StartupState:
         begin = time.perf_counter() if begin is None else begin
         try:
             yield
-        except StartupError:
+        except (StartupError, Interrupted):
             raise
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-            flag = exc.flag if isinstance(exc, FlagFailure) else None
-            with self._lock:
-                self.failed = {
-                    "phase": name,
-                    "type": type(exc).__name__,
-                    "message": str(exc)[:1024],
-                    "flag": flag,
-                }
-            raise StartupError(name, exc, flag) from exc
+            raise self.failure(name, exc) from exc
         with self._lock:
             self.phases[name] = time.perf_counter() - begin
             self.current = None
+
+    def failure(self, name: str, exc: BaseException) -> StartupError:
+        """Record `exc` as phase `name`'s failure; the error to raise."""
+        flag = exc.flag if isinstance(exc, FlagFailure) else None
+        with self._lock:
+            self.failed = {
+                "phase": name,
+                "type": type(exc).__name__,
+                "message": str(exc)[:1024],
+                "flag": flag,
+            }
+        return StartupError(name, exc, flag)
+
+    def record(self, name: str, seconds: float) -> None:
+        """A phase that ran beside another (overlap-download's download, inside import)."""
+        with self._lock:
+            self.phases[name] = seconds
 
     def mark_ready(self) -> None:
         with self._lock:
