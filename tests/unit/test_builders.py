@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,21 @@ class TestDeployment:
         dest = option(init["args"], "--dest")
         assert dest == option(serve["args"], "--model")
         assert dest.startswith("/models/")
+
+    @pytest.mark.parametrize("cache", CACHES.values(), ids=CACHES.keys())
+    def test_overlap_download_moves_the_prefetch_into_the_worker(self, cache: Manifest) -> None:
+        raw = body(cache=cache, startup={"optimizations": [{"name": "overlap-download"}]})
+        with_init = prefetch(deployment(raw, effective=[]))
+        dep = deployment(raw)
+        init = [c["name"] for c in pod_spec(dep).get("initContainers", [])]
+        assert init == (["cache-owner"] if cache["kind"] == "HostPath" else [])
+        serve = worker(dep)
+        # The worker runs exactly the prefetcher's arguments, and serves where they publish.
+        download = shlex.split(option(serve["args"], "--download"))
+        assert download == with_init["args"][1:]
+        assert option(download, "--dest") == option(serve["args"], "--model")
+        assert mount(serve, "cache") == mount(with_init, "cache")
+        assert {"name": "GLOWPLUG_OPTIMIZATIONS", "value": "overlap-download"} in serve["env"]
 
     def test_cache_mount_path_comes_from_settings(self) -> None:
         dep = deployment(body(), settings=Settings(cache_mount_path="/weights"))

@@ -46,6 +46,23 @@ class TestTimeline:
             "load": "              ██████",
         }
 
+    def test_a_workers_own_download_runs_beside_its_import(self) -> None:
+        """overlap-download: scheduled to Ready (10 s) is imagePull and start; the download
+        (4 s) cannot have come between them."""
+        phases = {"imagePull": 2.0, "start": 8.0, "download": 4.0, "import": 5.0, "load": 3.0}
+        bars = {name: bar for name, _, bar in timeline(phases, width=10, total=10.0)}
+        assert bars == {
+            "imagePull": "██",
+            "start": "  ████████",
+            "download": "  ████",
+            "import": "  █████",
+            "load": "       ███",
+        }
+        # An init container's download tiles the start with the rest.
+        init = {"imagePull": 2.0, "download": 4.0, "start": 4.0, "import": 3.0}
+        bars = {name: bar for name, _, bar in timeline(init, width=10, total=10.0)}
+        assert bars["download"] == "  ████" and bars["start"] == "      ████"
+
     def test_an_unknown_phase_comes_last_and_a_zero_phase_has_no_bar(self) -> None:
         rows = timeline({"start": 3.0, "schedule": 0.0, "imagePull": 1.0, "mystery": 1.0}, width=10)
         assert [(name, bar) for name, _, bar in rows] == [

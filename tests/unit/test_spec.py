@@ -169,6 +169,7 @@ class TestFullSpec:
             "hf-offline",
             "native-model",
             "prefetch-page-cache",
+            "overlap-download",
         )
         raw = body(startup={"optimizations": [{"name": n} for n in BUILTIN_OPTIMIZATIONS]})
         assert all(f.builtin for f in parse_spec(raw).startup.optimizations)
@@ -327,6 +328,24 @@ class TestInvalid:
             ({"rollout": {"maxSurge": "101%"}}, "spec.rollout.maxSurge", "a percentage"),
             ({"rollout": {"maxUnavailable": -1}}, "spec.rollout.maxUnavailable", "0 to 100"),
             ({"rollout": {"maxSurge": True}}, "spec.rollout.maxSurge", "valid"),
+            (
+                {
+                    "model": {"source": "hf://org/m", "credentialsSecretRef": {"name": "hf"}},
+                    "startup": {
+                        "optimizations": [{"name": "fast-load"}, {"name": "overlap-download"}]
+                    },
+                },
+                "spec.startup.optimizations[1].name",
+                "drop the flag for a source that needs credentials",
+            ),
+            (
+                {
+                    "engine": {"kind": "vllm"},
+                    "startup": {"optimizations": [{"name": "overlap-download"}]},
+                },
+                "spec.startup.optimizations[0].name",
+                "flag of glowplug's builtin engine",
+            ),
         ],
     )
     def test_refusal_names_the_field_and_the_fix(

@@ -80,6 +80,16 @@ PREFETCH_FAILED = TerminationReport(
 ).to_json()
 
 
+WORKER_DOWNLOAD_FAILED = TerminationReport(
+    command="serve",
+    outcome="failed",
+    phase="download",
+    optimizations=["overlap-download"],
+    error=ErrorInfo("CredentialsError", DENIED),
+).to_json()
+READ = {"pod-1": {"download": 0.4, "import": 2.1}}
+
+
 # --- container statuses and pods, as the kubelet reports them ---------------------------------
 
 
@@ -127,6 +137,10 @@ def init_crashlooping(message: str) -> dict[str, Any]:
             }
         },
     }
+
+
+def worker_crashlooping(message: str) -> dict[str, Any]:
+    return {**init_crashlooping(message), "name": "worker"}
 
 
 def init_image_pull() -> dict[str, Any]:
@@ -491,6 +505,28 @@ class TestModelServerStatus:
         weights = condition(out, "WeightsReady")
         assert (weights["status"], weights["reason"]) == ("Unknown", "NotStarted")
         assert "waits: ImagePullBackOff" in weights["message"]
+
+    def test_with_overlap_download_the_worker_reports_the_weights(self) -> None:
+        """No prefetch init container: WeightsReady follows the worker's download."""
+
+        def worker_pod(worker: dict[str, Any], ready_at: float | None = None) -> dict[str, Any]:
+            raw = pod(init_running(), worker, ready_at=ready_at)
+            del raw["status"]["initContainerStatuses"]
+            return raw
+
+        starting = condition(status([worker_pod(worker_running(False, 3))]), "WeightsReady")
+        assert (starting["status"], starting["reason"]) == ("False", "Downloading")
+        assert "the worker downloads the weights" in starting["message"]
+        ready = status([worker_pod(worker_running(True, 3), ready_at=9)], worker_phases=READ)
+        assert summary(ready)["WeightsReady"] == ("True", "Downloaded")
+        # The worker's download, read from its /startup, is a phase of the cold start.
+        assert ready["coldStart"]["phases"] == {
+            "schedule": 2.0, "imagePull": 1.0, "start": 6.0, "download": 0.4, "import": 2.1,
+        }  # fmt: skip
+        failed = worker_crashlooping(WORKER_DOWNLOAD_FAILED)
+        weights = condition(status([worker_pod(failed)]), "WeightsReady")
+        assert (weights["status"], weights["reason"]) == ("False", "DownloadFailed")
+        assert weights["message"] == DENIED
 
     def test_an_unscheduled_pod_is_no_download(self) -> None:
         """The new user's case: the pods sit Pending; WeightsReady says why, not 'running'."""

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from glowplug_operator.cache import PrefetchKey, cache_volume, model_dir
+from glowplug_operator.cache import cache_volume
 from glowplug_operator.commands import (
     PVC_MOUNT_ROOT,
     builtin_command,
     container_env,
+    downloads_in_worker,
     engine_command,
+    prefetch_args,
     worker_image,
 )
 from glowplug_operator.contract import (
@@ -168,9 +170,7 @@ def _prefetch_container(
     flags: Sequence[Optimization],
     namespace: str,
 ) -> Manifest:
-    args = ["prefetch", *PrefetchKey.of(spec).args(model_dir(spec, settings, namespace))]
-    if spec.cache.kind == "HostPath":
-        args.append("--verify-reuse")  # others on the node can write there: trust no sizes
+    args = ["prefetch", *prefetch_args(spec, settings, namespace)]
     container: Manifest = {
         "name": INIT_CONTAINER,
         "image": image,
@@ -271,6 +271,9 @@ def _pod_spec(
                 "persistentVolumeClaim": {"claimName": spec.model.pvc_claim, "readOnly": True},
             }
         )
+    init = _cache_owner(spec, settings, image)
+    if not downloads_in_worker(spec, flags):  # else the worker downloads as it starts
+        init.append(_prefetch_container(spec, settings, image, flags, owner.namespace))
     pod: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -284,10 +287,7 @@ def _pod_spec(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "initContainers": [
-            *_cache_owner(spec, settings, image),
-            _prefetch_container(spec, settings, image, flags, owner.namespace),
-        ],
+        **({"initContainers": init} if init else {}),
         "containers": [_worker_container(owner, spec, settings, flags)],
         "volumes": volumes,
     }

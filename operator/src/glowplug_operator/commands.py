@@ -3,15 +3,16 @@ and the env the operator gives the prefetcher and the worker."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from glowplug_operator.cache import model_dir
+from glowplug_operator.cache import PrefetchKey, model_dir
 from glowplug_operator.contract import TERMINATION_PATH
 from glowplug_operator.engines import PREFETCH_FLAGS as PREFETCH_ONLY
 from glowplug_operator.engines import ServeParams, engine, known_flag
 from glowplug_operator.settings import Settings
-from glowplug_operator.spec import ModelServerSpec, Optimization
+from glowplug_operator.spec import OVERLAP_DOWNLOAD, ModelServerSpec, Optimization
 
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
@@ -37,6 +38,20 @@ def container_env(
         for flag in flags:
             env.update({k: v for k, v in flag.env.items() if not k.startswith("GLOWPLUG_")})
     return _env_entries(env)
+
+
+def prefetch_args(spec: ModelServerSpec, settings: Settings, namespace: str) -> list[str]:
+    """`glowplug-worker prefetch`'s arguments for this ModelServer's weights."""
+    args = PrefetchKey.of(spec).args(model_dir(spec, settings, namespace))
+    if spec.cache.kind == "HostPath":
+        args.append("--verify-reuse")  # others on the node can write there: trust no sizes
+    return args
+
+
+def downloads_in_worker(spec: ModelServerSpec, flags: Sequence[Optimization]) -> bool:
+    """`overlap-download` on the builtin engine: the worker fetches the weights itself, and the
+    pod has no prefetch init container."""
+    return spec.engine.kind == "builtin" and any(f.name == OVERLAP_DOWNLOAD for f in flags)
 
 
 def engine_flag_definition(
@@ -112,6 +127,8 @@ def builtin_command(
     ]  # fmt: skip
     if serving.max_model_len:
         args += ["--max-model-len", str(serving.max_model_len)]
+    if downloads_in_worker(spec, flags):
+        args += ["--download", shlex.join(prefetch_args(spec, settings, namespace))]
     for flag in flags:
         args += flag.args
     return ["glowplug-worker"], args, container_env(flags, settings, worker=True)

@@ -18,15 +18,17 @@ from glowplug_operator.engines import EngineKind
 from glowplug_operator.printable import first_unprintable
 from glowplug_operator.spec_checks import (
     BUILTIN_OPTIMIZATIONS,
+    OVERLAP_DOWNLOAD,
     InvalidSpec,
     check_fields,
     check_name,
 )
 
-# The spec's own names, and the two of spec_checks that its users need with it.
+# The spec's own names, and the three of spec_checks that its users need with it.
 __all__ = [
     "BUILTIN_OPTIMIZATIONS",
     "CAMEL_CASE",
+    "OVERLAP_DOWNLOAD",
     "Cache",
     "CamelModel",
     "EngineSpec",

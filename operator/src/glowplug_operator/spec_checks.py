@@ -31,8 +31,12 @@ BUILTIN_OPTIMIZATIONS: tuple[str, ...] = (
     "hf-offline",
     "native-model",
     "prefetch-page-cache",
+    "overlap-download",
 )
 """Startup flags the operator and the worker implement; any other name is a custom flag."""
+
+OVERLAP_DOWNLOAD = "overlap-download"
+"""The flag that moves the download from the prefetch init container into the worker."""
 
 SCHEMES: tuple[str, ...] = ("hf", "s3", "https", "http", "pvc", "file")
 """URI schemes ``spec.model.source`` may use."""
@@ -317,6 +321,19 @@ def _check_optimizations(optimizations: list[Optimization], engine: str = "built
                 )
 
 
+def _check_overlap_download(spec: ModelServerSpec) -> None:
+    """`overlap-download` moves the download into the worker container, which never sees the
+    source's credentials: the two cannot go together."""
+    names = [f.name for f in spec.startup.optimizations]
+    if OVERLAP_DOWNLOAD in names and spec.model.credentials_secret_ref is not None:
+        raise InvalidSpec(
+            f"spec.startup.optimizations[{names.index(OVERLAP_DOWNLOAD)}].name",
+            f"{OVERLAP_DOWNLOAD} has the worker download the model, and the worker never gets "
+            "spec.model.credentialsSecretRef (only the prefetch init container does); drop the "
+            "flag for a source that needs credentials",
+        )
+
+
 def _check_rollout(rollout: RolloutStrategy) -> None:
     for field, value in (
         ("spec.rollout.maxSurge", rollout.max_surge),
@@ -363,5 +380,6 @@ def check_fields(spec: ModelServerSpec) -> None:
     _check_cache(spec.cache)
     _check_engine(spec)
     _check_optimizations(spec.startup.optimizations, spec.engine.kind)
+    _check_overlap_download(spec)
     _check_image(spec.image)
     _check_rollout(spec.rollout)

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError
 
 from glowplug_operator.rollback import Condition, Decision, FlagState, PodObservation, Rollout
-from glowplug_operator.spec import CAMEL_CASE, CamelModel
+from glowplug_operator.spec import CAMEL_CASE, OVERLAP_DOWNLOAD, CamelModel
 from glowplug_operator.timestamps import iso
 
 Status = dict[str, Any]
@@ -273,32 +273,27 @@ def _degraded(decision: Decision) -> Condition:
 
 
 def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Condition:
-    """WeightsReady from the prefetch init containers of the pods (those of the flag set in
-    force first)."""
+    """WeightsReady from the pods (those of the flag set in force first): their prefetch init
+    containers, or, with `overlap-download`, their workers, which download as they start."""
     if not observations:
         return Condition("WeightsReady", "Unknown", "NoPods", "no pod has started yet")
-    current = [o for o in observations if o.flags_hash == flags_hash]
+    pods = [o for o in observations if o.flags_hash == flags_hash] or observations
     failure = None
-    for pod in current or observations:
-        init = pod.init
-        if init is not None:
-            if init.succeeded_now:
-                report = init.final_report
-                reused = bool(report and report.download and report.download.reused)
-                how = "reused from the cache" if reused else "downloaded"
-                return Condition(
-                    "WeightsReady", "True", "Reused" if reused else "Downloaded", f"weights {how}"
-                )
-            if init.last_failure_message is not None:
-                message = init.last_failure_message[:512]
-                failure = Condition("WeightsReady", "False", "DownloadFailed", message)
-        if pod.worker is not None and pod.worker.has_started:
-            return Condition(
-                "WeightsReady", "True", "Downloaded", "weights are on the pod's volume"
-            )
+    for pod in pods:
+        ready, failed = _pod_weights(pod)
+        if ready is not None:
+            return ready
+        failure = failure or failed
     if failure is not None:
         return failure
-    pods = current or observations
+    in_worker = [p for p in pods if p.init is None and p.worker is not None and p.worker.running]
+    if in_worker:
+        return Condition(
+            "WeightsReady",
+            "False",
+            "Downloading",
+            f"the worker downloads the weights as it starts ({OVERLAP_DOWNLOAD})",
+        )
     if not any(p.init is not None and p.init.running for p in pods):
         stuck = next((p for p in pods if p.blocked_reason or p.unschedulable), None)
         if stuck is not None:
@@ -306,6 +301,34 @@ def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Conditi
     return Condition(
         "WeightsReady", "False", "Downloading", "the prefetch init container is running"
     )
+
+
+def _pod_weights(pod: PodObservation) -> tuple[Condition | None, Condition | None]:
+    """One pod's word on the weights: (ready, None), (None, failed), or (None, None)."""
+    init, worker = pod.init, pod.worker
+    if init is None:  # overlap-download: the worker's own download phase
+        if pod.ready:
+            how = f"the worker downloaded the weights as it started ({OVERLAP_DOWNLOAD})"
+            return Condition("WeightsReady", "True", "Downloaded", how), None
+        report = worker.report if worker is not None else None
+        if worker is not None and report is not None and report.phase == "download":
+            message = (worker.last_failure_message or "")[:512]
+            return None, Condition("WeightsReady", "False", "DownloadFailed", message)
+        return None, None
+    if init.succeeded_now:
+        report = init.final_report
+        reused = bool(report and report.download and report.download.reused)
+        how = "reused from the cache" if reused else "downloaded"
+        reason = "Reused" if reused else "Downloaded"
+        return Condition("WeightsReady", "True", reason, f"weights {how}"), None
+    if worker is not None and worker.has_started:
+        return Condition(
+            "WeightsReady", "True", "Downloaded", "weights are on the pod's volume"
+        ), None
+    if init.last_failure_message is not None:
+        message = init.last_failure_message[:512]
+        return None, Condition("WeightsReady", "False", "DownloadFailed", message)
+    return None, None
 
 
 def _not_started(pod: PodObservation) -> Condition:

@@ -1,6 +1,7 @@
-"""The worker's own start phases (import, config, load, warmup), read once per pod from its
-`/startup` when the pod turns Ready; for a stock engine that logs its phases (vLLM, SGLang), read
-once from the last part of its container log (engines.phases_from_log).
+"""The worker's own start phases (import, config, load, warmup, and download with
+overlap-download), read once per pod from its `/startup` when the pod turns Ready; for a stock
+engine that logs its phases (vLLM, SGLang), read once from the last part of its container log
+(engines.phases_from_log).
 
 A read never blocks a reconcile: it runs as a task with a short timeout, keeps its result per pod
 UID and asks for the ModelServer to be reconciled again, which then puts the phases into
@@ -23,8 +24,9 @@ from glowplug_operator.engines import phases_from_log
 
 log = logging.getLogger(__name__)
 
-# The worker's phases, in the order it runs them (worker/.../startup/phases.py).
-WORKER_PHASES = ("import", "config", "load", "warmup")
+# The worker's phases, in the order it runs them (worker/.../startup/phases.py); `download` only
+# with overlap-download, beside `import`.
+WORKER_PHASES = ("download", "import", "config", "load", "warmup")
 
 
 class StartupReports:

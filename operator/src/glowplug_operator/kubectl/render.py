@@ -18,6 +18,16 @@ INSIDE_START = ("import", "config", "load", "warmup")
 BAR_WIDTH = 40
 
 
+def _download_in_worker(phases: Mapping[str, float], total: float | None) -> bool:
+    """Whether `download` ran inside `start` (the worker's, with overlap-download). The pod-level
+    phases after scheduling (imagePull, an init container's download, start) add up to the time
+    from scheduling to Ready; a download that does not fit beside them ran inside `start`."""
+    if total is None or "download" not in phases or "start" not in phases:
+        return False
+    pod_level = sum(phases.get(name, 0.0) for name in ("imagePull", "download", "start"))
+    return pod_level > total + phases["download"] / 2
+
+
 def age(when: str | None, now: datetime) -> str:
     """kubectl's short age: 45s, 3m, 2h, 4d."""
     at = parse_time(when) if when else None
@@ -43,23 +53,34 @@ def table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
     ]
 
 
-def timeline(phases: Mapping[str, float], width: int = BAR_WIDTH) -> list[tuple[str, float, str]]:
+def timeline(
+    phases: Mapping[str, float], width: int = BAR_WIDTH, total: float | None = None
+) -> list[tuple[str, float, str]]:
     """(phase, seconds, bar) per phase: each bar starts where its phase started, on a scale where
-    the whole start is `width` characters. Phases outside the known order follow the last."""
+    the whole start is `width` characters. Phases outside the known order follow the last.
+    `total` is coldStart.lastSeconds: with it, a worker's own download (overlap-download) is
+    drawn inside `start`, beside `import`."""
+    inside: tuple[str, ...] = INSIDE_START
+    sequence: tuple[str, ...] = SEQUENCE
+    if _download_in_worker(phases, total):
+        inside, sequence = (
+            ("download", *INSIDE_START),
+            tuple(n for n in SEQUENCE if n != "download"),
+        )
     spans: list[tuple[str, float, float]] = []
     clock = 0.0
     start_at: float | None = None
-    for name in SEQUENCE:
+    for name in sequence:
         if name in phases:
             if name == "start":
                 start_at = clock
             spans.append((name, clock, phases[name]))
             clock += phases[name]
     inner = start_at if start_at is not None else clock
-    for name in INSIDE_START:
+    for name in inside:
         if name in phases:
             spans.append((name, inner, phases[name]))
-            inner += phases[name]
+            inner += phases[name] if name != "download" else 0.0  # import runs beside it
     end = max([clock, inner, *(s + d for _, s, d in spans)]) if spans else 0.0
     for name in sorted(set(phases) - set(SEQUENCE) - set(INSIDE_START)):
         spans.append((name, end, phases[name]))
@@ -96,7 +117,7 @@ def _cold_start(ms: Obj) -> list[str]:
     lines = [f"COLD START  {cold.get('lastSeconds', 0):.1f}s from scheduling to Ready"]
     rows = [
         (name, f"{seconds:.1f}s", "|" + bar.ljust(BAR_WIDTH) + "|")
-        for name, seconds, bar in timeline(cold.get("phases") or {})
+        for name, seconds, bar in timeline(cold.get("phases") or {}, total=cold.get("lastSeconds"))
     ]
     return lines + table(rows)
 

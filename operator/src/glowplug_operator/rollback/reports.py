@@ -39,6 +39,8 @@ FLAG_PHASES: Mapping[str, str] = MappingProxyType(
         "hf-offline": "config",
         "fast-load": "load",
         "native-model": "load",
+        # The overlap runs in the import phase; its download's own failures are phase download.
+        "overlap-download": "import",
     }
 )
 
