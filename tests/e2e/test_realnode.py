@@ -292,6 +292,52 @@ def test_two_replicas_share_one_claim_and_download_once(
     _gone(k, "shared")
 
 
+def test_overlap_download_serves_without_an_init_container(
+    kubectl: Kubectl,
+    release: Kubectl,
+    workloads: str,
+    weights: Weights,
+    nginx_bytes: Callable[[], int],
+) -> None:
+    """The worker fetches the weights from nginx itself, beside its imports; its download is a
+    phase of status.coldStart."""
+    k = kubectl.in_namespace(workloads)
+    before = nginx_bytes()
+    flags = ["overlap-download", "fast-load", "hf-offline", "native-model"]
+    k.apply(
+        _modelserver(
+            "overlap",
+            weights,
+            cache={"kind": "EmptyDir"},
+            startup={"budgetSeconds": 300, "optimizations": [{"name": f} for f in flags]},
+        )
+    )
+    k.run("wait", "--for=condition=Ready", "modelserver/overlap", "--timeout=300s", timeout=320)
+
+    pod = k.get("pods", selector="glowplug.dev/modelserver=overlap")["items"][0]
+    assert "initContainers" not in pod["spec"]
+    worker = pod["status"]["containerStatuses"][0]
+    assert worker["ready"] and worker["restartCount"] == 0
+    model_bytes = sum(p.stat().st_size for p in weights.model_dir.rglob("*") if p.is_file())
+    assert nginx_bytes() - before >= model_bytes
+    service = k.get("service", "overlap")
+    url = f"http://{service['spec']['clusterIP']}:8000/v1/chat/completions"
+    body = json.dumps({"model": "overlap", "messages": PROMPT, "max_tokens": 8, "temperature": 0})
+    answer = wait_until("an answer through the Service", lambda: _chat(url, body.encode()), 30)
+    assert answer == _reference_answer(weights.model_dir, 8)
+
+    status = k.get("ms", "overlap")["status"]
+    weights_ready = next(c for c in status["conditions"] if c["type"] == "WeightsReady")
+    assert weights_ready["status"] == "True"
+    assert "the worker downloaded the weights" in weights_ready["message"]
+    phases = wait_until(
+        "the worker's phases in status.coldStart", lambda: _with_worker_phases(k, "overlap"), 30
+    )
+    assert 0 < phases["download"] < phases["import"]  # the tiny model lands within the imports
+    _record("overlap-download: status.coldStart", json.dumps(status.get("coldStart"), indent=1))
+    _gone(k, "overlap")
+
+
 def _native_model_cannot_take(model_dir: Path, www: Path) -> None:
     """A copy of the model whose final norm tensor has a name native-model has no place for
     (transformers, without fast-load, loads it and warns)."""
