@@ -48,7 +48,14 @@ quantities = st.one_of(
     ),
     odd_text,
 )
-FLAGS = ["prefetch-weights", "fast-load", "hf-offline", "native-model", "prefetch-page-cache"]
+FLAGS = [
+    "prefetch-weights",
+    "fast-load",
+    "hf-offline",
+    "native-model",
+    "prefetch-page-cache",
+    "overlap-download",
+]
 flag_names = st.one_of(st.sampled_from(FLAGS), st.sampled_from(["Fast-Load", "x" * 64]), odd_text)
 env_names = st.one_of(
     st.sampled_from(["HOME", "HF_TOKEN", "HF_HOME", "GLOWPLUG_MODEL_DIR", "MY_FLAG", "1BAD"]),
