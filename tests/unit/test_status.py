@@ -512,6 +512,7 @@ class TestModelServerStatus:
         def worker_pod(worker: dict[str, Any], ready_at: float | None = None) -> dict[str, Any]:
             raw = pod(init_running(), worker, ready_at=ready_at)
             del raw["status"]["initContainerStatuses"]
+            raw["metadata"]["annotations"]["glowplug.dev/optimizations"] = "overlap-download"
             return raw
 
         starting = condition(status([worker_pod(worker_running(False, 3))]), "WeightsReady")
@@ -527,6 +528,14 @@ class TestModelServerStatus:
         weights = condition(status([worker_pod(failed)]), "WeightsReady")
         assert (weights["status"], weights["reason"]) == ("False", "DownloadFailed")
         assert weights["message"] == DENIED
+        unscheduled = worker_pod(worker_waiting())
+        unscheduled["status"]["conditions"][0] = {
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/2 nodes are available", "lastTransitionTime": at(1),
+        }  # fmt: skip
+        weights = condition(status([unscheduled]), "WeightsReady")
+        assert (weights["status"], weights["reason"]) == ("Unknown", "NotStarted")
+        assert weights["message"].startswith("no worker runs yet; pod llama-6f7d9c-x2k4p is not")
 
     def test_an_unscheduled_pod_is_no_download(self) -> None:
         """The new user's case: the pods sit Pending; WeightsReady says why, not 'running'."""

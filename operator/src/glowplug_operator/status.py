@@ -286,27 +286,27 @@ def _weights(observations: Sequence[PodObservation], flags_hash: str) -> Conditi
         failure = failure or failed
     if failure is not None:
         return failure
-    in_worker = [p for p in pods if p.init is None and p.worker is not None and p.worker.running]
+    in_worker = any(OVERLAP_DOWNLOAD in p.flags for p in pods)
     if in_worker:
-        return Condition(
-            "WeightsReady",
-            "False",
-            "Downloading",
+        downloader, message = (
+            "worker",
             f"the worker downloads the weights as it starts ({OVERLAP_DOWNLOAD})",
         )
-    if not any(p.init is not None and p.init.running for p in pods):
+        downloading = any(p.worker is not None and p.worker.running for p in pods)
+    else:
+        downloader, message = "prefetch init container", "the prefetch init container is running"
+        downloading = any(p.init is not None and p.init.running for p in pods)
+    if not downloading:
         stuck = next((p for p in pods if p.blocked_reason or p.unschedulable), None)
         if stuck is not None:
-            return _not_started(stuck)
-    return Condition(
-        "WeightsReady", "False", "Downloading", "the prefetch init container is running"
-    )
+            return _not_started(stuck, downloader)
+    return Condition("WeightsReady", "False", "Downloading", message)
 
 
 def _pod_weights(pod: PodObservation) -> tuple[Condition | None, Condition | None]:
     """One pod's word on the weights: (ready, None), (None, failed), or (None, None)."""
     init, worker = pod.init, pod.worker
-    if init is None:  # overlap-download: the worker's own download phase
+    if OVERLAP_DOWNLOAD in pod.flags:  # no init container: the worker's own download phase
         if pod.ready:
             how = f"the worker downloaded the weights as it started ({OVERLAP_DOWNLOAD})"
             return Condition("WeightsReady", "True", "Downloaded", how), None
@@ -314,6 +314,8 @@ def _pod_weights(pod: PodObservation) -> tuple[Condition | None, Condition | Non
         if worker is not None and report is not None and report.phase == "download":
             message = (worker.last_failure_message or "")[:512]
             return None, Condition("WeightsReady", "False", "DownloadFailed", message)
+        return None, None
+    if init is None:
         return None, None
     if init.succeeded_now:
         report = init.final_report
@@ -331,10 +333,11 @@ def _pod_weights(pod: PodObservation) -> tuple[Condition | None, Condition | Non
     return None, None
 
 
-def _not_started(pod: PodObservation) -> Condition:
-    """No prefetch init container runs, and the pod cannot start one yet: say what it waits for
-    (a node, its image) instead of claiming a download. A pod on its way (PodInitializing,
-    ContainerCreating) is left as Downloading: one status write less on the way to Ready."""
+def _not_started(pod: PodObservation, downloader: str) -> Condition:
+    """No `downloader` (the prefetch init container, or the worker with overlap-download) runs,
+    and the pod cannot start one yet: say what it waits for (a node, its image) instead of
+    claiming a download. A pod on its way (PodInitializing, ContainerCreating) is left as
+    Downloading: one status write less on the way to Ready."""
     if pod.unschedulable:
         why = f"pod {pod.name} is not scheduled: {pod.unschedulable}"
     else:
@@ -342,7 +345,7 @@ def _not_started(pod: PodObservation) -> Condition:
             f": {pod.waiting_message}" if pod.waiting_message else ""
         )
     return Condition(
-        "WeightsReady", "Unknown", "NotStarted", f"no prefetch init container runs yet; {why}"[:512]
+        "WeightsReady", "Unknown", "NotStarted", f"no {downloader} runs yet; {why}"[:512]
     )
 
 
