@@ -33,10 +33,11 @@ import pytest
 from tests.ci import cannot_run
 from tests.cluster import behaviours as b
 from tests.cluster import controlplane
-from tests.cluster.kube import Kubectl, KubectlError, wait_until
+from tests.cluster.kube import Kubectl, KubectlError, make_namespace, wait_until
 from tests.cluster.manifests import modelserver
 from tests.cluster.operator import OperatorProcess
 from tests.cluster.ready_watch import ReadyWatch, flaps, ready_status
+from tests.e2e.conftest import Stages
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLLOUTS = int(os.environ.get("GLOWPLUG_CHAOS_ROLLOUTS", "8"))
@@ -357,4 +358,51 @@ def test_rollouts_survive_a_control_plane_restart(
         ),
         timeout=60,
     )
+    _kwok_takes_new_stages(kubectl)
     _assert_clean(row)
+
+
+def _kwok_takes_new_stages(kubectl: Kubectl) -> None:
+    """Wait until kwok plays a Stage created now: its watches come back from a restart with a
+    back-off, and the next test's Stages are all new (a CI run once saw the etcd restart test's
+    pods stop at Initialized for 40 s after the kube-apiserver restart test)."""
+    namespace = make_namespace(kubectl, "sim")
+    k = kubectl.in_namespace(namespace)
+    canary = Stages(kubectl, namespace)
+    try:
+        canary.add(b.ready("canary", []))
+        node = kubectl.get("nodes", selector="type=kwok")["items"][0]["metadata"]["name"]
+        k.apply(_canary_pod(node))
+        wait_until(
+            "kwok playing a Stage created after the restart",
+            _try(lambda: ready_status(k.get("pod", "canary")) == "True"),
+            timeout=120,
+            interval=0.5,
+        )
+    finally:
+        canary.cleanup()
+        kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _canary_pod(node: str) -> dict[str, Any]:
+    container = {
+        "image": "registry.invalid/canary",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "canary"},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"operator": "Exists"}],
+            "initContainers": [{"name": "init", **container}],
+            "containers": [{"name": "main", **container}],
+        },
+    }
