@@ -157,3 +157,32 @@ def test_sigterm_turns_readiness_off_and_drains(narrow: Server) -> None:
     assert report is not None and report.outcome == "succeeded"
     assert set(report.phases) == {"import", "config", "load", "warmup"}
     narrow.stop()
+
+
+def test_a_held_ready_answers_the_moment_the_model_is_ready(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The startup probe's `/ready?wait=`: a not-ready answer is held, not given at once."""
+    server = Server(tiny_model, tmp_path)
+    try:
+        not_yet = None
+        while not_yet is None:
+            if server.proc.poll() is not None:
+                raise AssertionError(server.log())
+            try:
+                response = server.client.get("/ready", timeout=2.0)
+                not_yet = response if response.status_code == 503 else None
+            except httpx.TransportError:
+                time.sleep(0.02)
+        held = server.client.get("/ready", params={"wait": "10"}, timeout=15.0)
+        assert held.status_code == 200 and held.json()["ready"] is True
+        assert server.client.get("/startup").json()["ready"] is True
+        # Ready: answered at once; a bad wait names the parameter.
+        began = time.monotonic()
+        assert server.client.get("/ready", params={"wait": "5"}).status_code == 200
+        assert time.monotonic() - began < 1.0
+        for bad in ("soon", "-1", "11", "nan"):
+            refused = server.client.get("/ready", params={"wait": bad})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "wait"
+    finally:
+        server.stop()

@@ -230,6 +230,11 @@ class TestDeployment:
         assert option(download, "--dest") == option(serve["args"], "--model")
         assert mount(serve, "cache") == mount(with_init, "cache")
         assert {"name": "GLOWPLUG_OPTIMIZATIONS", "value": "overlap-download"} in serve["env"]
+        # ... and the worker's own parser takes that command line.
+        from glowplug_worker.serve.cli import build_parser, validate
+
+        options = validate(build_parser().parse_args(serve["args"][1:]))
+        assert options is not None and options.source.raw == "hf://org/name"
 
     def test_cache_mount_path_comes_from_settings(self) -> None:
         dep = deployment(body(), settings=Settings(cache_mount_path="/weights"))
@@ -313,7 +318,9 @@ class TestDeployment:
         startup: Manifest = {} if spec_budget is None else {"budgetSeconds": spec_budget}
         settings = Settings(default_budget_seconds=default_budget)
         probe = worker(deployment(body(startup=startup), settings=settings))["startupProbe"]
-        assert probe["httpGet"] == {"path": "/ready", "port": "http"}
+        # The worker holds a not-ready answer up to 0.9 s: the probe sees the start end at once.
+        assert probe["httpGet"] == {"path": "/ready?wait=0.9", "port": "http"}
+        assert probe["timeoutSeconds"] > 0.9 * probe["periodSeconds"]
         window = probe["periodSeconds"] * probe["failureThreshold"]
         assert budget <= window < budget + probe["periodSeconds"]
 

@@ -84,7 +84,7 @@ class TestRendering:
         serve = worker(render(body({})))
         assert serve["command"] == ["glowplug-worker"]
         assert serve["image"] == "worker:9"
-        assert serve["startupProbe"]["httpGet"]["path"] == "/ready"
+        assert serve["startupProbe"]["httpGet"]["path"] == "/ready?wait=0.9"
 
     @pytest.mark.parametrize("flags", [[], ["flash-attention"], ["continuous-batching"]])
     def test_transformers_serve_accepts_the_rendered_command_line(self, flags: list[str]) -> None:

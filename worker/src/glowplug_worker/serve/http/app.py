@@ -32,6 +32,7 @@ from glowplug_worker.serve.http.protocol import (
     parse_chat,
     parse_completion,
     parse_embedding,
+    ready_wait,
 )
 from glowplug_worker.serve.metrics import Metrics
 from glowplug_worker.serve.startup.state import StartupState
@@ -70,6 +71,9 @@ def unavailable(state: StartupState) -> ApiError:
         f"the model is not ready yet (startup phase: {state.current})",
         type_="service_unavailable",
     )
+
+
+READY_POLL_SECONDS = 0.01
 
 
 def timed_out() -> ApiError:
@@ -142,8 +146,21 @@ class Routes:
     async def health(self, _: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def ready(self, _: Request) -> Response:
-        snap = self.svc.state.snapshot()
+    async def ready(self, request: Request) -> Response:
+        """`?wait=S`: a not-ready answer is held up to S seconds and given as soon as the model is
+        ready. The startup probe asks so: the kubelet then sees the start the moment it ends,
+        not at its next probe tick."""
+        try:
+            wait = ready_wait(request.query_params.get("wait"))
+        except ApiError as err:
+            return error_response(err)
+        state = self.svc.state
+        deadline = time.monotonic() + wait
+        while not state.serving and not state.draining and state.failed is None:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(READY_POLL_SECONDS)
+        snap = state.snapshot()
         body = {
             "ready": snap["ready"],
             "phase": snap["current_phase"],

@@ -183,13 +183,28 @@ def _get(summary: str, codes: tuple[int, ...] = ()) -> dict[str, Any]:
     }
 
 
+def _ready() -> dict[str, Any]:
+    operation = _get("readiness: the model is loaded and warm", (400, 503))
+    operation["get"]["parameters"] = [
+        {
+            "name": "wait",
+            "in": "query",
+            "required": False,
+            "description": "hold a not-ready answer up to this many seconds, answering as soon "
+            "as the model is ready (the startup probe's way to see the start end at once)",
+            "schema": {"type": "number", "minimum": 0, "maximum": p.READY_WAIT_MAX},
+        }
+    ]
+    return operation
+
+
 def document(model_name: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": f"glowplug worker serving {model_name}", "version": "v1"},
         "paths": {
             "/health": _get("liveness: the process answers"),
-            "/ready": _get("readiness: the model is loaded and warm", (503,)),
+            "/ready": _ready(),
             "/startup": _get("the startup phases and their timings"),
             "/metrics": _get("Prometheus metrics"),
             "/v1/models": _get("the served model"),

@@ -310,3 +310,19 @@ def parse_embedding(body: Any) -> EmbeddingRequest:
     if obj.get("dimensions") is not None:
         raise bad("'dimensions' is not supported by this model", param="dimensions")
     return EmbeddingRequest(model=obj.get("model"), inputs=inputs, encoding_format=fmt)
+
+
+READY_WAIT_MAX = 10.0
+
+
+def ready_wait(value: str | None) -> float:
+    """/ready's `wait` query parameter: seconds from 0 to READY_WAIT_MAX (absent: 0)."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= READY_WAIT_MAX:  # also refuses nan
+        raise ApiError(400, f"wait must be seconds from 0 to {READY_WAIT_MAX:g}", param="wait")
+    return seconds
