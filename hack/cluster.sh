@@ -123,6 +123,8 @@ EOF
 up() {
   if healthy; then
     log "reusing the healthy cluster in $dir"
+    # Images rebuilt since (make images) reach the real node; unchanged ones are skipped.
+    if [[ $real_node == 1 ]]; then "$root/hack/images.sh" load "$dir/node/containerd.sock"; fi
     print_env
     return
   fi
