@@ -5,6 +5,8 @@ node, glowplug against the Deployment a user would write by hand, in one run.
   `fast-load`, `hf-offline`, `native-model`), served by the chart's in-cluster operator and
   glowplug's worker image. With `overlap-download` the worker downloads the weights itself while
   it imports torch: the pod has no init container.
+- glowplug-init: the same ModelServer without `overlap-download`: its prefetch init container
+  downloads, then the worker starts (glowplug before the flag).
 - by hand: a Deployment in the same worker image whose init container downloads the files with a
   few lines of Python (urllib, what `curl` would do) and whose container runs `transformers serve`
   (transformers' own OpenAI-compatible server; the worker image ships its `serving` extra), with
@@ -52,7 +54,10 @@ NAMESPACE = "bench-realnode"
 SYSTEM = "bench-glowplug-system"
 WORKER_IMAGE = "ghcr.io/glowplug/worker:0.1.0"
 FLAGS = ["overlap-download", "prefetch-weights", "fast-load", "hf-offline", "native-model"]
-SIDES = ("glowplug", "by-hand")
+# glowplug-init: the same flags without overlap-download, so the pod has its prefetch init
+# container (glowplug's default before the flag existed).
+SIDE_FLAGS = {"glowplug": FLAGS, "glowplug-init": [f for f in FLAGS if f != "overlap-download"]}
+SIDES = ("glowplug", "glowplug-init", "by-hand")
 PLACEMENT = {
     "nodeSelector": {"glowplug.dev/real-node": "true"},
     "tolerations": [
@@ -110,7 +115,7 @@ def install_operator(k: Kubectl) -> None:
         )  # fmt: skip
 
 
-def modelserver(name: str, source: str, cache: dict[str, Any]) -> dict[str, Any]:
+def modelserver(name: str, source: str, cache: dict[str, Any], flags: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "glowplug.dev/v1alpha1",
         "kind": "ModelServer",
@@ -120,7 +125,7 @@ def modelserver(name: str, source: str, cache: dict[str, Any]) -> dict[str, Any]
             "resources": {"gpus": 0, "cpu": "100m", "memory": "3Gi"},
             "placement": PLACEMENT,
             "cache": cache,
-            "startup": {"budgetSeconds": 300, "optimizations": [{"name": f} for f in FLAGS]},
+            "startup": {"budgetSeconds": 300, "optimizations": [{"name": f} for f in flags]},
         },
     }
 
@@ -256,16 +261,17 @@ def pod_phases(k: Kubectl, selector: str) -> dict[str, float]:
 
 
 def run_one(k: Kubectl, side: str, cache: str, source_base: str, index: int) -> dict[str, Any]:
-    name = f"{'gp' if side == 'glowplug' else 'hand'}-{cache}-{index}"
+    prefix = {"glowplug": "gp", "glowplug-init": "gpi"}.get(side, "hand")
+    name = f"{prefix}-{cache}-{index}"
     claim_name = f"{side}-warm"
     started = time.monotonic()
-    if side == "glowplug":
+    if side in SIDE_FLAGS:
         volume = (
             {"kind": "PersistentVolumeClaim", "existingClaim": claim_name}
             if cache == "warm"
             else {"kind": "EmptyDir"}
         )
-        k.apply(modelserver(name, f"{source_base}/manifest.json", volume))
+        k.apply(modelserver(name, f"{source_base}/manifest.json", volume, SIDE_FLAGS[side]))
         service, model, selector = name, name, f"glowplug.dev/modelserver={name}"
     else:
         k.apply(*by_hand(name, source_base, claim_name if cache == "warm" else None))
@@ -273,7 +279,7 @@ def run_one(k: Kubectl, side: str, cache: str, source_base: str, index: int) -> 
     answered = first_answer(k, service, model, started + 300)
     row: dict[str, Any] = {"side": side, "cache": cache, "seconds": round(answered - started, 2)}
     row["phases"] = pod_phases(k, selector)
-    if side == "glowplug":
+    if side in SIDE_FLAGS:
         time.sleep(1)  # the worker's own phases arrive with the next status write
         cold = (k.get("ms", name).get("status") or {}).get("coldStart") or {}
         phases = cold.get("phases", {})
@@ -343,7 +349,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     for cache in ("cold", "warm"):
         medians = {}
-        for side in ("by-hand", "glowplug"):
+        for side in ("by-hand", "glowplug", "glowplug-init"):
             mine = [r for r in rows if r["side"] == side and r["cache"] == cache]
             if not mine:
                 continue
@@ -361,7 +367,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines += [
         "",
         f"Machine: {os.cpu_count()} CPUs, no GPU; one real node (kubelet, containerd, runc).",
-        "glowplug: the chart's operator in-cluster, flags " + ", ".join(FLAGS) + ".",
+        "glowplug: the chart's operator in-cluster, flags " + ", ".join(FLAGS) + "; "
+        "glowplug-init: the same without overlap-download (a prefetch init container).",
         "by hand: Deployment with a urllib init container and `transformers serve` (readiness on "
         "/health). download/start from the pods' status; import/load/warmup from glowplug's "
         "status.coldStart (the worker's /startup), and so is glowplug's download with "
