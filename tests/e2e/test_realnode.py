@@ -190,17 +190,7 @@ def test_a_modelserver_serves_from_our_images_on_the_real_node(
 ) -> None:  # fmt: skip
     k = kubectl.in_namespace(workloads)
     flags = ["prefetch-weights", "fast-load", "hf-offline", "native-model"]
-    k.apply(
-        _modelserver(
-            "tiny",
-            weights,
-            cache={"kind": "EmptyDir"},
-            startup={"budgetSeconds": 300, "optimizations": [{"name": f} for f in flags]},
-        )
-    )
-    k.run("wait", "--for=condition=Ready", "modelserver/tiny", "--timeout=300s", timeout=320)
-
-    pod = k.get("pods", selector="glowplug.dev/modelserver=tiny")["items"][0]
+    pod = _ready_pod(k, "tiny", weights, flags)
     assert pod["spec"]["nodeName"] == real_node["metadata"]["name"]
     init = pod["status"]["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 0
@@ -238,6 +228,21 @@ def test_a_modelserver_serves_from_our_images_on_the_real_node(
         json.dumps(k.get("ms", "tiny")["status"].get("coldStart"), indent=1),
     )
     _gone(k, "tiny")
+
+
+def _ready_pod(k: Kubectl, name: str, weights: Weights, flags: list[str]) -> dict[str, Any]:
+    """Apply a ModelServer with `flags` on an EmptyDir cache, wait until Ready; its pod."""
+    k.apply(
+        _modelserver(
+            name,
+            weights,
+            cache={"kind": "EmptyDir"},
+            startup={"budgetSeconds": 300, "optimizations": [{"name": f} for f in flags]},
+        )
+    )
+    k.run("wait", "--for=condition=Ready", f"modelserver/{name}", "--timeout=300s", timeout=320)
+    pod: dict[str, Any] = k.get("pods", selector=f"glowplug.dev/modelserver={name}")["items"][0]
+    return pod
 
 
 def _modelserver(name: str, weights: Weights, **spec: Any) -> dict[str, Any]:
@@ -304,17 +309,7 @@ def test_overlap_download_serves_without_an_init_container(
     k = kubectl.in_namespace(workloads)
     before = nginx_bytes()
     flags = ["overlap-download", "fast-load", "hf-offline", "native-model"]
-    k.apply(
-        _modelserver(
-            "overlap",
-            weights,
-            cache={"kind": "EmptyDir"},
-            startup={"budgetSeconds": 300, "optimizations": [{"name": f} for f in flags]},
-        )
-    )
-    k.run("wait", "--for=condition=Ready", "modelserver/overlap", "--timeout=300s", timeout=320)
-
-    pod = k.get("pods", selector="glowplug.dev/modelserver=overlap")["items"][0]
+    pod = _ready_pod(k, "overlap", weights, flags)
     assert "initContainers" not in pod["spec"]
     worker = pod["status"]["containerStatuses"][0]
     assert worker["ready"] and worker["restartCount"] == 0
