@@ -231,13 +231,13 @@ def _worker_container(
     if spec.engine.kind == "builtin":
         command, args, env = builtin_command(owner.name, owner.namespace, spec, settings, flags)
         ready, live = "/ready", "/health"
-        started = f"{ready}?wait={READY_HOLD_SECONDS * period:g}"
+        startup_path = f"{ready}?wait={READY_HOLD_SECONDS * period:g}"
     else:
         command, args, env = engine_command(owner.name, owner.namespace, spec, settings, flags)
         kind = engine(spec.engine.kind)
         ready = spec.engine.readiness_path or kind.readiness_path
         live = spec.engine.liveness_path or kind.liveness_path
-        started = ready
+        startup_path = ready
     container: Manifest = {
         "name": WORKER_CONTAINER,
         "image": worker_image(spec, settings),
@@ -247,7 +247,7 @@ def _worker_container(
         "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
         "volumeMounts": [*_mounts(spec, settings), {"name": "dshm", "mountPath": "/dev/shm"}],
         "resources": _resources(spec, gpus=True),
-        "startupProbe": _http_probe(started, period, failures),
+        "startupProbe": _http_probe(startup_path, period, failures),
         # After the startup probe, the first readiness probe decides when the pod is Ready.
         "readinessProbe": _http_probe(ready, 1, 3),
         "livenessProbe": _http_probe(live, 10, 3, timeout=5),

@@ -156,9 +156,7 @@ class Routes:
             return error_response(err)
         state = self.svc.state
         deadline = time.monotonic() + wait
-        while not state.serving and not state.draining and state.failed is None:
-            if time.monotonic() >= deadline:
-                break
+        while not (state.serving or state.draining or state.failed) and time.monotonic() < deadline:
             await asyncio.sleep(READY_POLL_SECONDS)
         snap = state.snapshot()
         body = {
