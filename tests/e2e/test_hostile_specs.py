@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from glowplug_operator.rollback.blockers import REFUSAL_GRACE
 from hypothesis import HealthCheck, given, settings
 
 from tests.cluster.kube import ROOT, Kubectl, wait_until
@@ -126,12 +127,16 @@ def test_hostile_specs_are_refused_or_reconciled_and_never_break_the_operator(
 
     # Settled: no writes in a quiet window of two resync periods, bounded writes in all. First
     # the rollouts end: a ModelServer of 100 replicas has its status written as its pods turn
-    # Ready one by one (its ready count changes), which is not a loop.
+    # Ready one by one (its ready count changes), which is not a loop. A refused pod creation
+    # (a PriorityClass that does not exist) is reported REFUSAL_GRACE after the refusal: the
+    # writes must stand still longer than that.
     deadline = time.monotonic() + 120
-    previous = -1.0
-    while (current := _writes(operator)) != previous and time.monotonic() < deadline:
-        previous = current
-        time.sleep(3)
+    quiet = REFUSAL_GRACE.total_seconds() + 1
+    previous, still_since = _writes(operator), time.monotonic()
+    while time.monotonic() - still_since < quiet and time.monotonic() < deadline:
+        time.sleep(1)
+        if (current := _writes(operator)) != previous:
+            previous, still_since = current, time.monotonic()
     before, versions = _writes(operator), _versions(k)
     time.sleep(11)
     after, later = _writes(operator), _versions(k)
