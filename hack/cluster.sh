@@ -4,6 +4,7 @@
 #   cluster.sh up      start it, or reuse a healthy one
 #   cluster.sh down    stop every process it started, remove its state, undo its host changes
 #   cluster.sh status  exit 0 when it is up and healthy
+#   cluster.sh leftovers  what `down` should have undone on the host (nothing when clean)
 # GLOWPLUG_CLUSTER_DIR puts a second, independent cluster elsewhere (benchmarks do);
 # GLOWPLUG_REAL_NODE=0 leaves the real node out (a second cluster must: there is one pod bridge).
 # With the real node the API server listens on the node's bridge address (pods reach it there,
@@ -23,6 +24,10 @@ kubectl="$k8s_bin/kubectl --kubeconfig=$kubeconfig"
 real_node=${GLOWPLUG_REAL_NODE:-1}
 # The real node's bridge address (hack/node.sh NODE_IP).
 NODE_IP=10.88.0.1
+# kwok gives its simulated pods addresses from here. Nothing answers on them, and without a route
+# of their own a connection to one (the operator reads each Ready pod's /startup) would leave the
+# machine through the default route: `up` makes them unreachable on this host, `down` undoes it.
+KWOK_POD_CIDR=10.244.0.0/16
 if [[ $real_node == 1 ]]; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
@@ -58,6 +63,20 @@ healthy() {
 
 untainted() {  # the node lifecycle controller has lifted the not-ready taint
   [[ -z $($kubectl get nodes -l type=kwok -o jsonpath='{.items[*].spec.taints}') ]]
+}
+
+guard_kwok_pods() {  # connections to kwok's pod addresses fail at once, on this host
+  if ip route replace unreachable "$KWOK_POD_CIDR" 2>/dev/null; then return; fi
+  if [[ ${CI:-} == true ]]; then
+    log "cannot add the route 'unreachable $KWOK_POD_CIDR' (needs root): kwok's pod addresses would route off this machine"
+    exit 1
+  fi
+  log "warning: no route 'unreachable $KWOK_POD_CIDR' (needs root): connections to simulated pods use the default route"
+}
+
+unguard_kwok_pods() {  # only when no other cluster's kwok hands out those addresses any more
+  pgrep -f -- "--cidr $KWOK_POD_CIDR" >/dev/null && return
+  ip route del unreachable "$KWOK_POD_CIDR" 2>/dev/null || true
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
@@ -123,6 +142,7 @@ EOF
 up() {
   if healthy; then
     log "reusing the healthy cluster in $dir"
+    guard_kwok_pods
     # Images rebuilt since (make images) reach the real node; unchanged ones are skipped.
     if [[ $real_node == 1 ]]; then "$root/hack/images.sh" load "$dir/node/containerd.sock"; fi
     print_env
@@ -197,10 +217,11 @@ EOF
   $kubectl apply -f "$root/hack/kwok/crd-stages.yaml" >/dev/null
   wait_for 30 "the kwok Stage CRD" $kubectl get stages.kwok.x-k8s.io
   $kubectl apply -f "$root/hack/kwok/stages/" >/dev/null
+  guard_kwok_pods
   start kwok "$kwok_bin" --kubeconfig "$kubeconfig" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --enable-crds Stage --server-address "127.0.0.1:$kwok_port" \
-    --node-lease-duration-seconds 40 --cidr 10.244.0.0/16 --node-ip 127.0.0.1
+    --node-lease-duration-seconds 40 --cidr "$KWOK_POD_CIDR" --node-ip 127.0.0.1
   $kubectl apply -f "$root/hack/kwok/nodes.yaml" >/dev/null
   wait_for 60 "two Ready kwok nodes" kwok_ready
   wait_for 60 "schedulable kwok nodes" untainted
@@ -230,15 +251,23 @@ down() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   done
+  unguard_kwok_pods
   # Keep the logs for a post-mortem; drop the state.
   find "$dir" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
   log "down"
 }
 
+# What `down` would have removed, on a host where no local cluster runs: prints nothing when clean.
+leftovers() {
+  "$root/hack/node.sh" leftovers
+  pgrep -f -- "--cidr $KWOK_POD_CIDR" >/dev/null || ip route show "$KWOK_POD_CIDR" | sed 's/^/route /'
+}
+
 case ${1:-} in
   up) up ;;
   down) down ;;
+  leftovers) leftovers ;;
   status) healthy ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|leftovers" >&2; exit 2 ;;
 esac
