@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import subprocess
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.cluster import behaviours
@@ -186,3 +190,20 @@ def test_privileged_pod_refused_in_restricted_namespace(kubectl: Kubectl, namesp
     assert not accepted
     assert 'violates PodSecurity "restricted:latest"' in output
     assert "privileged" in output
+
+
+def test_kwok_pod_addresses_stay_on_this_host(
+    kubectl: Kubectl, namespace: str, needs_kwok: None
+) -> None:
+    # The operator connects to each Ready pod (its /startup). A simulated pod's address must fail
+    # at once here (route 'unreachable'), never leave through the host's default route.
+    k = kubectl.in_namespace(namespace)
+    k.apply(_deployment("addressed", 1))
+    k.run("wait", "--for=condition=Available", "deployment/addressed", "--timeout=60s")
+    pod = k.get("pods", selector="app=addressed")["items"][0]
+    ip = pod["status"]["podIP"]
+    started = time.monotonic()
+    with pytest.raises(OSError) as refused:
+        socket.create_connection((ip, 8000), timeout=5)
+    assert refused.value.errno == errno.EHOSTUNREACH
+    assert time.monotonic() - started < 1

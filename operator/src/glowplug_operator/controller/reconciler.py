@@ -128,12 +128,6 @@ class Reconciler:
         deployment = self.store.child("Deployment", key[0], key[1])
         progress = observe_deployment_progress(deployment) if deployment else None
         decision = self._decide(body, spec, observations, progress, now)
-
-        blocked = await self._converge_children(owner, spec, decision)
-        if blocked is not None:
-            await self._blocked(body, blocked, now)
-            return self.settings.resync_seconds  # a user must act; their edit is an event
-        self._read_startup(key, spec, observations)
         previous = body.get("status") or {}
         status = modelserver_status(
             previous,
@@ -150,8 +144,22 @@ class Reconciler:
             decision,
             now,
         )
-        if status != previous:
-            await self._write_status(body, status)
+        converge = self._converge_children(owner, spec, decision)
+        if status == previous:
+            blocked = await converge
+        elif previous.get("observedGeneration") != status.get("observedGeneration"):
+            # A generation's first look: its status comes from what the store held before the
+            # applies, so it is written beside them (one round trip, not two). Should the
+            # children be blocked, the blocked status follows and stays for this generation.
+            blocked = await _both(converge, self._write_status(body, status))
+        else:
+            blocked = await converge
+            if blocked is None:
+                await self._write_status(body, status)
+        if blocked is not None:
+            await self._blocked(body, blocked, now)
+            return self.settings.resync_seconds  # a user must act; their edit is an event
+        self._read_startup(key, spec, observations)
         await self._announce(body, previous, status, decision)
         self.metrics.observe(
             key[0],
@@ -417,6 +425,19 @@ class Reconciler:
         if status.get("readyReplicas", 0) < spec.replicas:
             return 10.0
         return self.settings.resync_seconds
+
+
+async def _both(
+    converge: Awaitable[Blocked | None], write: Awaitable[None]
+) -> Blocked | None:
+    """Run both to their end (no write is left running behind a failed one); raise the first
+    failure, else return what converging the children found."""
+    blocked, written = await asyncio.gather(converge, write, return_exceptions=True)
+    for outcome in (blocked, written):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert not isinstance(blocked, BaseException)
+    return blocked
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
