@@ -213,12 +213,8 @@ def test_a_422_from_the_api_servers_own_storage_is_retried_not_invalid_spec() ->
     # calls the spec invalid or stalled.
     reasons = {c["reason"] for s in kube.statuses for c in s["conditions"]}
     assert "InvalidSpec" not in reasons
-    assert all(
-        c["status"] == "False"
-        for s in kube.statuses
-        for c in s["conditions"]
-        if c["type"] == "Stalled"
-    )
+    assert all(c["status"] == "False" for s in kube.statuses for c in s["conditions"]
+               if c["type"] == "Stalled")
     assert kube.events == []
 
 
