@@ -269,6 +269,21 @@ async def snapshot(kube: Kube, metrics_url: str) -> Counters:
     return counters
 
 
+async def apiserver_latency(kube: Kube) -> Counters:
+    """The API server's write latency counters only (the floor has no operator to ask)."""
+    counters = Counters()
+    names = {
+        "apiserver_request_duration_seconds_sum": counters.latency_sum,
+        "apiserver_request_duration_seconds_count": counters.latency_count,
+    }
+    for name, labels, value in parse_prometheus(await kube.request("GET", "/metrics"), set(names)):
+        if labels.get("verb") in WRITE_VERBS:
+            sub = labels.get("subresource", "")
+            key = f"{labels['verb']} {labels.get('resource', '?')}{'/' + sub if sub else ''}"
+            names[name][key] = names[name].get(key, 0) + value
+    return counters
+
+
 async def namespaced_watches(kube: Kube) -> Counter[str]:
     """Open namespace-scoped WATCH requests by resource (apiserver_longrunning_requests)."""
     text = await kube.request("GET", "/metrics")
@@ -574,6 +589,7 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
         asyncio.create_task(kube.watch(f"/api/v1{base}/services", managed, progress.on_service)),
     ]
     gate = asyncio.Semaphore(args.floor_concurrency)
+    latency_before = await apiserver_latency(kube)
     progress.t0 = time.monotonic()
 
     async def retried(path: str, manifest: dict[str, Any]) -> None:
@@ -596,6 +612,7 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
 
     await asyncio.gather(*(apply(n) for n in names))
     applies = time.monotonic() - progress.t0
+    latency = (await apiserver_latency(kube)).minus(latency_before).mean_latency_ms()
     print(f"  floor: applied {size} Deployments and Services in {applies:.1f}s", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(progress.done.wait(), timeout=args.timeout)
@@ -604,7 +621,12 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
     await asyncio.gather(*watches, return_exceptions=True)
     seconds = _round(progress.converged_at)
     print(f"  floor: every pod Ready after {seconds}s", flush=True)
-    return {"seconds": seconds, "applies_seconds": round(applies, 1), "namespace": namespace}
+    return {
+        "seconds": seconds,
+        "applies_seconds": round(applies, 1),
+        "apiserver_mean_latency_ms": latency,
+        "namespace": namespace,
+    }
 
 
 # --- one size ------------------------------------------------------------------------------------
@@ -939,6 +961,29 @@ def details_table(results: list[Result]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def services_table(results: list[Result]) -> str:
+    """The pace of Service creation, glowplug's and the floor's: every Service's ClusterIP comes
+    from the API server's allocator, one at a time (see bench/README.md)."""
+    head = (
+        "| N | run | Services/s | APPLY services mean (ms) | APPLY deployments mean (ms) |\n"
+        "|---:|---|---:|---:|---:|\n"
+    )
+    rows = []
+    for r in results:
+        runs = [("glowplug", r.children_seconds, r.convergence["apiserver_mean_latency_ms"])]
+        if r.floor and r.floor.get("seconds"):
+            runs.append(
+                ("floor", r.floor["applies_seconds"], r.floor.get("apiserver_mean_latency_ms", {}))
+            )
+        for name, seconds, latency in runs:
+            pace = round(r.size / seconds, 1) if seconds else None
+            rows.append(
+                f"| {r.size} | {name} | {_fmt(pace)} | {_fmt(latency.get('APPLY services'))} "
+                f"| {_fmt(latency.get('APPLY deployments'))} |"
+            )
+    return head + "\n".join(rows) + "\n"
+
+
 def cpu_table(results: list[Result]) -> str:
     names = sorted({k for r in results for k in r.cpu_convergence})
     head = "| N | " + " | ".join(names) + " |\n|---:|" + "---:|" * len(names) + "\n"
@@ -991,6 +1036,8 @@ def write_report(
         + stage_table(results)
         + "\n## Memory and steady state\n\n"
         + details_table(results)
+        + "\n## The pace of Service creation (ClusterIP allocation)\n\n"
+        + services_table(results)
         + "\n## Operator writes during convergence, by kind\n\n"
         + writes_table(results)
         + "\n## CPU during convergence (% of one core; the machine has "

@@ -427,9 +427,7 @@ class Reconciler:
         return self.settings.resync_seconds
 
 
-async def _both(
-    converge: Awaitable[Blocked | None], write: Awaitable[None]
-) -> Blocked | None:
+async def _both(converge: Awaitable[Blocked | None], write: Awaitable[None]) -> Blocked | None:
     """Run both to their end (no write is left running behind a failed one); raise the first
     failure, else return what converging the children found."""
     blocked, written = await asyncio.gather(converge, write, return_exceptions=True)
