@@ -1,5 +1,6 @@
 """One reconcile of one ModelServer: parse, decide the flags, build the children, write only
-what differs from the store, then the status. Called from the reconcile loops (`loop.py`)."""
+what differs from the store, and the status (a generation's first status beside the children's
+writes, later ones after them). Called from the reconcile loops (`loop.py`)."""
 
 from __future__ import annotations
 
