@@ -213,8 +213,12 @@ def test_a_422_from_the_api_servers_own_storage_is_retried_not_invalid_spec() ->
     # calls the spec invalid or stalled.
     reasons = {c["reason"] for s in kube.statuses for c in s["conditions"]}
     assert "InvalidSpec" not in reasons
-    assert all(c["status"] == "False" for s in kube.statuses for c in s["conditions"]
-               if c["type"] == "Stalled")
+    assert all(
+        c["status"] == "False"
+        for s in kube.statuses
+        for c in s["conditions"]
+        if c["type"] == "Stalled"
+    )
     assert kube.events == []
 
 
@@ -226,3 +230,19 @@ def test_a_422_on_a_field_of_the_spec_is_invalid_spec() -> None:
     ready = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert [(t, r) for t, r, _ in kube.events] == [("Warning", "InvalidSpec")]
+
+
+def test_a_refused_generation_ends_blocked_and_stays_so_without_writes() -> None:
+    # The generation's first status goes out beside the applies; the refusal's status follows it,
+    # and looking again writes neither status nor Event (a blocked ModelServer costs no writes).
+    reconciler, kube = _refusing(
+        'Service "tiny-llama" is invalid: metadata.labels: Invalid value: "x y": a valid label'
+    )
+    _reconcile(reconciler)
+    reasons = [
+        next(c["reason"] for c in s["conditions"] if c["type"] == "Ready") for s in kube.statuses
+    ]
+    assert reasons[-1] == "InvalidSpec" and len(reasons) == 2
+    statuses, events = len(kube.statuses), len(kube.events)
+    assert _reconcile(reconciler) == Settings().resync_seconds
+    assert (len(kube.statuses), len(kube.events)) == (statuses, events)
