@@ -150,8 +150,8 @@ class Reconciler:
             blocked = await converge
         elif previous.get("observedGeneration") != status.get("observedGeneration"):
             # A generation's first look: its status comes from what the store held before the
-            # applies, so it is written beside them (one round trip, not two). Should the
-            # children be blocked, the blocked status follows and stays for this generation.
+            # applies, so it is written beside them, not after them. Should the children be
+            # blocked, the blocked status follows and stays for this generation.
             blocked = await _both(converge, self._write_status(body, status))
         else:
             blocked = await converge
