@@ -8,6 +8,7 @@ writes bench/results/operator_scale.md and .json.
     uv run python bench/operator_scale.py                      # sizes 100,500,1000, own cluster
     uv run python bench/operator_scale.py --sizes 20 --steady-seconds 10
     uv run python bench/operator_scale.py --kubeconfig .cluster/kubeconfig --sizes 50
+    uv run python bench/operator_scale.py --sizes 1000 --repeat 3   # the median ratio, ~20 min
 
 Without --kubeconfig it starts a fresh cluster for each size (hack/cluster.sh with
 GLOWPLUG_CLUSTER_DIR, default /tmp/glowplug-bench-cluster; about 15 s, where deleting 500
@@ -32,6 +33,7 @@ import re
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -930,6 +932,21 @@ def table(results: list[Result], steady_seconds: float) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def median_table(results: list[Result]) -> str:
+    """Per size measured more than once: the median of each run's glowplug / floor."""
+    rows = []
+    for size in sorted({r.size for r in results}):
+        ratios = sorted(x for r in results if r.size == size and (x := r.floor_ratio()))
+        if len(ratios) > 1:
+            median = statistics.median(ratios)
+            listed = ", ".join(f"{x}x" for x in ratios)
+            rows.append(f"| {size} | {len(ratios)} | {listed} | **{median:.2f}x** |")
+    if not rows:
+        return ""
+    head = "| N | runs | glowplug / floor, each run | median |\n|---:|---:|---|---:|\n"
+    return "\n## Repeated runs\n\n" + head + "\n".join(rows) + "\n"
+
+
 def stage_table(results: list[Result]) -> str:
     stages = ("deployment", "service", "pods_ready", "ready")
     head = "| N | " + " | ".join(f"{s} p50 / p90 / max" for s in stages) + " |\n"
@@ -1022,6 +1039,7 @@ def write_report(
         f"{meta['workers'] or 'default'} · kwok GPU nodes "
         f"{', '.join(str(r.kwok_nodes) for r in results)}\n\n"
         + table(results, steady_seconds)
+        + median_table(results)
         + "\nTimes are seconds from the first create. *children*: every ModelServer has its "
         "Deployment and Service; *pods Ready*: every Deployment reports a Ready replica; "
         "*converged*: children plus `Ready=True` on every ModelServer. Writes per ModelServer come "
@@ -1115,6 +1133,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip applying the same Deployments and Services without the operator",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each size this many times (a fresh cluster each time without --kubeconfig) "
+        "and report the median ratio: one run's floor moves by 10-20%%",
+    )
     parser.add_argument("--sample-interval", type=float, default=0.5)
     parser.add_argument(
         "--output", default="operator_scale", help="name of the .md/.json in bench/results/"
@@ -1138,7 +1163,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: list[Result] = []
     try:
-        for size in args.sizes:
+        for size in (n for n in args.sizes for _ in range(args.repeat)):
             if own:  # a fresh cluster per size: quicker than deleting 1000 ModelServers, and clean
                 if (args.cluster_dir / "pids").exists():
                     cluster("down", args.cluster_dir)
@@ -1159,7 +1184,11 @@ def main(argv: list[str] | None = None) -> int:
         if r.operator_log_errors:
             print(f"N={r.size}: operator log errors:\n  " + "\n  ".join(r.operator_log_errors))
     print(f"written to {RESULTS / args.output}.md and .json")
-    return 0 if len(results) == len(args.sizes) and all(r.converged for r in results) else 1
+    return (
+        0
+        if len(results) == len(args.sizes) * args.repeat and all(r.converged for r in results)
+        else 1
+    )
 
 
 if __name__ == "__main__":
