@@ -257,24 +257,15 @@ async def snapshot(kube: Kube, metrics_url: str) -> Counters:
             counters.reconciles = value
         else:
             counters.reconcile_errors = value
-    text = await kube.request("GET", "/metrics")
+    return await apiserver_counters(kube, counters)
+
+
+async def apiserver_counters(kube: Kube, counters: Counters | None = None) -> Counters:
+    """The API server's write counts and latencies, by verb and resource, into `counters` (the
+    floor, which has no operator to ask, passes none)."""
+    counters = counters or Counters()
     names = {
         "apiserver_request_total": counters.apiserver,
-        "apiserver_request_duration_seconds_sum": counters.latency_sum,
-        "apiserver_request_duration_seconds_count": counters.latency_count,
-    }
-    for name, labels, value in parse_prometheus(text, set(names)):
-        if labels.get("verb") in WRITE_VERBS:
-            sub = labels.get("subresource", "")
-            key = f"{labels['verb']} {labels.get('resource', '?')}{'/' + sub if sub else ''}"
-            names[name][key] = names[name].get(key, 0) + value
-    return counters
-
-
-async def apiserver_latency(kube: Kube) -> Counters:
-    """The API server's write latency counters only (the floor has no operator to ask)."""
-    counters = Counters()
-    names = {
         "apiserver_request_duration_seconds_sum": counters.latency_sum,
         "apiserver_request_duration_seconds_count": counters.latency_count,
     }
@@ -591,7 +582,7 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
         asyncio.create_task(kube.watch(f"/api/v1{base}/services", managed, progress.on_service)),
     ]
     gate = asyncio.Semaphore(args.floor_concurrency)
-    latency_before = await apiserver_latency(kube)
+    latency_before = await apiserver_counters(kube)
     progress.t0 = time.monotonic()
 
     async def retried(path: str, manifest: dict[str, Any]) -> None:
@@ -614,7 +605,7 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
 
     await asyncio.gather(*(apply(n) for n in names))
     applies = time.monotonic() - progress.t0
-    latency = (await apiserver_latency(kube)).minus(latency_before).mean_latency_ms()
+    latency = (await apiserver_counters(kube)).minus(latency_before).mean_latency_ms()
     print(f"  floor: applied {size} Deployments and Services in {applies:.1f}s", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(progress.done.wait(), timeout=args.timeout)

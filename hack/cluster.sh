@@ -74,8 +74,12 @@ guard_kwok_pods() {  # connections to kwok's pod addresses fail at once, on this
   log "warning: no route 'unreachable $KWOK_POD_CIDR' (needs root): connections to simulated pods use the default route"
 }
 
-unguard_kwok_pods() {  # only when no other cluster's kwok hands out those addresses any more
-  pgrep -f -- "--cidr $KWOK_POD_CIDR" >/dev/null && return
+kwok_runs() {  # some local cluster's kwok (this one's or a benchmark's) hands out those addresses
+  pgrep -f -- "--cidr $KWOK_POD_CIDR" >/dev/null
+}
+
+unguard_kwok_pods() {  # only when no kwok hands out those addresses any more
+  kwok_runs && return
   ip route del unreachable "$KWOK_POD_CIDR" 2>/dev/null || true
 }
 
@@ -260,7 +264,7 @@ down() {
 # What `down` would have removed, on a host where no local cluster runs: prints nothing when clean.
 leftovers() {
   "$root/hack/node.sh" leftovers
-  pgrep -f -- "--cidr $KWOK_POD_CIDR" >/dev/null || ip route show "$KWOK_POD_CIDR" | sed 's/^/route /'
+  kwok_runs || ip route show "$KWOK_POD_CIDR" | sed 's/^/route /'
 }
 
 case ${1:-} in

@@ -49,6 +49,13 @@ def _deployment(name: str, replicas: int, labels: dict[str, str] | None = None) 
     }
 
 
+def _available(k: Kubectl, deployment: dict) -> None:
+    """Apply the Deployment and wait until its pods are Ready (kwok's stages)."""
+    k.apply(deployment)
+    name = deployment["metadata"]["name"]
+    k.run("wait", "--for=condition=Available", f"deployment/{name}", "--timeout=60s")
+
+
 def test_apiserver_is_ready(kubectl: Kubectl) -> None:
     assert kubectl.run("get", "--raw", "/readyz").strip() == "ok"
 
@@ -57,8 +64,7 @@ def test_deployment_becomes_ready_on_kwok_nodes(
     kubectl: Kubectl, namespace: str, needs_kwok: None
 ) -> None:
     k = kubectl.in_namespace(namespace)
-    k.apply(_deployment("web", 2))
-    k.run("wait", "--for=condition=Available", "deployment/web", "--timeout=60s")
+    _available(k, _deployment("web", 2))
     deployment = k.get("deployment", "web")
     assert deployment["status"]["readyReplicas"] == 2
     nodes = {p["spec"]["nodeName"] for p in k.get("pods", selector="app=web")["items"]}
@@ -198,8 +204,7 @@ def test_kwok_pod_addresses_stay_on_this_host(
     # The operator connects to each Ready pod (its /startup). A simulated pod's address must fail
     # at once here (route 'unreachable'), never leave through the host's default route.
     k = kubectl.in_namespace(namespace)
-    k.apply(_deployment("addressed", 1))
-    k.run("wait", "--for=condition=Available", "deployment/addressed", "--timeout=60s")
+    _available(k, _deployment("addressed", 1))
     pod = k.get("pods", selector="app=addressed")["items"][0]
     ip = pod["status"]["podIP"]
     started = time.monotonic()
