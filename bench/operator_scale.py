@@ -26,7 +26,7 @@ import asyncio
 import base64
 import contextlib
 import copy
-import json
+import functools
 import math
 import os
 import re
@@ -40,12 +40,15 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from json import dumps as json_dumps
+from json import loads as json_loads
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import yaml
 
@@ -74,7 +77,11 @@ WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 
 
 class Kube:
-    """A minimal async REST client from a kubeconfig (client certificates or a bearer token)."""
+    """A minimal async REST client from a kubeconfig (client certificates or a bearer token).
+
+    On aiohttp, not httpx: httpx's connection pool scans every open connection on each request
+    (`has_expired`, a `getpeername` per connection), which with 64 creates in flight cost the
+    benchmark 60% of a core, on the machine the API server runs on."""
 
     def __init__(self, kubeconfig: Path) -> None:
         config = yaml.safe_load(kubeconfig.read_text())
@@ -89,14 +96,20 @@ class Kube:
         cert = self._file(user, "client-certificate")
         if cert:
             ctx.load_cert_chain(cert, self._file(user, "client-key"))
-        headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
-        self.http = httpx.AsyncClient(
-            base_url=cluster["server"],
-            verify=ctx,
-            headers=headers,
-            timeout=httpx.Timeout(60, connect=10),
-            limits=httpx.Limits(max_connections=80, max_keepalive_connections=80),
-        )
+        self._server = cluster["server"].rstrip("/")
+        self._ssl = ctx
+        self._headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made inside the running event loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=80, ssl=self._ssl),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=60, sock_connect=10),
+            )
+        return self._session
 
     def _file(self, section: dict[str, Any], key: str) -> str | None:
         if section.get(key):
@@ -109,15 +122,29 @@ class Kube:
         return str(path)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()
         self._tmp.cleanup()
 
-    async def request(self, method: str, path: str, ok: Iterable[int] = (), **kw: Any) -> Any:
-        resp = await self.http.request(method, path, **kw)
-        if resp.status_code >= 400 and resp.status_code not in ok:
-            raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
-        ctype = resp.headers.get("content-type", "")
-        return resp.json() if ctype.startswith("application/json") else resp.text
+    async def request(
+        self,
+        method: str,
+        path: str,
+        ok: Iterable[int] = (),
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        content: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        async with self.http.request(
+            method, self._server + path, json=json, params=params, data=content, headers=headers
+        ) as resp:
+            text = await resp.text()
+            if resp.status >= 400 and resp.status not in ok:
+                raise ApiError(f"{method} {path}: {resp.status} {text[:300]}")
+            if resp.content_type == "application/json":
+                return json_loads(text)
+            return text
 
     async def apply(self, path: str, manifest: dict[str, Any]) -> Any:
         """Server-side apply (creates or updates) with the benchmark's field manager."""
@@ -125,7 +152,7 @@ class Kube:
             "PATCH",
             path,
             params={"fieldManager": MANAGER, "force": "true"},
-            content=json.dumps(manifest),
+            content=json_dumps(manifest),
             headers={"Content-Type": "application/apply-patch+yaml"},
         )
 
@@ -146,20 +173,37 @@ class Kube:
                     "timeoutSeconds": "900",
                 }
                 try:
-                    timeout = httpx.Timeout(None, connect=10)
-                    async with self.http.stream("GET", path, params=query, timeout=timeout) as r:
-                        async for line in r.aiter_lines():
-                            if not line:
-                                continue
-                            event = json.loads(line)
+                    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+                    async with self.http.get(
+                        self._server + path, params=query, timeout=timeout
+                    ) as r:
+                        async for line in _lines(r.content):
+                            event = json_loads(line)
                             if event["type"] == "ERROR":
                                 gone = True
                                 break
                             version = event["object"]["metadata"]["resourceVersion"]
                             if event["type"] != "BOOKMARK":
                                 handle(event["type"], event["object"])
-                except httpx.HTTPError:
+                except aiohttp.ClientError:
                     await asyncio.sleep(0.5)
+
+
+class ApiError(RuntimeError):
+    """The API server answered with an error status (the message has it: `...: 409 ...`)."""
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A watch stream's lines, of any length (aiohttp's own line reader stops at 128 KiB)."""
+    buffer = b""
+    async for data in content.iter_any():
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line:
+                yield line
+    if buffer:
+        yield buffer
 
 
 def _named(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -410,9 +454,15 @@ async def ensure_gpu_nodes(kube: Kube, gpus_needed: int) -> int:
     raise RuntimeError(f"only {len(usable)} of {len(nodes)} kwok nodes became Ready and untainted")
 
 
+@functools.cache
+def _example() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "examples" / "modelserver.yaml").read_text()))
+
+
 def modelserver(name: str, gpus: int) -> dict[str, Any]:
-    """examples/modelserver.yaml with a small footprint, so that a node takes 8 of them."""
-    body = yaml.safe_load((ROOT / "examples" / "modelserver.yaml").read_text())
+    """examples/modelserver.yaml with a small footprint, so that a node takes 8 of them (parsed
+    once: PyYAML takes a millisecond of the benchmark's CPU per parse)."""
+    body = copy.deepcopy(_example())
     body["metadata"] = {"name": name}
     body["spec"]["resources"] = {"gpus": gpus, "memory": "1Gi", "cpu": "1"}
     body["spec"]["cache"] = {"kind": "EmptyDir", "size": "8Gi"}
@@ -559,7 +609,9 @@ def floor_manifests(namespace: str, name: str, gpus: int) -> list[dict[str, Any]
     return out
 
 
-async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str, Any]:
+async def run_floor(
+    kube: Kube, kubeconfig: Path, size: int, args: argparse.Namespace
+) -> dict[str, Any]:
     """Seconds from the first apply until every one of the N Deployments has a Ready pod and
     every Service exists, when the benchmark applies them itself (server-side apply, the same
     concurrency as the ModelServer creates): what the cluster needs without any operator."""
@@ -583,6 +635,8 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
     ]
     gate = asyncio.Semaphore(args.floor_concurrency)
     latency_before = await apiserver_counters(kube)
+    pids = {**cluster_pids(kubeconfig), "benchmark": os.getpid()}
+    cpu0 = cpu_snapshot(pids)
     progress.t0 = time.monotonic()
 
     async def retried(path: str, manifest: dict[str, Any]) -> None:
@@ -590,7 +644,7 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
             try:
                 await kube.apply(path, manifest)
                 return
-            except (RuntimeError, httpx.HTTPError) as error:
+            except (ApiError, aiohttp.ClientError) as error:
                 if attempt == 4 or not re.search(r": (5\d\d|429) ", str(error)):
                     raise
                 await asyncio.sleep(1 + attempt)
@@ -609,6 +663,7 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
     print(f"  floor: applied {size} Deployments and Services in {applies:.1f}s", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(progress.done.wait(), timeout=args.timeout)
+    cpu1 = cpu_snapshot(pids)
     for task in watches:
         task.cancel()
     await asyncio.gather(*watches, return_exceptions=True)
@@ -618,6 +673,7 @@ async def run_floor(kube: Kube, size: int, args: argparse.Namespace) -> dict[str
         "seconds": seconds,
         "applies_seconds": round(applies, 1),
         "apiserver_mean_latency_ms": latency,
+        "cpu_seconds": cpu_seconds(cpu0, cpu1),
         "namespace": namespace,
     }
 
@@ -640,6 +696,7 @@ class Result:
     convergence: dict[str, Any]
     steady: dict[str, Any] | None
     cpu_convergence: dict[str, float]
+    cpu_seconds: dict[str, float]
     cpu_steady: dict[str, float]
     stages: dict[str, dict[str, float]]
     timeline: list[dict[str, Any]]
@@ -732,6 +789,11 @@ def cpu_share(
 ) -> dict[str, float]:
     """Percent of one core each process used over the window (200% = both cores of the machine)."""
     return {k: round(100 * (after[k] - before.get(k, 0)) / max(seconds, 1e-6), 1) for k in after}
+
+
+def cpu_seconds(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process used between two snapshots."""
+    return {k: round(after[k] - before.get(k, 0), 1) for k in after}
 
 
 async def run_size(kube: Kube, kubeconfig: Path, size: int, args: argparse.Namespace) -> Result:
@@ -864,6 +926,7 @@ async def run_size(kube: Kube, kubeconfig: Path, size: int, args: argparse.Names
         convergence=summarize(settled.minus(before), size, window),
         steady=steady,
         cpu_convergence=cpu_share(cpu0, cpu1, window),
+        cpu_seconds=cpu_seconds(cpu0, cpu1),
         cpu_steady=cpu_share(cpu1b, cpu2, args.steady_seconds) if steady else {},
         stages=progress.stages(),
         timeline=timeline,
@@ -1005,6 +1068,27 @@ def cpu_table(results: list[Result]) -> str:
     )
 
 
+def cpu_seconds_table(results: list[Result]) -> str:
+    """The CPU each run cost, process by process: on a machine whose cores are all busy, a run
+    takes as long as its CPU work, so what glowplug costs beyond the floor is its extra CPU."""
+    runs = [(r, (r.floor or {}).get("cpu_seconds")) for r in results]
+    rows = [(r, floor) for r, floor in runs if floor]
+    if not rows:
+        return "No floor was measured.\n"
+    names = sorted({k for r, floor in rows for k in (*r.cpu_seconds, *floor)})
+    head = "| N | run | " + " | ".join(names) + " |\n|---:|---|" + "---:|" * len(names) + "\n"
+    lines = []
+    for r, floor in rows:
+        for run, values in (("glowplug (s)", r.cpu_seconds), ("floor (s)", floor)):
+            lines.append(f"| {r.size} | {run} | " + " | ".join(_fmt(values.get(n)) for n in names))
+        extra = [1000 * (r.cpu_seconds.get(n, 0) - floor.get(n, 0)) / r.size for n in names]
+        lines.append(
+            f"| {r.size} | glowplug - floor, per ModelServer (ms) | "
+            + " | ".join(_fmt(round(x, 1)) for x in extra)
+        )
+    return head + "\n".join(line + " |" for line in lines) + "\n"
+
+
 def writes_table(results: list[Result]) -> str:
     kinds = sorted({k for r in results for k in r.convergence["operator_writes_by_kind"]})
     head = "| N | " + " | ".join(kinds) + " |\n|---:|" + "---:|" * len(kinds) + "\n"
@@ -1050,12 +1134,17 @@ def write_report(
         + "\n## Operator writes during convergence, by kind\n\n"
         + writes_table(results)
         + "\n## CPU during convergence (% of one core; the machine has "
-        f"{meta['cpus']})\n\n" + cpu_table(results)
+        f"{meta['cpus']})\n\n"
+        + cpu_table(results)
+        + "\n## CPU seconds until converged, glowplug and the floor\n\n"
+        "From the first create (the floor: the first apply) until converged. *(machine busy)* is "
+        "every process on the machine, the benchmark's own included.\n\n"
+        + cpu_seconds_table(results)
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(
-        json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
+        json_dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
     )
     return text
 
@@ -1084,7 +1173,7 @@ async def bench_size(args: argparse.Namespace, kubeconfig: Path, size: int) -> R
         result.kwok_nodes = nodes
         if not args.no_floor:
             try:
-                result.floor = await run_floor(kube, size, args)
+                result.floor = await run_floor(kube, kubeconfig, size, args)
             except Exception as error:  # keep the operator's figures; say why there is no floor
                 print(f"  floor FAILED: {error}", file=sys.stderr, flush=True)
                 result.floor = {"seconds": None, "error": str(error)[:300]}
