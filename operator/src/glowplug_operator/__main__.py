@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import os
 import socket
 import sys
@@ -14,38 +12,12 @@ from kopf._core.engines.peering import Identity
 
 from glowplug_operator.controller.leadership import Leadership, LeaseConfig
 from glowplug_operator.logs import configure as configure_logging
+from glowplug_operator.memory import limit_malloc_arenas, tune_garbage_collection
 from glowplug_operator.settings import Settings, SettingsError
 from glowplug_operator.stopping import operate
 
 # The exit status when the Lease was lost: the container restarts and becomes a standby.
 LOST_LEASE = 3
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-MALLOC_ARENAS = 2
-GC_YOUNG_ALLOCATIONS = 20_000
-GC_OLDER_RATIO = 20
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas. Each thread that contends for malloc gets its own arena (up
-    to 8 per core), and what one arena frees the others do not reuse; the API client's thread
-    pool reads every response body. With the cap, the peak RSS at 1000 ModelServers went from
-    227 to 213 MB (bench/operator_scale.py, one quiet run each). No-op (False) where the C
-    library is not glibc."""
-    try:
-        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
-
-
-def tune_garbage_collection() -> None:
-    """The store keeps thousands of decoded objects: trees of dicts and lists without cycles,
-    which reference counting frees. CPython's default thresholds (700, 10, 10) still scan them:
-    a full collection each time the heap grows by a quarter, and a young one every 700
-    allocations while a watch event is decoded. That was 27% of the operator's CPU at 300
-    ModelServers (bench/operator_scale.py). Young collections now come every 20000 allocations,
-    older ones more rarely, and the objects alive after the imports are left out of every scan."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_ALLOCATIONS, GC_OLDER_RATIO, GC_OLDER_RATIO)
 
 
 def main() -> int:

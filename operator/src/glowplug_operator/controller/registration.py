@@ -4,6 +4,11 @@ All handlers are `on.event`: kopf stores no state on the ModelServer (no annotat
 finalizers), so the operator never writes to the user's object outside its status. The
 operator's collaborators live in kopf's `memo` (`memo.controller`), made once at startup from
 the settings `__main__` put in `memo.settings`.
+
+The event handlers are `async def` although they never await: kopf runs a plain `def` handler
+in its thread pool, and these change the store and the work queue, which belong to the event
+loop's thread (an asyncio.Queue is not thread-safe). On the loop they also skip a thread hop per
+watch event.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from glowplug_operator.controller.reconciler import Reconciler
 from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of, resync
 from glowplug_operator.controller.workqueue import WorkQueue
+from glowplug_operator.memory import release_memory_loop
 from glowplug_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for key in fill(store, await _lists(kube, config.namespaces)):
         queue.add(key)
     loops = [asyncio.create_task(_relist_loop(kube, store, queue, config))]
+    loops.append(asyncio.create_task(release_memory_loop()))
     loops.append(
         asyncio.create_task(_reconcile_when_leading(leadership, queue, reconciler, config))
     )
@@ -169,7 +176,7 @@ def _body(event: kopf.RawEvent) -> dict[str, Any]:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def modelserver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def modelserver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller = _controller(memo)
     body = _body(event)
     key = key_of(body)
@@ -210,27 +217,27 @@ def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
-def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _child_event("Deployment", event, memo)
 
 
 @kopf.on.event("", "v1", "services", labels=MANAGED_BY)
-def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _child_event("Service", event, memo)
 
 
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED_BY)
-def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _child_event("PersistentVolumeClaim", event, memo)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_BY)
-def disruption_budget_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def disruption_budget_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _child_event("PodDisruptionBudget", event, memo)
 
 
 @kopf.on.event("storage.k8s.io", "v1", "storageclasses")
-def storage_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def storage_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """StorageClasses say why a cache claim is not bound; a new or changed one may be the
     answer for the ModelServers whose claim waits."""
     controller = _controller(memo)
@@ -245,7 +252,7 @@ def storage_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
-def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller = _controller(memo)
     body = _body(event)
     owner = owner_of(body)
