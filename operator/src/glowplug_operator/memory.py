@@ -51,7 +51,8 @@ def release_freed_memory() -> bool:
     """Give the pages that malloc holds free back to the system (`malloc_trim(0)`). Every
     watch event is decoded and then mostly freed, while the store keeps a slim copy of it:
     the freed memory is spread between long-lived objects, inside the heap, where glibc does
-    not return it by itself. False where the C library is not glibc."""
+    not return it by itself. True when some was given back; False when none was, or where the
+    C library is not glibc."""
     libc = _libc()
     try:
         return libc is not None and bool(libc.malloc_trim(0))
