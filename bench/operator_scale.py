@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,9 +78,9 @@ WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 class Kube:
     """A minimal async REST client from a kubeconfig (client certificates or a bearer token).
 
-    On aiohttp, not httpx: httpx's connection pool scans every open connection on each request
-    (`has_expired`, a `getpeername` per connection), which with 64 creates in flight cost the
-    benchmark 60% of a core, on the machine the API server runs on."""
+    On aiohttp, not httpx: httpx's connection pool checks every open connection on each request
+    (`has_expired`, a `getpeername` each); with 64 creates in flight that was most of the 72% of
+    a core the benchmark took, on the machine the API server runs on."""
 
     def __init__(self, kubeconfig: Path) -> None:
         config = yaml.safe_load(kubeconfig.read_text())
@@ -286,8 +285,11 @@ class Counters:
 
 
 async def snapshot(kube: Kube, metrics_url: str) -> Counters:
-    async with httpx.AsyncClient(timeout=30) as plain:
-        own = (await plain.get(metrics_url)).text
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as plain,
+        plain.get(metrics_url) as response,
+    ):
+        own = await response.text()
     wanted = {
         "glowplug_api_writes_total",
         "glowplug_reconcile_seconds_count",
@@ -788,12 +790,16 @@ def cpu_share(
     before: dict[str, float], after: dict[str, float], seconds: float
 ) -> dict[str, float]:
     """Percent of one core each process used over the window (200% = both cores of the machine)."""
-    return {k: round(100 * (after[k] - before.get(k, 0)) / max(seconds, 1e-6), 1) for k in after}
+    return {k: round(100 * used / max(seconds, 1e-6), 1) for k, used in _used(before, after)}
 
 
 def cpu_seconds(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """CPU seconds each process used between two snapshots."""
-    return {k: round(after[k] - before.get(k, 0), 1) for k in after}
+    return {k: round(used, 1) for k, used in _used(before, after)}
+
+
+def _used(before: dict[str, float], after: dict[str, float]) -> list[tuple[str, float]]:
+    return [(k, after[k] - before.get(k, 0)) for k in after]
 
 
 async def run_size(kube: Kube, kubeconfig: Path, size: int, args: argparse.Namespace) -> Result:
@@ -805,13 +811,14 @@ async def run_size(kube: Kube, kubeconfig: Path, size: int, args: argparse.Names
     proc = start_operator(kubeconfig, namespace, port, log, args.workers)
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     pids = {"operator": proc.pid, **cluster_pids(kubeconfig), "benchmark": os.getpid()}
-    async with httpx.AsyncClient(timeout=2) as plain:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as plain:
         for _ in range(600):
             if proc.poll() is not None:
                 raise RuntimeError(f"the operator exited ({proc.returncode}); see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await plain.get(metrics_url)).status_code == 200:
-                    break
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with plain.get(metrics_url) as response:
+                    if response.status == 200:
+                        break
             await asyncio.sleep(0.1)
         else:
             raise RuntimeError(f"the operator's metrics never came up; see {log}")

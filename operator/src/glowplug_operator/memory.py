@@ -1,15 +1,14 @@
 """The operator's memory: glibc's malloc and CPython's garbage collector, tuned for a store of
 thousands of decoded objects (bench/operator_scale.py measures the peak RSS at 1000
-ModelServers). Everything here is a no-op where the C library is not glibc."""
+ModelServers). The malloc calls do nothing where the C library is not glibc."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
-import logging
 
-log = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 MALLOC_ARENAS = 2
 GC_YOUNG_ALLOCATIONS = 20_000
@@ -17,6 +16,7 @@ GC_OLDER_RATIO = 20
 RELEASE_SECONDS = 5.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None)
