@@ -113,6 +113,15 @@ def prefetch_cmd(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "glowplug_worker.cli", "prefetch", *args]
 
 
+def corrupt_byte(path: Path, offset: int) -> None:
+    """Invert one byte in place: the file always changes, whatever it held there."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        old = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([old ^ 0xFF]))
+
+
 def assert_published(dest: Path, model: Model) -> dict[str, object]:
     """dest holds exactly the model's files with the right bytes, plus the record."""
     for name, data in model.files.items():

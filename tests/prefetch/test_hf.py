@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.prefetch.conftest import Model, assert_nothing_published, assert_published, run_prefetch
+from tests.prefetch.conftest import (
+    Model,
+    assert_nothing_published,
+    assert_published,
+    corrupt_byte,
+    run_prefetch,
+)
 from tests.prefetch.servers import Nginx
 
 MB = 1024 * 1024
@@ -79,8 +85,7 @@ def test_offline_corrupt_lfs_blob_is_refused(tmp_path: Path) -> None:
     cache = tmp_path / "hub"
     populate_cache(cache, FILES, lfs={"model.safetensors"})
     blob = next((cache / f"models--{REPO.replace('/', '--')}" / "blobs").glob("?" * 64))
-    with open(blob, "r+b") as fh:
-        fh.write(b"\x00\x01")
+    corrupt_byte(blob, 0)
     dest = tmp_path / "d"
     res = run_prefetch(
         ["--source", f"hf://{REPO}", "--dest", str(dest)], tmp_path, env=_offline_env(cache)

@@ -11,6 +11,7 @@ from tests.prefetch.conftest import (
     Model,
     assert_nothing_published,
     assert_published,
+    corrupt_byte,
     prefetch_cmd,
     run_prefetch,
 )
@@ -57,9 +58,7 @@ def test_in_place_source_with_a_corrupt_file_is_refused(tmp_path: Path) -> None:
     model = _volume(tmp_path / "src")
     vol = tmp_path / "vol"
     assert run_prefetch(["--source", f"file://{model.dir}", "--dest", str(vol)], tmp_path).rc == 0
-    with open(vol / "model.safetensors", "r+b") as fh:
-        fh.seek(MB)
-        fh.write(b"\xff")
+    corrupt_byte(vol / "model.safetensors", MB)
     for mode in ("in-place", "copy"):
         dest = tmp_path / f"d-{mode}"
         args = ["--source", f"file://{vol}", "--dest", str(dest), "--local-mode", mode]
