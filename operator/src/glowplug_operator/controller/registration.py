@@ -1,14 +1,11 @@
-"""kopf registration: wires watch events to the store and the work queue, nothing else.
+"""kopf registration: the operator's startup and cleanup, and what each watch event does to the
+store and the work queue, nothing else.
 
-All handlers are `on.event`: kopf stores no state on the ModelServer (no annotations, no
-finalizers), so the operator never writes to the user's object outside its status. The
-operator's collaborators live in kopf's `memo` (`memo.controller`), made once at startup from
-the settings `__main__` put in `memo.settings`.
-
-The event handlers are `async def` although they never await: kopf runs a plain `def` handler
-in its thread pool, and these change the store and the work queue, which belong to the event
-loop's thread (an asyncio.Queue is not thread-safe). On the loop they also skip a thread hop per
-watch event.
+No kopf resource handler is registered: the startup handler starts the watch streams
+(watches.py), which call the handlers below directly, on the event loop. kopf stores no state on
+the ModelServer (no annotations, no finalizers), so the operator never writes to the user's
+object outside its status. The operator's collaborators live in kopf's `memo`
+(`memo.controller`), made once at startup from the settings `__main__` put in `memo.settings`.
 """
 
 from __future__ import annotations
@@ -19,13 +16,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, cast
 
 import kopf
+from kopf._cogs.structs.references import Resource
 from prometheus_client import start_http_server
 
 from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
-from glowplug_operator.controller.kopf_storage import NoDiffBase, NoProgress
 from glowplug_operator.controller.kube import Kube
 from glowplug_operator.controller.leadership import Leadership, LeaseConfig, start_election
 from glowplug_operator.controller.loop import reconcile_loop
@@ -33,6 +31,7 @@ from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
 from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of, resync
+from glowplug_operator.controller.watches import Watch, watch_tasks
 from glowplug_operator.controller.workqueue import WorkQueue
 from glowplug_operator.memory import release_memory_loop
 from glowplug_operator.settings import Settings
@@ -75,8 +74,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config = cast(Settings, memo.settings)
     logging.getLogger().setLevel(config.log_level)
     settings.posting.loggers = False  # only the Events the reconciler posts on purpose
-    settings.persistence.diffbase_storage = NoDiffBase()
-    settings.persistence.progress_storage = NoProgress()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -100,6 +97,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         asyncio.create_task(_reconcile_when_leading(leadership, queue, reconciler, config))
     )
     memo.controller = Controller(store, queue, reconciler, loops)
+    loops += watch_tasks(_watches(memo.controller), config.namespaces, settings)
     if config.leader_election:
         # A standby watches and keeps its store (reads) and writes nothing until it holds the
         # Lease; then the loops start at once on a warm store. Losing it stops the operator.
@@ -175,9 +173,7 @@ def _body(event: kopf.RawEvent) -> dict[str, Any]:
     return cast(dict[str, Any], event["object"])
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def modelserver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    controller = _controller(memo)
+def modelserver_event(controller: Controller, event: kopf.RawEvent) -> None:
     body = _body(event)
     key = key_of(body)
     if event["type"] == "DELETED":
@@ -201,8 +197,7 @@ def _known(stored: dict[str, Any] | None, body: dict[str, Any]) -> bool:
     )
 
 
-def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
-    controller = _controller(memo)
+def child_event(controller: Controller, kind: str, event: kopf.RawEvent) -> None:
     body = _body(event)
     if event["type"] == "DELETED":
         controller.store.drop_child(kind, body)
@@ -216,31 +211,9 @@ def _child_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
         controller.queue.add(owner)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
-async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_event("Deployment", event, memo)
-
-
-@kopf.on.event("", "v1", "services", labels=MANAGED_BY)
-async def service_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_event("Service", event, memo)
-
-
-@kopf.on.event("", "v1", "persistentvolumeclaims", labels=MANAGED_BY)
-async def claim_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_event("PersistentVolumeClaim", event, memo)
-
-
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_BY)
-async def disruption_budget_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_event("PodDisruptionBudget", event, memo)
-
-
-@kopf.on.event("storage.k8s.io", "v1", "storageclasses")
-async def storage_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+def storage_class_event(controller: Controller, event: kopf.RawEvent) -> None:
     """StorageClasses say why a cache claim is not bound; a new or changed one may be the
     answer for the ModelServers whose claim waits."""
-    controller = _controller(memo)
     body = _body(event)
     if event["type"] == "DELETED":
         controller.store.drop_storage_class(body)
@@ -251,9 +224,7 @@ async def storage_class_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -
             controller.queue.add(owner)
 
 
-@kopf.on.event("", "v1", "pods", labels=MANAGED_BY)
-async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    controller = _controller(memo)
+def pod_event(controller: Controller, event: kopf.RawEvent) -> None:
     body = _body(event)
     owner = owner_of(body)
     if owner is None:
@@ -264,3 +235,34 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         controller.store.put_pod(owner, body)
     if owner in controller.store.modelservers:
         controller.queue.add(owner)
+
+
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+
+
+def _watches(controller: Controller) -> list[Watch]:
+    """What the operator watches, and what each event does to the store and the queue."""
+
+    def child(group: str, plural: str, kind: str) -> Watch:
+        resource = Resource(group, "v1", plural, kind=kind, namespaced=True)
+        return Watch(resource, partial(child_event, controller, kind), MANAGED_SELECTOR)
+
+    return [
+        Watch(
+            Resource(GROUP, VERSION, PLURAL, kind="ModelServer", namespaced=True),
+            partial(modelserver_event, controller),
+        ),
+        child("apps", "deployments", "Deployment"),
+        child("", "services", "Service"),
+        child("", "persistentvolumeclaims", "PersistentVolumeClaim"),
+        child("policy", "poddisruptionbudgets", "PodDisruptionBudget"),
+        Watch(
+            Resource("", "v1", "pods", kind="Pod", namespaced=True),
+            partial(pod_event, controller),
+            MANAGED_SELECTOR,
+        ),
+        Watch(
+            Resource("storage.k8s.io", "v1", "storageclasses", kind="StorageClass"),
+            partial(storage_class_event, controller),
+        ),
+    ]
