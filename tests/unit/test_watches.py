@@ -119,3 +119,41 @@ def test_the_server_filters_the_kinds_given_a_selector() -> None:
         "app.kubernetes.io/managed-by=glowplug"
     ]
     assert list(settings.watching.label_selectors.collect(MODELSERVERS)) == []
+
+
+def test_a_failed_stream_is_logged_and_opened_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kopf gives up on a refusal (403) or an ERROR event other than 410 Gone: the stream is
+    opened again, and what it lists then reaches the handler."""
+    opened: list[str | None] = []
+
+    async def flaky(
+        *, settings: kopf.OperatorSettings, resource: Resource, namespace: str | None
+    ) -> AsyncIterator[Any]:
+        opened.append(namespace)
+        if len(opened) == 1:
+            raise RuntimeError("Error in the watch-stream: 403 Forbidden")
+        yield _event(None, "listed")
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(watches, "infinite_watch", flaky)
+    seen: list[str] = []
+
+    async def run() -> None:
+        watch = Watch(PODS, lambda e: seen.append(e["object"]["metadata"]["name"]))
+        task = asyncio.create_task(
+            watches.stream(watch, "ns", kopf.OperatorSettings(), retry_seconds=0.01)
+        )
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(run())
+    assert opened == ["ns", "ns"]
+    assert seen == ["listed"]
+    assert "the Pod watch in ns failed; opening it again" in caplog.text

@@ -247,6 +247,9 @@ def _watches(controller: Controller) -> list[Watch]:
         resource = Resource(group, "v1", plural, kind=kind, namespaced=True)
         return Watch(resource, partial(child_event, controller, kind), MANAGED_SELECTOR)
 
+    classes = Resource(
+        "storage.k8s.io", "v1", "storageclasses", kind="StorageClass", namespaced=False
+    )
     return [
         Watch(
             Resource(GROUP, VERSION, PLURAL, kind="ModelServer", namespaced=True),
@@ -261,8 +264,5 @@ def _watches(controller: Controller) -> list[Watch]:
             partial(pod_event, controller),
             MANAGED_SELECTOR,
         ),
-        Watch(
-            Resource("storage.k8s.io", "v1", "storageclasses", kind="StorageClass"),
-            partial(storage_class_event, controller),
-        ),
+        Watch(classes, partial(storage_class_event, controller)),
     ]

@@ -32,6 +32,7 @@ from kopf._cogs.structs.references import NamespaceName, Resource
 log = logging.getLogger(__name__)
 
 Handler = Callable[[kopf.RawEvent], None]
+RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,27 +60,50 @@ def watch_tasks(
     return tasks
 
 
-async def stream(watch: Watch, namespace: str | None, settings: kopf.OperatorSettings) -> None:
-    """Hand every event of one stream to its handler, until cancelled. A handler's failure is
-    logged and the stream goes on: one odd object must not stop the operator's view of the rest.
-    The stream is closed here when cancelled, before the event loop ends (stopping.py)."""
+async def stream(
+    watch: Watch,
+    namespace: str | None,
+    settings: kopf.OperatorSettings,
+    retry_seconds: float = RETRY_SECONDS,
+) -> None:
+    """Hand every event of one stream to its handler, until cancelled.
+
+    A handler's failure is logged and the stream goes on: one odd object must not stop the
+    operator's view of the rest. A stream that fails (kopf reconnects by itself, but gives up
+    on a refusal such as 403 or an ERROR event other than 410 Gone) is logged and opened again
+    after `retry_seconds`, with a fresh list. Cancelled, the stream is closed here, before the
+    event loop ends (stopping.py)."""
     scope = NamespaceName(namespace) if namespace is not None else None
-    events = cast(
-        AsyncGenerator[Bookmark | kopf.RawEvent, None],
-        infinite_watch(settings=settings, resource=watch.resource, namespace=scope),
-    )
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if isinstance(event, Bookmark) or event.get("type") == "BOOKMARK":
-                continue
-            try:
-                watch.handler(event)
-            except Exception:
-                meta = (event.get("object") or {}).get("metadata") or {}
-                log.exception(
-                    "%s %s/%s: the %s event was not handled",
-                    watch.resource.kind,
-                    meta.get("namespace", ""),
-                    meta.get("name", "?"),
-                    event.get("type") or "listed",
-                )
+    where = f"in {namespace}" if namespace else "cluster-wide"
+    while True:
+        events = cast(
+            AsyncGenerator[Bookmark | kopf.RawEvent, None],
+            infinite_watch(settings=settings, resource=watch.resource, namespace=scope),
+        )
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if not isinstance(event, Bookmark) and event.get("type") != "BOOKMARK":
+                        _handle(watch, event)
+        except Exception:
+            log.exception(
+                "the %s watch %s failed; opening it again in %.0f s",
+                watch.resource.kind,
+                where,
+                retry_seconds,
+            )
+        await asyncio.sleep(retry_seconds)
+
+
+def _handle(watch: Watch, event: kopf.RawEvent) -> None:
+    try:
+        watch.handler(event)
+    except Exception:
+        meta = (event.get("object") or {}).get("metadata") or {}
+        log.exception(
+            "%s %s/%s: the %s event was not handled",
+            watch.resource.kind,
+            meta.get("namespace", ""),
+            meta.get("name", "?"),
+            event.get("type") or "listed",
+        )
