@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[kopf.RawEvent], None]
 RETRY_SECONDS = 5.0
+RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,13 @@ async def stream(
 
     A handler's failure is logged and the stream goes on: one odd object must not stop the
     operator's view of the rest. A stream that fails (kopf reconnects by itself, but gives up
-    on a refusal such as 403 or an ERROR event other than 410 Gone) is logged and opened again
-    after `retry_seconds`, with a fresh list. Cancelled, the stream is closed here, before the
-    event loop ends (stopping.py)."""
+    on a refusal such as 403 or an ERROR event other than 410 Gone) is logged and opened again,
+    with a fresh list, after `retry_seconds`, doubled after each failure in a row up to
+    RETRY_MAX_SECONDS; the watch has no deadline, the operator needs it for as long as it runs.
+    Cancelled, the stream is closed here, before the event loop ends (stopping.py)."""
     scope = NamespaceName(namespace) if namespace is not None else None
     where = f"in {namespace}" if namespace else "cluster-wide"
+    delay = retry_seconds
     while True:
         events = cast(
             AsyncGenerator[Bookmark | kopf.RawEvent, None],
@@ -83,16 +86,18 @@ async def stream(
         try:
             async with contextlib.aclosing(events):
                 async for event in events:
+                    delay = retry_seconds  # it works: the next failure starts over
                     if not isinstance(event, Bookmark) and event.get("type") != "BOOKMARK":
                         _handle(watch, event)
         except Exception:
             log.exception(
-                "the %s watch %s failed; opening it again in %.0f s",
+                "the %s watch %s failed; opening it again in %g s",
                 watch.resource.kind,
                 where,
-                retry_seconds,
+                delay,
             )
-        await asyncio.sleep(retry_seconds)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 def _handle(watch: Watch, event: kopf.RawEvent) -> None:
