@@ -22,6 +22,7 @@ PLURAL = "modelservers"
 # Labels on every child and pod.
 MODELSERVER_LABEL = f"{GROUP}/modelserver"  # the owning ModelServer's name
 MANAGED_BY = {"app.kubernetes.io/managed-by": "glowplug"}
+MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())  # lists and watches
 # The pod template's effective flags: names in an annotation (comma-separated, "" for none) and
 # their `flag_set_hash` in a label.
 FLAGS_ANNOTATION = f"{GROUP}/optimizations"

@@ -24,16 +24,19 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _glibc(function: str, *args: int) -> bool:
+    """Call one of glibc's malloc functions: its result as a bool, False where there is none."""
+    libc = _libc()
+    call = getattr(libc, function, None) if libc is not None else None
+    return call is not None and bool(call(*args))
+
+
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas. Each thread that contends for malloc gets its own arena (up
     to 8 per core), and what one arena frees the others do not reuse; the API client's thread
     pool reads every response body. With the cap, the peak RSS at 1000 ModelServers went from
     227 to 213 MB (one quiet run each). False where the C library is not glibc."""
-    libc = _libc()
-    try:
-        return libc is not None and bool(libc.mallopt(M_ARENA_MAX, arenas))
-    except AttributeError:
-        return False
+    return _glibc("mallopt", M_ARENA_MAX, arenas)
 
 
 def tune_garbage_collection() -> None:
@@ -53,11 +56,7 @@ def release_freed_memory() -> bool:
     the freed memory is spread between long-lived objects, inside the heap, where glibc does
     not return it by itself. True when some was given back; False when none was, or where the
     C library is not glibc."""
-    libc = _libc()
-    try:
-        return libc is not None and bool(libc.malloc_trim(0))
-    except AttributeError:
-        return False
+    return _glibc("malloc_trim", 0)
 
 
 async def release_memory_loop(period: float = RELEASE_SECONDS) -> None:

@@ -31,7 +31,7 @@ from glowplug_operator.contract import (
     API_VERSION,
     GROUP,
     KIND,
-    MANAGED_BY,
+    MANAGED_BY_SELECTOR,
     PLURAL,
     REPORTING_COMPONENT,
     VERSION,
@@ -328,7 +328,7 @@ class Kube:
     ) -> list[dict[str, Any]]:
         """Every object of `kind` ("ModelServer", a child kind or "Pod") in the namespaces (all
         when empty), only the operator's labelled ones unless `labelled` is False; paged."""
-        selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items()) if labelled else None
+        selector = MANAGED_BY_SELECTOR if labelled else None
         out: list[dict[str, Any]] = []
         for namespace in namespaces or (None,):
             token: str | None = None

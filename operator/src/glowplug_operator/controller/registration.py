@@ -23,7 +23,7 @@ import kopf
 from kopf._cogs.structs.references import Resource
 from prometheus_client import start_http_server
 
-from glowplug_operator.contract import GROUP, MANAGED_BY, PLURAL, VERSION
+from glowplug_operator.contract import GROUP, MANAGED_BY_SELECTOR, PLURAL, VERSION
 from glowplug_operator.controller.kube import Kube
 from glowplug_operator.controller.leadership import Leadership, LeaseConfig, start_election
 from glowplug_operator.controller.loop import reconcile_loop
@@ -237,15 +237,12 @@ def pod_event(controller: Controller, event: kopf.RawEvent) -> None:
         controller.queue.add(owner)
 
 
-MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
-
-
 def _watches(controller: Controller) -> list[Watch]:
     """What the operator watches, and what each event does to the store and the queue."""
 
     def child(group: str, plural: str, kind: str) -> Watch:
         resource = Resource(group, "v1", plural, kind=kind, namespaced=True)
-        return Watch(resource, partial(child_event, controller, kind), MANAGED_SELECTOR)
+        return Watch(resource, partial(child_event, controller, kind), MANAGED_BY_SELECTOR)
 
     classes = Resource(
         "storage.k8s.io", "v1", "storageclasses", kind="StorageClass", namespaced=False
@@ -262,7 +259,7 @@ def _watches(controller: Controller) -> list[Watch]:
         Watch(
             Resource("", "v1", "pods", kind="Pod", namespaced=True),
             partial(pod_event, controller),
-            MANAGED_SELECTOR,
+            MANAGED_BY_SELECTOR,
         ),
         Watch(classes, partial(storage_class_event, controller)),
     ]
