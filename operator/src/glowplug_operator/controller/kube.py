@@ -1,6 +1,7 @@
 """The operator's API gateway, on the official `kubernetes` client: server-side apply of children,
 the status patch, Events, and the initial lists. Nothing else in the operator talks to the API
-server (kopf's watches aside; the Lease is `leadership.py`'s, on its own client).
+server (the watch streams aside, watches.py, on this client's configuration; the Lease is
+`leadership.py`'s, on its own client).
 
 The client is synchronous (urllib3); every call runs in a bounded thread pool
 (`GLOWPLUG_API_THREADS`), never on the event loop. Requests go through the client's `ApiClient`
@@ -26,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
+
+import orjson
 
 from glowplug_operator.contract import (
     API_VERSION,
@@ -59,7 +62,12 @@ def _path(kind: str, namespace: str | None, name: str = "", sub: str = "") -> st
     return f"{group}{where}/{plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
-_API_VERSIONS = {
+def collection_path(kind: str, namespace: str | None) -> str:
+    """The path to list or watch `kind` in `namespace` (in all namespaces when None)."""
+    return _path(kind, namespace)
+
+
+API_VERSIONS = {
     "ModelServer": API_VERSION,
     "Deployment": "apps/v1",
     "Service": "v1",
@@ -156,8 +164,9 @@ class Kube:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kube")
         data = await asyncio.get_running_loop().run_in_executor(self._pool, call)
         # Parsed here, on the event loop's thread: what the store keeps is not allocated in the
-        # pool threads' own malloc arenas (which then stay mapped, fragmented).
-        return dict(json.loads(data))
+        # pool threads' own malloc arenas (which then stay mapped, fragmented). With orjson, as
+        # the watch streams: one object per key (store.compact counts on it).
+        return dict(orjson.loads(data))
 
     async def read_log(self, namespace: str, pod: str, container: str, limit: int) -> str:
         """The last `limit` bytes (about) of a container's log: an engine's own start phases."""
@@ -337,7 +346,7 @@ class Kube:
                 page = await self._request("GET", _path(kind, namespace), query)
                 for body in page.get("items") or []:
                     body.setdefault("kind", kind)  # list items carry neither
-                    body.setdefault("apiVersion", _API_VERSIONS[kind])
+                    body.setdefault("apiVersion", API_VERSIONS[kind])
                     out.append(body)
                 token = (page.get("metadata") or {}).get("continue")
                 if not token:

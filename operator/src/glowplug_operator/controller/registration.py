@@ -20,18 +20,17 @@ from functools import partial
 from typing import Any, cast
 
 import kopf
-from kopf._cogs.structs.references import Resource
 from prometheus_client import start_http_server
 
-from glowplug_operator.contract import GROUP, MANAGED_BY_SELECTOR, PLURAL, VERSION
-from glowplug_operator.controller.kube import Kube
+from glowplug_operator.contract import MANAGED_BY_SELECTOR
+from glowplug_operator.controller.kube import Kube, load_configuration
 from glowplug_operator.controller.leadership import Leadership, LeaseConfig, start_election
 from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
 from glowplug_operator.controller.startup_reports import StartupReports
 from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of, resync
-from glowplug_operator.controller.watches import Watch, watch_tasks
+from glowplug_operator.controller.watches import Connection, Event, Watch, watch_tasks
 from glowplug_operator.controller.workqueue import WorkQueue
 from glowplug_operator.memory import release_memory_loop
 from glowplug_operator.settings import Settings
@@ -47,6 +46,7 @@ class Controller:
     queue: WorkQueue[Key]
     reconciler: Reconciler
     loops: list[asyncio.Task[None]]
+    connection: Connection
     release_lease: Callable[[], None] | None = None
 
 
@@ -74,8 +74,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config = cast(Settings, memo.settings)
     logging.getLogger().setLevel(config.log_level)
     settings.posting.loggers = False  # only the Events the reconciler posts on purpose
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     metrics = Metrics()
     if config.metrics_port:
@@ -96,8 +94,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     loops.append(
         asyncio.create_task(_reconcile_when_leading(leadership, queue, reconciler, config))
     )
-    memo.controller = Controller(store, queue, reconciler, loops)
-    loops += watch_tasks(_watches(memo.controller), config.namespaces, settings)
+    connection = Connection(load_configuration())
+    memo.controller = Controller(store, queue, reconciler, loops, connection)
+    loops += watch_tasks(_watches(memo.controller), config.namespaces, connection)
     if config.leader_election:
         # A standby watches and keeps its store (reads) and writes nothing until it holds the
         # Lease; then the loops start at once on a warm store. Losing it stops the operator.
@@ -140,7 +139,7 @@ async def _lists(kube: Kube, namespaces: tuple[str, ...]) -> dict[str, list[dict
 
 async def _relist_loop(kube: Kube, store: Store, queue: WorkQueue[Key], config: Settings) -> None:
     """Every resync period, the store is checked against fresh lists: after a watch relist
-    (410 Gone) kopf lists again but reports no DELETED for what went in the gap."""
+    (410 Gone) a stream lists again but reports no DELETED for what went in the gap."""
     while True:
         await asyncio.sleep(config.resync_seconds)
         started = time.monotonic()
@@ -167,13 +166,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if controller.reconciler.startup_reports is not None:
         await controller.reconciler.startup_reports.close()
     await controller.reconciler.kube.close()
+    await controller.connection.close()
 
 
-def _body(event: kopf.RawEvent) -> dict[str, Any]:
+def _body(event: Event) -> dict[str, Any]:
     return cast(dict[str, Any], event["object"])
 
 
-def modelserver_event(controller: Controller, event: kopf.RawEvent) -> None:
+def modelserver_event(controller: Controller, event: Event) -> None:
     body = _body(event)
     key = key_of(body)
     if event["type"] == "DELETED":
@@ -197,7 +197,7 @@ def _known(stored: dict[str, Any] | None, body: dict[str, Any]) -> bool:
     )
 
 
-def child_event(controller: Controller, kind: str, event: kopf.RawEvent) -> None:
+def child_event(controller: Controller, kind: str, event: Event) -> None:
     body = _body(event)
     if event["type"] == "DELETED":
         controller.store.drop_child(kind, body)
@@ -211,7 +211,7 @@ def child_event(controller: Controller, kind: str, event: kopf.RawEvent) -> None
         controller.queue.add(owner)
 
 
-def storage_class_event(controller: Controller, event: kopf.RawEvent) -> None:
+def storage_class_event(controller: Controller, event: Event) -> None:
     """StorageClasses say why a cache claim is not bound; a new or changed one may be the
     answer for the ModelServers whose claim waits."""
     body = _body(event)
@@ -224,7 +224,7 @@ def storage_class_event(controller: Controller, event: kopf.RawEvent) -> None:
             controller.queue.add(owner)
 
 
-def pod_event(controller: Controller, event: kopf.RawEvent) -> None:
+def pod_event(controller: Controller, event: Event) -> None:
     body = _body(event)
     owner = owner_of(body)
     if owner is None:
@@ -240,26 +240,15 @@ def pod_event(controller: Controller, event: kopf.RawEvent) -> None:
 def _watches(controller: Controller) -> list[Watch]:
     """What the operator watches, and what each event does to the store and the queue."""
 
-    def child(group: str, plural: str, kind: str) -> Watch:
-        resource = Resource(group, "v1", plural, kind=kind, namespaced=True)
-        return Watch(resource, partial(child_event, controller, kind), MANAGED_BY_SELECTOR)
+    def child(kind: str) -> Watch:
+        return Watch(kind, partial(child_event, controller, kind), MANAGED_BY_SELECTOR)
 
-    classes = Resource(
-        "storage.k8s.io", "v1", "storageclasses", kind="StorageClass", namespaced=False
-    )
     return [
-        Watch(
-            Resource(GROUP, VERSION, PLURAL, kind="ModelServer", namespaced=True),
-            partial(modelserver_event, controller),
-        ),
-        child("apps", "deployments", "Deployment"),
-        child("", "services", "Service"),
-        child("", "persistentvolumeclaims", "PersistentVolumeClaim"),
-        child("policy", "poddisruptionbudgets", "PodDisruptionBudget"),
-        Watch(
-            Resource("", "v1", "pods", kind="Pod", namespaced=True),
-            partial(pod_event, controller),
-            MANAGED_BY_SELECTOR,
-        ),
-        Watch(classes, partial(storage_class_event, controller)),
+        Watch("ModelServer", partial(modelserver_event, controller)),
+        child("Deployment"),
+        child("Service"),
+        child("PersistentVolumeClaim"),
+        child("PodDisruptionBudget"),
+        Watch("Pod", partial(pod_event, controller), MANAGED_BY_SELECTOR),
+        Watch("StorageClass", partial(storage_class_event, controller)),
     ]
