@@ -1,7 +1,7 @@
 """The strings both sides of the pod/ModelServer interface read: the one home for each of them.
 
 The builders write these onto the children and the pod template; the observations read them
-back from pods; the kopf registration filters watch streams by them. A constant defined here and
+back from pods; the watch streams are filtered by them. A constant defined here and
 nowhere else means the writer and the reader cannot drift.
 """
 

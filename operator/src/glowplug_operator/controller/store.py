@@ -1,5 +1,5 @@
 """The informer's store: what the operator knows of the cluster, the latest ModelServers, their
-children and pods, as kopf's watch streams deliver them. The reconciler reads only from here, so
+children and pods, as the watch streams deliver them. The reconciler reads only from here, so
 a converged ModelServer costs no API requests at all."""
 
 from __future__ import annotations
