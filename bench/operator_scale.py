@@ -707,6 +707,7 @@ class Result:
     namespace_delete_seconds: float | None = None
     kwok_nodes: int = 0
     floor: dict[str, Any] | None = None
+    floor_first: bool = False  # the floor was measured before glowplug, on the same cluster
 
     def floor_ratio(self) -> float | None:
         floor = (self.floor or {}).get("seconds")
@@ -1130,7 +1131,8 @@ def write_report(
         "persistentvolumeclaims, poddisruptionbudgets and modelservers/status; Events excluded, "
         "other components post them too). *floor*: the same Deployments and Services "
         "(glowplug's builders, the same spec) applied by the benchmark itself, without the "
-        "operator, in another namespace of the same cluster after the operator's run: seconds "
+        "operator, in another namespace of the same cluster "
+        f"{'before' if meta.get('floor_first') else 'after'} the operator's run: seconds "
         "until every one has a Ready pod; *glowplug / floor* is converged / floor.\n\n"
         "## When the ModelServers reached each stage (seconds after the first create)\n\n"
         + stage_table(results)
@@ -1176,18 +1178,28 @@ async def bench_size(args: argparse.Namespace, kubeconfig: Path, size: int) -> R
         runs = 1 if args.no_floor else 2
         nodes = await ensure_gpu_nodes(kube, runs * size * args.gpus)
         print(f"N={size}: {nodes} kwok GPU nodes", flush=True)
+        floor: dict[str, Any] | None = None
+        if not args.no_floor and args.floor_first:
+            floor = await _floor_or_error(kube, kubeconfig, size, args)
         result = await run_size(kube, kubeconfig, size, args)
         result.kwok_nodes = nodes
+        result.floor_first = bool(floor)
         if not args.no_floor:
-            try:
-                result.floor = await run_floor(kube, kubeconfig, size, args)
-            except Exception as error:  # keep the operator's figures; say why there is no floor
-                print(f"  floor FAILED: {error}", file=sys.stderr, flush=True)
-                result.floor = {"seconds": None, "error": str(error)[:300]}
+            result.floor = floor or await _floor_or_error(kube, kubeconfig, size, args)
             print(f"  glowplug / floor: {result.floor_ratio()}x", flush=True)
         return result
     finally:
         await kube.close()
+
+
+async def _floor_or_error(
+    kube: Kube, kubeconfig: Path, size: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    try:
+        return await run_floor(kube, kubeconfig, size, args)
+    except Exception as error:  # keep the operator's figures; say why there is no floor
+        print(f"  floor FAILED: {error}", file=sys.stderr, flush=True)
+        return {"seconds": None, "error": str(error)[:300]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1214,6 +1226,11 @@ def main(argv: list[str] | None = None) -> int:
         default=16,
         help="ModelServers' children applied at once for the floor (the operator's default "
         "reconcile workers: the same parallelism glowplug has)",
+    )
+    parser.add_argument(
+        "--floor-first",
+        action="store_true",
+        help="measure the floor before glowplug on each cluster (by default it comes after)",
     )
     parser.add_argument(
         "--no-floor",
@@ -1246,6 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpus": args.gpus,
         "workers": args.workers,
         "steady_seconds": args.steady_seconds,
+        "floor_first": args.floor_first,
         "kubeconfig": str(kubeconfig),
     }
     results: list[Result] = []
