@@ -104,6 +104,8 @@ class Connection:
         return {"Accept": "application/json", **({"Authorization": token} if token else {})}
 
     async def get(self, path: str, params: dict[str, str]) -> aiohttp.ClientResponse:
+        """The open response of a GET that the server answered with 200 (the caller reads and
+        releases it); 410 raises Gone, any other status WatchFailed."""
         response = await self._client().get(
             self._server + path,
             params=params,
