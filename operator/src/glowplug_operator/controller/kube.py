@@ -67,7 +67,7 @@ def collection_path(kind: str, namespace: str | None) -> str:
     return _path(kind, namespace)
 
 
-API_VERSIONS = {
+_API_VERSIONS = {
     "ModelServer": API_VERSION,
     "Deployment": "apps/v1",
     "Service": "v1",
@@ -76,6 +76,15 @@ API_VERSIONS = {
     "Pod": "v1",
     "StorageClass": "storage.k8s.io/v1",
 }
+
+
+def listed_item(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An item of a list of `kind`, with the kind and apiVersion that list items lack."""
+    body.setdefault("kind", kind)
+    body.setdefault("apiVersion", _API_VERSIONS[kind])
+    return body
+
+
 APPLY_PATCH = "application/apply-patch+yaml"
 JSON_PATCH = "application/json-patch+json"
 LIST_PAGE = 500
@@ -344,10 +353,7 @@ class Kube:
             while True:
                 query = {"labelSelector": selector, "limit": str(LIST_PAGE), "continue": token}
                 page = await self._request("GET", _path(kind, namespace), query)
-                for body in page.get("items") or []:
-                    body.setdefault("kind", kind)  # list items carry neither
-                    body.setdefault("apiVersion", API_VERSIONS[kind])
-                    out.append(body)
+                out += (listed_item(kind, body) for body in page.get("items") or [])
                 token = (page.get("metadata") or {}).get("continue")
                 if not token:
                     break

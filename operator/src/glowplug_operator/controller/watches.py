@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from glowplug_operator.controller.kube import API_VERSIONS, LIST_PAGE, collection_path
+from glowplug_operator.controller.kube import LIST_PAGE, collection_path, listed_item
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,7 @@ async def _list(watch: Watch, connection: Connection, path: str, selector: dict[
         async with response:
             page = orjson.loads(await response.read())
         for body in page.get("items") or []:
-            body.setdefault("kind", watch.kind)  # list items carry neither
-            body.setdefault("apiVersion", API_VERSIONS[watch.kind])
-            _handle(watch, {"type": None, "object": body})
+            _handle(watch, {"type": None, "object": listed_item(watch.kind, body)})
         meta = page.get("metadata") or {}
         token = meta.get("continue") or ""
         if not token:
