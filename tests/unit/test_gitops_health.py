@@ -154,12 +154,20 @@ def test_kstatus_and_argocd_agree_on_status_py_scenarios(
     assert word in argo["message"], argo
 
 
-def test_before_the_first_status_argocd_waits_and_kstatus_cannot_tell() -> None:
-    """kstatus reads an object without status as Current (its generic rule); the Lua waits for
-    the operator. docs/api.md says so."""
-    obj = modelserver(None)
-    assert kstatus([obj])[0]["status"] == "Current"
-    assert argocd_health(obj)["status"] == "Progressing"
+def test_before_the_first_status_both_say_in_progress() -> None:
+    """Before the operator's first status write the API server shows the CRD's status default
+    (observedGeneration 0, Ready Unknown): kstatus says InProgress, where it reads an object
+    without any status as Current (its generic rule), and the Lua says Progressing."""
+    crd = yaml.safe_load((ROOT / "crds" / "modelserver.yaml").read_text())
+    default = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    obj = modelserver(None, generation=1)
+    obj["status"] = default["default"]
+    (judged,) = kstatus([obj])
+    assert judged["status"] == "InProgress", judged
+    argo = argocd_health(obj)
+    assert argo["status"] == "Progressing", argo
+    assert "not yet seen generation 1" in argo["message"], argo
+    assert kstatus([modelserver(None)])[0]["status"] == "Current"  # why the default is there
 
 
 def recorded() -> list[Path]:

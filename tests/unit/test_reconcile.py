@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -69,15 +69,22 @@ def _body(**spec: Any) -> dict[str, Any]:
     return body
 
 
-def _reconciler(body: dict[str, Any]) -> tuple[Reconciler, RecordingKube, Store]:
+# The first status at once, as after a new ModelServer's wait for its pods.
+AT_ONCE = Settings(first_status_wait_seconds=0)
+
+
+def _reconciler(
+    body: dict[str, Any], settings: Settings | None = None
+) -> tuple[Reconciler, RecordingKube, Store]:
     cache = Store()
     cache.put_modelserver(body)
     kube = RecordingKube()
-    return Reconciler(Settings(), kube, cache, Metrics()), kube, cache  # type: ignore[arg-type]
+    reconciler = Reconciler(settings or Settings(), kube, cache, Metrics())  # type: ignore[arg-type]
+    return reconciler, kube, cache
 
 
-def _reconcile(reconciler: Reconciler) -> float | None:
-    return asyncio.run(reconciler.reconcile(("ml", "tiny-llama"), now=NOW))
+def _reconcile(reconciler: Reconciler, now: datetime = NOW) -> float | None:
+    return asyncio.run(reconciler.reconcile(("ml", "tiny-llama"), now=now))
 
 
 def test_a_spec_the_operator_cannot_use_is_reported_not_rolled_out() -> None:
@@ -114,7 +121,7 @@ def test_each_decision_is_one_info_line_naming_the_modelserver(
 
 def test_a_converged_modelserver_costs_no_write() -> None:
     body = _body()
-    reconciler, kube, cache = _reconciler(body)
+    reconciler, kube, cache = _reconciler(body, AT_ONCE)
     _reconcile(reconciler)
     assert {m["kind"] for m in kube.applied} == {"Deployment", "Service"}
     # What the watch would deliver back: the children as applied, the status as written.
@@ -129,7 +136,7 @@ def test_a_converged_modelserver_costs_no_write() -> None:
 
 def test_a_drifted_child_is_applied_again() -> None:
     body = _body()
-    reconciler, kube, cache = _reconciler(body)
+    reconciler, kube, cache = _reconciler(body, AT_ONCE)
     _reconcile(reconciler)
     for manifest in kube.applied:
         live = copy.deepcopy(manifest)
@@ -165,13 +172,15 @@ def test_a_host_path_cache_is_refused_unless_the_operator_allows_it() -> None:
 
 def test_the_cache_claim_and_its_storage_class_reach_the_status() -> None:
     """The reconciler reads its own claim and the StorageClasses from the store: a claim of a
-    class that does not exist is said in Ready, with one Warning, before any pod exists."""
+    class that does not exist is said in Ready, with one Warning, before any pod exists (a new
+    ModelServer's first status does not wait when it has a problem to report)."""
     body = _body(cache={"kind": "PersistentVolumeClaim", "size": "1Gi", "storageClassName": "ssd"})
     reconciler, kube, store = _reconciler(body)
     store.storage_classes = {}  # listed: there are none
     _reconcile(reconciler)  # applies the claim; the store holds it, Pending (no status yet)
-    body["status"] = kube.statuses[-1]
+    assert kube.statuses == []  # only "starting" to say: the first status waits
     _reconcile(reconciler)
+    assert len(kube.statuses) == 1
     ready = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ClaimPending")
     assert ready["message"] == "claim tiny-llama-cache is Pending: storage class ssd does not exist"
@@ -233,8 +242,9 @@ def test_a_422_on_a_field_of_the_spec_is_invalid_spec() -> None:
 
 
 def test_a_refused_generation_ends_blocked_and_stays_so_without_writes() -> None:
-    # The generation's first status goes out beside the applies; the refusal's status follows it,
-    # and looking again writes neither status nor Event (a blocked ModelServer costs no writes).
+    # A new ModelServer's first status is the refusal's (its "starting" status waits and is not
+    # written), and looking again writes neither status nor Event (a blocked ModelServer costs
+    # no writes).
     reconciler, kube = _refusing(
         'Service "tiny-llama" is invalid: metadata.labels: Invalid value: "x y": a valid label'
     )
@@ -242,7 +252,117 @@ def test_a_refused_generation_ends_blocked_and_stays_so_without_writes() -> None
     reasons = [
         next(c["reason"] for c in s["conditions"] if c["type"] == "Ready") for s in kube.statuses
     ]
-    assert reasons[-1] == "InvalidSpec" and len(reasons) == 2
+    assert reasons == ["InvalidSpec"]
     statuses, events = len(kube.statuses), len(kube.events)
     assert _reconcile(reconciler) == Settings().resync_seconds
     assert (len(kube.statuses), len(kube.events)) == (statuses, events)
+
+
+# --- a new ModelServer's first status waits for its pods ----------------------------------------
+
+
+def _crd_default_status() -> dict[str, Any]:
+    """What the API server shows before the operator's first write: the CRD's status default."""
+    crd = yaml.safe_load((ROOT / "crds" / "modelserver.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return copy.deepcopy(schema["properties"]["status"]["default"])
+
+
+def _ready_pod_of(deployment: dict[str, Any], ready_at: datetime) -> dict[str, Any]:
+    """A pod of the applied Deployment's template, scheduled, started and Ready at `ready_at`."""
+    template = deployment["spec"]["template"]
+    stamp = ready_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    containers = [c["name"] for c in template["spec"]["containers"]]
+    inits = [c["name"] for c in template["spec"].get("initContainers") or []]
+    done = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": stamp}}
+    done["terminated"]["finishedAt"] = stamp
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "tiny-llama-5d8f-abcde",
+            "namespace": "ml",
+            "uid": "pod-1",
+            "creationTimestamp": stamp,
+            "labels": dict(template["metadata"]["labels"]),
+            "annotations": dict(template["metadata"].get("annotations") or {}),
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.9",
+            "conditions": [
+                {"type": t, "status": "True", "lastTransitionTime": stamp}
+                for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+            ],
+            "initContainerStatuses": [
+                {"name": n, "ready": True, "restartCount": 0, "state": done} for n in inits
+            ],
+            "containerStatuses": [
+                {
+                    "name": n,
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": stamp}},
+                }
+                for n in containers
+            ],
+        },
+    }
+
+
+def test_a_quick_start_is_said_in_one_status_write() -> None:
+    """Pods Ready within the wait: one status (Ready, the flags Active) and one Ready Event,
+    where an immediate first status would have made two writes."""
+    body = _body()
+    body["status"] = _crd_default_status()
+    reconciler, kube, store = _reconciler(body)
+    wait = _reconcile(reconciler)
+    assert {m["kind"] for m in kube.applied} == {"Deployment", "Service"}
+    assert kube.statuses == [] and kube.events == []
+    assert wait is not None and 0 < wait <= Settings().first_status_wait_seconds
+
+    deployment = next(m for m in kube.applied if m["kind"] == "Deployment")
+    store.put_pod(("ml", "tiny-llama"), _ready_pod_of(deployment, NOW + timedelta(seconds=2)))
+    _reconcile(reconciler, NOW + timedelta(seconds=3))
+    (status,) = kube.statuses
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], status["observedGeneration"]) == ("True", 1)
+    assert {s["state"] for s in status["optimizations"]} == {"Active"}
+    assert [(t, r) for t, r, _ in kube.events] == [("Normal", "Ready")]
+
+
+def test_a_slow_start_gets_its_first_status_when_the_wait_is_over() -> None:
+    body = _body()
+    body["status"] = _crd_default_status()
+    reconciler, kube, _ = _reconciler(body)
+    _reconcile(reconciler)
+    _reconcile(reconciler, NOW + timedelta(seconds=2))  # a pod event: still only starting
+    assert kube.statuses == []
+    wait = Settings().first_status_wait_seconds
+    _reconcile(reconciler, NOW + timedelta(seconds=wait))
+    (status,) = kube.statuses
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], status["observedGeneration"]) == (
+        "False",
+        "Starting",
+        1,
+    )
+    assert kube.events == []  # Ready Unknown (the CRD's default) to False is no news
+
+
+def test_a_modelserver_with_a_status_of_the_operator_does_not_wait() -> None:
+    """A spec edit (or an operator restart) writes its status at once: kstatus reads the
+    generation the status names."""
+    body = _body()
+    reconciler, kube, cache = _reconciler(body, AT_ONCE)
+    _reconcile(reconciler)
+    for manifest in kube.applied:
+        cache.put_child(manifest["kind"], copy.deepcopy(manifest))
+    body["status"] = kube.statuses[-1]
+    body["metadata"]["generation"] = 2
+    body["spec"]["replicas"] = 2
+    waiting = Reconciler(Settings(), kube, cache, Metrics())  # type: ignore[arg-type]
+    _reconcile(waiting)
+    assert kube.statuses[-1]["observedGeneration"] == 2
+

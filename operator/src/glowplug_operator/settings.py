@@ -43,6 +43,10 @@ class Settings(BaseModel):
     """Where the weight cache volume is mounted in both containers."""
     reconcile_workers: int = Field(default=16, ge=1, le=256)
     """How many ModelServers are reconciled at once."""
+    first_status_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    """How long a new ModelServer's first status may wait for its pods to turn Ready, so that a
+    quick start is one status write, not two; meanwhile the CRD's default status says Ready
+    Unknown (Pending). 0 writes it at once."""
     resync_seconds: float = Field(default=300.0, ge=5)
     """A converged ModelServer is re-checked this often (reads only; writes only on drift)."""
     api_threads: int = Field(default=16, ge=1, le=256)

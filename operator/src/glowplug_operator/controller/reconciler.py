@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -84,6 +84,8 @@ class Reconciler:
     metrics: Metrics
     # Reads each Ready pod's /startup once; None where pods cannot be reached (unit tests).
     startup_reports: StartupReports | None = None
+    # A new ModelServer whose first status waits for its pods: by key, its uid and until when.
+    first_status_due: dict[Key, tuple[str, datetime]] = field(default_factory=dict)
 
     async def reconcile(self, key: Key, now: datetime | None = None) -> float | None:
         """Converge one ModelServer; returns seconds until it should be looked at again."""
@@ -92,11 +94,16 @@ class Reconciler:
         except Gone:
             # Deleted while we looked (a DELETED event lost in a watch relist, say): forget it.
             self.store.drop_modelserver(key)
-            self.metrics.forget(*key)
+            self.forget(key)
             return None
         except Stale:
             # The body changed while we computed its status; the newer one is on its way.
             return STALE_RETRY_SECONDS
+
+    def forget(self, key: Key) -> None:
+        """Drop what is kept about a ModelServer that is gone."""
+        self.metrics.forget(*key)
+        self.first_status_due.pop(key, None)
 
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         """Replace the status of exactly the body it was computed from (resourceVersion
@@ -113,7 +120,7 @@ class Reconciler:
     async def _reconcile(self, key: Key, now: datetime | None) -> float | None:
         body = self.store.modelservers.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            self.metrics.forget(*key)
+            self.forget(key)
             return None  # children go with it: owner references
         now = now or datetime.now(UTC)
         try:
@@ -146,7 +153,8 @@ class Reconciler:
             now,
         )
         converge = self._converge_children(owner, spec, decision)
-        if status == previous:
+        waits = self._first_status_waits(key, body, status, decision, now)
+        if status == previous or waits is not None:
             blocked = await converge
         elif previous.get("observedGeneration") != status.get("observedGeneration"):
             # A generation's first look: its status comes from what the store held before the
@@ -169,7 +177,43 @@ class Reconciler:
             (status.get("coldStart") or {}).get("lastSeconds"),
             decision.flag_states,
         )
-        return self._next_look(spec, status, observations, progress, now)
+        look = self._next_look(spec, status, observations, progress, now)
+        return look if waits is None else min(waits, look or waits)
+
+    def _first_status_waits(
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        status: Mapping[str, Any],
+        decision: Decision,
+        now: datetime,
+    ) -> float | None:
+        """Seconds a new ModelServer's first status may still wait for its pods to turn Ready,
+        or None when it is written now. It waits only while it would say nothing but "starting"
+        (no decision, nothing Degraded), up to `first_status_wait_seconds` from the first look:
+        a quick start is then one status write, not two. Meanwhile the API server shows the
+        CRD's default status (Ready Unknown, observedGeneration 0: in progress for kstatus)."""
+        previous = body.get("status") or {}
+        ready = _condition(status, "Ready") or {}
+        if (
+            self.settings.first_status_wait_seconds <= 0
+            or previous.get("observedGeneration")  # the operator has written a status already
+            or ready.get("reason") != "Starting"
+            or decision.events
+            or decision.degraded
+        ):
+            self.first_status_due.pop(key, None)
+            return None
+        uid = body["metadata"]["uid"]
+        seen_uid, due = self.first_status_due.get(key, ("", now))
+        if seen_uid != uid:
+            due = now + timedelta(seconds=self.settings.first_status_wait_seconds)
+            self.first_status_due[key] = (uid, due)
+        left = (due - now).total_seconds()
+        if left <= 0:
+            self.first_status_due.pop(key, None)
+            return None
+        return left
 
     def _observe(self, spec: ModelServerSpec, key: Key, now: datetime) -> list[PodObservation]:
         """The pods as observations; a worker that failed without a report (a stock engine)
@@ -401,7 +445,7 @@ class Reconciler:
                 extra = f" (cold start {cold}s)" if cold is not None else ""
                 extra += "".join(f"; {e.message}" for e in folded)
                 await self._event(body, "Normal", "Ready", now_ready["message"] + extra)
-            elif was is not None:
+            elif was is not None and was.get("status") == "True":
                 # A flag edit rolling out while the previous pods serve is no fault: Normal.
                 kind = "Normal" if now_ready["reason"] == UPDATING else "Warning"
                 await self._event(body, kind, now_ready["reason"], now_ready["message"])

@@ -179,7 +179,7 @@ def modelserver_event(controller: Controller, event: Event) -> None:
     if event["type"] == "DELETED":
         controller.store.drop_modelserver(key)
         controller.queue.forget(key)
-        controller.reconciler.metrics.forget(*key)
+        controller.reconciler.forget(key)
         return
     if _known(controller.store.modelservers.get(key), body):
         return  # our own status write coming back: the store has it already
