@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -57,6 +58,41 @@ def test_a_users_service_of_the_same_name_is_not_taken_over(
     # A garbage collection would take seconds; the Service has no owner to be collected with.
     k.run("wait", "--for=delete", "ms/shop", "--timeout=30s")
     assert k.get("service", "shop")["spec"]["selector"] == {"app": "shop"}
+
+
+def test_removing_the_object_that_took_the_name_unblocks_the_modelserver(
+    kubectl: Kubectl, crd: None, namespace: str, tmp_path: Path
+) -> None:
+    """The operator watches objects that are not its own: the user's Service going away is an
+    event, and the ModelServer rolls out at once, not at the next resync (300 s here)."""
+    k = kubectl.in_namespace(namespace)
+    users = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "free", "labels": {"app": "shop"}},
+        "spec": {"selector": {"app": "shop"}, "ports": [{"port": 80}]},
+    }
+    k.apply(users)
+    operator = OperatorProcess(kubectl.kubeconfig, namespace, tmp_path, resync_seconds="300")
+    operator.start()
+    try:
+        k.apply(_example("free"))
+        wait_until(
+            "Ready=False NameConflict",
+            lambda: _ready_reason(k, "free") == ("False", "NameConflict"),
+        )
+        k.run("delete", "service", "free", "--wait=true")
+        wait_until(
+            "the ModelServer's own Service",
+            lambda: (
+                bool(k.exists("service", "free"))
+                and bool(k.get("service", "free")["metadata"].get("ownerReferences"))
+            ),
+            timeout=20,
+        )
+        assert k.exists("deployment", "free")
+    finally:
+        operator.kill()
 
 
 def test_a_users_claim_named_like_the_cache_is_not_adopted(

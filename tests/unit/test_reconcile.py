@@ -38,9 +38,6 @@ class RecordingKube:
         self.applied.append(copy.deepcopy(manifest))
         return copy.deepcopy(manifest)
 
-    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return None  # nothing outside the store
-
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self.deleted.append((kind, name))
 
@@ -366,3 +363,37 @@ def test_a_modelserver_with_a_status_of_the_operator_does_not_wait() -> None:
     _reconcile(waiting)
     assert kube.statuses[-1]["observedGeneration"] == 2
 
+
+# --- names taken by objects that are not the operator's -----------------------------------------
+
+
+def test_a_name_taken_by_a_users_object_is_a_conflict_found_in_the_store() -> None:
+    """The watches see every object of a child kind: a user's Service of the ModelServer's name
+    blocks it with no request and no write."""
+    body = _body()
+    reconciler, kube, store = _reconciler(body, AT_ONCE)
+    users = {"metadata": {"name": "tiny-llama", "namespace": "ml", "labels": {"app": "shop"}}}
+    store.put_child("Service", users)
+    _reconcile(reconciler)
+    assert kube.applied == []
+    ready = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert "Service ml/tiny-llama" in ready["message"]
+
+
+def test_a_child_whose_label_was_removed_is_applied_again() -> None:
+    body = _body()
+    reconciler, kube, store = _reconciler(body, AT_ONCE)
+    stripped = {
+        "metadata": {
+            "name": "tiny-llama",
+            "namespace": "ml",
+            "labels": {},
+            "ownerReferences": [{"uid": "uid-1", "kind": "ModelServer", "name": "tiny-llama"}],
+        }
+    }
+    store.put_child("Service", stripped)
+    _reconcile(reconciler)
+    assert {m["kind"] for m in kube.applied} == {"Deployment", "Service"}
+    service = next(m for m in kube.applied if m["kind"] == "Service")
+    assert service["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "glowplug"

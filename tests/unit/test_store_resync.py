@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from glowplug_operator.contract import MANAGED_BY
 from glowplug_operator.controller.store import Store, resync
 
 
 def _obj(name: str, owner: str | None = None, namespace: str = "ml") -> dict[str, Any]:
-    labels = {"glowplug.dev/modelserver": owner} if owner else {}
+    """An object; with `owner`, labelled as the operator labels that ModelServer's children."""
+    labels = {"glowplug.dev/modelserver": owner, **MANAGED_BY} if owner else {}
     return {"metadata": {"name": name, "namespace": namespace, "labels": labels}}
 
 
@@ -115,3 +117,25 @@ def test_a_new_storage_class_concerns_the_modelservers_whose_claim_waits() -> No
     store.put_child("PersistentVolumeClaim", claim("c", "fast", "Bound"))
     store.put_child("PersistentVolumeClaim", claim("d", "slow", "Pending"))
     assert sorted(store.claims_of_class("fast")) == [("ml", "a"), ("ml", "b")]
+
+
+def test_an_object_of_a_child_kind_that_is_not_ours_is_known_by_its_owners_only() -> None:
+    """A user's Service named like a ModelServer: the store keeps who owns it (nobody), not the
+    object; once a relist misses it, its name is free and the ModelServer is looked at again."""
+    store = Store()
+    store.put_modelserver(_obj("shop"))
+    users = _obj("shop")
+    users["spec"] = {"selector": {"app": "shop"}}
+    store.put_child("Service", users)
+    assert store.child("Service", "ml", "shop") is None
+    assert store.other_owners("Service", "ml", "shop") == ()
+    ours = _obj("shop", owner="shop")
+    ours["metadata"]["ownerReferences"] = [{"uid": "uid-shop"}]
+    store.put_child("Service", ours)  # labelled now: a child, no longer an other
+    assert store.other_owners("Service", "ml", "shop") is None
+    store.put_child("Service", users)
+
+    started = time.monotonic()
+    touched = resync(store, _lists(ModelServer=[_obj("shop")]), started)
+    assert store.other_owners("Service", "ml", "shop") is None
+    assert touched == {("ml", "shop")}

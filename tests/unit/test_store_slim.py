@@ -15,7 +15,7 @@ DEPLOYMENT: dict[str, Any] = {
     "metadata": {
         "name": "llama",
         "namespace": "ml",
-        "labels": {"glowplug.dev/modelserver": "llama"},
+        "labels": {"glowplug.dev/modelserver": "llama", "app.kubernetes.io/managed-by": "glowplug"},
         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
         "managedFields": [{"manager": "glowplug", "operation": "Apply"}],
         "resourceVersion": "42",

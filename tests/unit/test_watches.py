@@ -79,12 +79,13 @@ async def _run_until(
     namespaces: tuple[str, ...],
     done: Callable[[], bool],
     configure: Callable[[Configuration], None] = lambda c: None,
+    versions: watches.Versions | None = None,
 ) -> None:
     runner, host = await _serve(server)
     configuration = _configuration(host, "t0")
     configure(configuration)
     connection = Connection(configuration)
-    tasks = watch_tasks(ws, namespaces, connection)
+    tasks = watch_tasks(ws, namespaces, connection, versions)
     try:
         for _ in range(300):
             if done():
@@ -164,6 +165,23 @@ def test_one_stream_per_namespace_for_namespaced_kinds_one_for_cluster_scoped() 
     pods = [Watch("Pod", lambda e: None)]
     asyncio.run(_run_until(server, pods, (), lambda: bool(server.requests)))
     assert server.requests[0][0] == "/api/v1/pods"  # cluster-wide
+
+
+def test_a_stream_given_a_lists_version_watches_from_it_without_listing() -> None:
+    """The operator's startup lists filled the store: the stream goes on from their version, so
+    an object deleted since then arrives as DELETED (a second list would just lack it)."""
+    events = [{"type": "DELETED", "object": _pod("a", "6")}]
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
+    lists = [{"items": [_pod("b", "9")], "metadata": {"resourceVersion": "9"}}]
+    server = Server(lists, [[*events, gone]])
+    seen: list[tuple[str | None, str]] = []
+    watch = Watch("Pod", lambda e: seen.append((e["type"], e["object"]["metadata"]["name"])))
+    asyncio.run(
+        _run_until(server, [watch], ("ns",), lambda: len(seen) == 2, versions={("Pod", "ns"): "5"})
+    )
+    assert seen == [("DELETED", "a"), (None, "b")]  # after 410 Gone: a list, as always
+    first = server.requests[0][1]
+    assert (first.get("watch"), first.get("resourceVersion")) == ("true", "5")
 
 
 def test_410_gone_lists_again_at_once() -> None:

@@ -256,18 +256,6 @@ class Kube:
         _wrote(meta["namespace"], _owner(manifest), f"{kind} {meta['name']} {what}")
         return live
 
-    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None when there is none (the store sees only labelled objects: this is
-        how an object of the same name that is not ours is found). Read from the API server's
-        watch cache (resourceVersion=0), not from etcd: as fresh as the server's own watch."""
-        try:
-            cached = {"resourceVersion": "0"}
-            return await self._request("GET", _path(kind, namespace, name), cached)
-        except ApiError as error:
-            if error.code == 404:
-                return None
-            raise
-
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self._writing()
         try:
@@ -342,10 +330,16 @@ class Kube:
         _wrote(meta["namespace"], meta["name"], f"Event {type_} {reason} posted")
 
     async def list_all(
-        self, kind: str, namespaces: tuple[str, ...], labelled: bool = True
+        self,
+        kind: str,
+        namespaces: tuple[str, ...],
+        labelled: bool = True,
+        versions: dict[tuple[str, str | None], str] | None = None,
     ) -> list[dict[str, Any]]:
         """Every object of `kind` ("ModelServer", a child kind or "Pod") in the namespaces (all
-        when empty), only the operator's labelled ones unless `labelled` is False; paged."""
+        when empty), only the operator's labelled ones unless `labelled` is False; paged. Each
+        list's resourceVersion goes into `versions`, by (kind, namespace or None), for a watch
+        to start from."""
         selector = MANAGED_BY_SELECTOR if labelled else None
         out: list[dict[str, Any]] = []
         for namespace in namespaces or (None,):
@@ -354,16 +348,21 @@ class Kube:
                 query = {"labelSelector": selector, "limit": str(LIST_PAGE), "continue": token}
                 page = await self._request("GET", _path(kind, namespace), query)
                 out += (listed_item(kind, body) for body in page.get("items") or [])
-                token = (page.get("metadata") or {}).get("continue")
+                meta = page.get("metadata") or {}
+                token = meta.get("continue")
                 if not token:
+                    if versions is not None and meta.get("resourceVersion"):
+                        versions[kind, namespace] = str(meta["resourceVersion"])
                     break
         return out
 
-    async def list_storage_classes(self) -> list[dict[str, Any]] | None:
+    async def list_storage_classes(
+        self, versions: dict[tuple[str, str | None], str] | None = None
+    ) -> list[dict[str, Any]] | None:
         """Every StorageClass (cluster-scoped), to say why a cache claim is not bound; None when
         they cannot be read (a namespaced install without the permission)."""
         try:
-            return await self.list_all("StorageClass", (), labelled=False)
+            return await self.list_all("StorageClass", (), False, versions)
         except ApiError as error:
             if error.code == 403:
                 return None

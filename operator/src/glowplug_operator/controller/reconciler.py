@@ -316,17 +316,6 @@ class Reconciler:
             "PersistentVolumeClaim": builders.build_cache_claim(owner, spec),
             "PodDisruptionBudget": builders.build_disruption_budget(owner, spec),
         }
-        # The store sees only our labelled objects: look for ones of the same names, at once.
-        missing = [
-            kind
-            for kind, manifest in wanted.items()
-            if manifest is not None
-            and self.store.child(kind, owner.namespace, child_name(kind, owner.name)) is None
-        ]
-        found = await asyncio.gather(
-            *(self.kube.get(k, owner.namespace, child_name(k, owner.name)) for k in missing)
-        )
-        unlabelled = dict(zip(missing, found, strict=True))
         writes: list[Callable[[], Awaitable[None]]] = []
         for kind, manifest in wanted.items():
             name = child_name(kind, owner.name)
@@ -336,10 +325,16 @@ class Reconciler:
                     writes.append(partial(self._delete, kind, owner.namespace, name))
                 continue
             if live is None:
-                live = unlabelled.get(kind)
-                if live is None:
+                # An object of that name without our label: ours if it names us as its owner
+                # (its label was removed: applied again), else a NameConflict.
+                owners = self.store.other_owners(kind, owner.namespace, name)
+                if owners is None:
                     writes.append(partial(self._apply, manifest, first=True))
-                    continue
+                elif owner.uid in owners:
+                    writes.append(partial(self._apply, manifest))
+                else:
+                    return _name_conflict(kind, name, owner)
+                continue
             if not _owned_by(live, owner):
                 return _name_conflict(kind, name, owner)
             if not contains(live, manifest):

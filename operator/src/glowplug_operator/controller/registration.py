@@ -29,8 +29,17 @@ from glowplug_operator.controller.loop import reconcile_loop
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.reconciler import Reconciler
 from glowplug_operator.controller.startup_reports import StartupReports
-from glowplug_operator.controller.store import Key, Store, fill, key_of, owner_of, resync
-from glowplug_operator.controller.watches import Connection, Event, Watch, watch_tasks
+from glowplug_operator.controller.store import (
+    Key,
+    Store,
+    fill,
+    key_of,
+    managed,
+    named_for,
+    owner_of,
+    resync,
+)
+from glowplug_operator.controller.watches import Connection, Event, Versions, Watch, watch_tasks
 from glowplug_operator.controller.workqueue import WorkQueue
 from glowplug_operator.memory import release_memory_loop
 from glowplug_operator.settings import Settings
@@ -87,7 +96,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     reconciler = Reconciler(config, kube, store, metrics, reports)
     # The initial lists, before any reconcile: a first reconcile after a restart must see the
     # pods and children that exist, not an empty store (Ready=False and a Warning for nothing).
-    for key in fill(store, await _lists(kube, config.namespaces)):
+    # The watches start from these lists' versions: what changes meanwhile comes as events.
+    versions: Versions = {}
+    for key in fill(store, await _lists(kube, config.namespaces, versions)):
         queue.add(key)
     loops = [asyncio.create_task(_relist_loop(kube, store, queue, config))]
     loops.append(asyncio.create_task(release_memory_loop()))
@@ -96,7 +107,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     connection = Connection(load_configuration())
     memo.controller = Controller(store, queue, reconciler, loops, connection)
-    loops += watch_tasks(_watches(memo.controller), config.namespaces, connection)
+    loops += watch_tasks(_watches(memo.controller), config.namespaces, connection, versions)
     if config.leader_election:
         # A standby watches and keeps its store (reads) and writes nothing until it holds the
         # Lease; then the loops start at once on a warm store. Losing it stops the operator.
@@ -128,10 +139,15 @@ KINDS: tuple[str, ...] = ("ModelServer", "Deployment", "Service", "PersistentVol
 KINDS += ("PodDisruptionBudget", "Pod")
 
 
-async def _lists(kube: Kube, namespaces: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
-    lists = await asyncio.gather(*(kube.list_all(k, namespaces, k != "ModelServer") for k in KINDS))
+async def _lists(
+    kube: Kube, namespaces: tuple[str, ...], versions: Versions | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    # Pods: the operator's only. The child kinds: all, to know the names others took.
+    lists = await asyncio.gather(
+        *(kube.list_all(k, namespaces, k == "Pod", versions) for k in KINDS)
+    )
     listed = dict(zip(KINDS, lists, strict=True))
-    classes = await kube.list_storage_classes()
+    classes = await kube.list_storage_classes(versions)
     if classes is not None:
         listed["StorageClass"] = classes
     return listed
@@ -198,6 +214,8 @@ def _known(stored: dict[str, Any] | None, body: dict[str, Any]) -> bool:
 
 
 def child_event(controller: Controller, kind: str, event: Event) -> None:
+    """An object of a child kind, the operator's or not: one that is not its own matters only
+    for its name (a ModelServer that wants that name is blocked, or free once it is gone)."""
     body = _body(event)
     if event["type"] == "DELETED":
         controller.store.drop_child(kind, body)
@@ -206,7 +224,7 @@ def child_event(controller: Controller, kind: str, event: Event) -> None:
         if _known(controller.store.child(kind, meta["namespace"], meta["name"]), body):
             return  # the echo of our own apply
         controller.store.put_child(kind, body)
-    owner = owner_of(body)
+    owner = owner_of(body) if managed(body) else named_for(kind, *key_of(body))
     if owner is not None and owner in controller.store.modelservers:
         controller.queue.add(owner)
 
@@ -241,7 +259,7 @@ def _watches(controller: Controller) -> list[Watch]:
     """What the operator watches, and what each event does to the store and the queue."""
 
     def child(kind: str) -> Watch:
-        return Watch(kind, partial(child_event, controller, kind), MANAGED_BY_SELECTOR)
+        return Watch(kind, partial(child_event, controller, kind))
 
     return [
         Watch("ModelServer", partial(modelserver_event, controller)),

@@ -1,6 +1,8 @@
 """The informer's store: what the operator knows of the cluster, the latest ModelServers, their
 children and pods, as the watch streams deliver them. The reconciler reads only from here, so
-a converged ModelServer costs no API requests at all."""
+a converged ModelServer costs no API requests at all. Of the objects of a child's kind that are
+not the operator's (no managed-by label), only the owners are kept: a child's name taken by one
+of them is a NameConflict, found without a request."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from glowplug_operator.contract import MODELSERVER_LABEL
+from glowplug_operator.contract import MANAGED_BY, MODELSERVER_LABEL, cache_claim_name
 
 Key = tuple[str, str]  # (namespace, name)
 Body = dict[str, Any]
@@ -65,10 +67,27 @@ def owner_of(body: Body) -> Key | None:
     return (meta["namespace"], name) if name else None
 
 
+def managed(body: Body) -> bool:
+    """The object carries the operator's managed-by label: one of its children."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in MANAGED_BY.items())
+
+
+def named_for(kind: str, namespace: str, name: str) -> Key:
+    """The ModelServer whose child of `kind` would have this name."""
+    suffix = cache_claim_name("")
+    if kind == "PersistentVolumeClaim" and name.endswith(suffix):
+        name = name[: -len(suffix)]
+    return namespace, name
+
+
 @dataclass
 class Store:
     modelservers: dict[Key, Body] = field(default_factory=dict)
     children: dict[tuple[str, str, str], Body] = field(default_factory=dict)
+    # Objects of a child kind that are not the operator's, by (kind, namespace, name): the uids
+    # of their owners only.
+    others: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)
     pods: defaultdict[Key, dict[str, Body]] = field(default_factory=lambda: defaultdict(dict))
     # When each entry was last put, by (kind, namespace, name): a relist drops only what was
     # in the store before the list began and is not in the list.
@@ -122,17 +141,31 @@ class Store:
         self.pods.pop(key, None)
 
     def put_child(self, kind: str, body: Body) -> None:
+        """An object of a child kind: kept whole when it is the operator's, else its owners."""
         self._stamp(kind, body)
-        namespace, name = key_of(body)
-        self.children[kind, namespace, name] = slim(body)
+        where = (kind, *key_of(body))
+        if managed(body):
+            self.others.pop(where, None)
+            self.children[where] = slim(body)
+        else:
+            self.children.pop(where, None)
+            refs = body["metadata"].get("ownerReferences") or []
+            self.others[where] = tuple(str(r.get("uid")) for r in refs)
 
     def drop_child(self, kind: str, body: Body) -> None:
-        namespace, name = key_of(body)
-        self.stamps.pop((kind, namespace, name), None)
-        self.children.pop((kind, namespace, name), None)
+        where = (kind, *key_of(body))
+        self.stamps.pop(where, None)
+        self.children.pop(where, None)
+        self.others.pop(where, None)
 
     def child(self, kind: str, namespace: str, name: str) -> Body | None:
+        """The operator's object of `kind` and name (with its managed-by label)."""
         return self.children.get((kind, namespace, name))
+
+    def other_owners(self, kind: str, namespace: str, name: str) -> tuple[str, ...] | None:
+        """The owners' uids of an object of `kind` and name without the managed-by label (a
+        user's, or one of ours whose label was removed); None when there is none."""
+        return self.others.get((kind, namespace, name))
 
     def put_pod(self, owner: Key, body: Body) -> None:
         self._stamp("Pod", body)
@@ -226,9 +259,15 @@ def resync(store: Store, listed: dict[str, list[Body]], started: float) -> set[K
                 store.stamps.pop((kind, namespace, name), None)
                 if child_owner is not None:
                     touched.add(child_owner)
+            for k, namespace, name in [
+                c for c in store.others if c[0] == kind and stale(kind, c[1], c[2], names)
+            ]:
+                store.others.pop((k, namespace, name))
+                store.stamps.pop((kind, namespace, name), None)
+                touched.add(named_for(kind, namespace, name))  # its name may be free now
             for body in bodies:
-                namespace, name = key_of(body)
-                if (kind, namespace, name) not in store.children:
+                where = (kind, *key_of(body))
+                if where not in store.children and where not in store.others:
                     store.put_child(kind, body)
                     if (listed_owner := owner_of(body)) is not None:
                         touched.add(listed_owner)

@@ -1,15 +1,17 @@
 """The operator's watch streams, each event handed straight to a handler.
 
 A stream lists its kind (paged), hands each listed object to the handler (event type None),
-then watches from the list's resourceVersion, with bookmarks. When the server ends a watch
+then watches from the list's resourceVersion, with bookmarks. A stream given the version of a
+list made before it (the operator's startup lists) watches from there at once: what changed
+since that list, deletions included, arrives as events. When the server ends a watch
 (`timeoutSeconds`) it is opened again from the last version seen; 410 Gone (that version is too
 old) lists again at once. Any other failure (a refusal such as 403, an ERROR event, a dropped
 connection) is logged and the stream opens again with a fresh list after RETRY_SECONDS, doubled
 after each failure in a row up to RETRY_MAX_SECONDS.
 
 A stream's events reach its handler one at a time, in the order the API server sent them, on
-the event loop. The server filters child kinds by the `managed-by` label: the operator never
-receives the pods, Deployments or Services of other workloads.
+the event loop. The server filters pods by the `managed-by` label: the operator never receives
+the pods of other workloads.
 
 Why not kopf's resource handlers, nor its watch stream: at 1000 ModelServers an `on.event`
 handler's path (a task and a queue per object, a cause, a logger, keyword arguments, an empty
@@ -127,20 +129,31 @@ class Connection:
             self._session = None
 
 
+Versions = dict[tuple[str, str | None], str]  # (kind, namespace or None) -> resourceVersion
+
+
 def watch_tasks(
-    watches: list[Watch], namespaces: tuple[str, ...], connection: Connection
+    watches: list[Watch],
+    namespaces: tuple[str, ...],
+    connection: Connection,
+    versions: Versions | None = None,
 ) -> list[asyncio.Task[None]]:
-    """One task per kind and namespace (one per kind when cluster-wide or cluster-scoped)."""
+    """One task per kind and namespace (one per kind when cluster-wide or cluster-scoped); each
+    watches from its entry in `versions`, where there is one, without listing first."""
     tasks = []
     for w in watches:
         cluster_wide = w.kind in CLUSTER_SCOPED or not namespaces
         for namespace in (None,) if cluster_wide else namespaces:
-            tasks.append(asyncio.create_task(stream(w, namespace, connection)))
+            version = (versions or {}).get((w.kind, namespace), "")
+            tasks.append(asyncio.create_task(stream(w, namespace, connection, version)))
     return tasks
 
 
-async def stream(watch: Watch, namespace: str | None, connection: Connection) -> None:
-    """Hand every event of one stream to its handler, until cancelled.
+async def stream(
+    watch: Watch, namespace: str | None, connection: Connection, version: str = ""
+) -> None:
+    """Hand every event of one stream to its handler, until cancelled; with `version`, watch
+    from it first (the handler has that list already), else list first.
 
     A handler's failure is logged and the stream goes on: one odd object must not stop the
     operator's view of the rest. The watch has no deadline, the operator needs it for as long as
@@ -151,17 +164,20 @@ async def stream(watch: Watch, namespace: str | None, connection: Connection) ->
     delay = RETRY_SECONDS
     while True:
         try:
-            version = await _list(watch, connection, path, selector)
-            delay = RETRY_SECONDS  # it works: the next failure starts over
+            if not version:
+                version = await _list(watch, connection, path, selector)
+                delay = RETRY_SECONDS  # it works: the next failure starts over
             while True:
                 began = time.monotonic()
                 try:
                     version = await _watch(watch, connection, path, selector, version)
                 except Gone:
+                    version = ""
                     break  # list again, at once
                 if time.monotonic() - began < QUICK_END_PAUSE_SECONDS:
                     await asyncio.sleep(QUICK_END_PAUSE_SECONDS)  # not a busy loop
         except Exception:
+            version = ""
             log.exception(
                 "the %s watch %s failed; opening it again in %g s", watch.kind, where, delay
             )
