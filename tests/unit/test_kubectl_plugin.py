@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from glowplug_operator.kubectl.cli import PluginError, parse, retry_value
 from glowplug_operator.kubectl.render import explain_text, status_text, timeline
 from glowplug_operator.timestamps import iso, parse_time
@@ -118,6 +119,23 @@ class TestStatus:
         assert "CONDITIONS  (none yet)" in text
         assert "COLD START  (no pod has become Ready yet)" in text
         assert "generation 1 (status describes -)" in text
+
+    def test_the_crds_default_status_has_no_transition_age(self) -> None:
+        crd = yaml.safe_load((ROOT / "crds" / "modelserver.yaml").read_text())
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        obj = {
+            "metadata": {
+                "name": "new",
+                "namespace": "ml",
+                "generation": 1,
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "status": schema["properties"]["status"]["default"],
+        }
+        text = status_text(obj, [], datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC))
+        ready = next(line for line in text.splitlines() if line.strip().startswith("Ready"))
+        assert ready.split()[:4] == ["Ready", "Unknown", "Pending", "-"], ready
+        assert "generation 1 (status describes 0)" in text
 
 
 class TestExplainRollback:

@@ -96,17 +96,22 @@ def timeline(
 
 def _conditions(ms: Obj, now: datetime) -> list[str]:
     conditions = (ms.get("status") or {}).get("conditions") or []
+    created = parse_time(ms["metadata"].get("creationTimestamp"))
     rows = [("TYPE", "STATUS", "REASON", "AGE", "MESSAGE")]
-    rows += [
-        (
-            c.get("type", ""),
-            c.get("status", ""),
-            c.get("reason", ""),
-            age(c.get("lastTransitionTime"), now),
-            c.get("message", ""),
+    for c in conditions:
+        since = c.get("lastTransitionTime")
+        at = parse_time(since) if since else None
+        if at is not None and created is not None and at < created:
+            since = None  # the CRD's default status (1970): no transition has happened
+        rows.append(
+            (
+                c.get("type", ""),
+                c.get("status", ""),
+                c.get("reason", ""),
+                age(since, now),
+                c.get("message", ""),
+            )
         )
-        for c in conditions
-    ]
     return ["CONDITIONS", *table(rows)] if conditions else ["CONDITIONS  (none yet)"]
 
 
