@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.ci import cannot_run
 from tests.cluster import behaviours
-from tests.cluster.kube import LOCAL_KUBECONFIG, Kubectl, kubeconfig_path, make_namespace
+from tests.cluster.kube import (
+    LOCAL_KUBECONFIG,
+    Kubectl,
+    kubeconfig_path,
+    make_namespace,
+    wait_until,
+)
 from tests.cluster.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +56,38 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     name = make_namespace(kubectl, "t")
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def free_kwok_gpus(kubectl: Kubectl) -> int:
+    """GPUs of the kwok nodes that no pod holds: the pods of earlier tests' namespaces, deleted
+    without waiting, hold theirs until they are gone."""
+    nodes = kubectl.get("nodes", selector="type=kwok")["items"]
+    names = {n["metadata"]["name"] for n in nodes}
+    total = sum(int(n["status"]["allocatable"].get("nvidia.com/gpu", 0)) for n in nodes)
+    held = 0
+    for pod in kubectl.json("get", "pods", "--all-namespaces")["items"]:
+        if pod["spec"].get("nodeName") not in names:
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for container in pod["spec"]["containers"]:
+            limits = (container.get("resources") or {}).get("limits") or {}
+            held += int(limits.get("nvidia.com/gpu", 0))
+    return total - held
+
+
+@pytest.fixture
+def room_for(kubectl: Kubectl, needs_kwok: None) -> Callable[[int], None]:
+    """Wait until the kwok nodes have this many GPUs free: for a test in which a pod that cannot
+    be scheduled at once would be a wrong verdict (Unschedulable is reported without delay).
+    An earlier test's pods keep theirs through their grace period (60 s) once deleted."""
+
+    def wait(gpus: int) -> None:
+        wait_until(
+            f"{gpus} free GPUs on the kwok nodes", lambda: free_kwok_gpus(kubectl) >= gpus, 90, 1
+        )
+
+    return wait
 
 
 @pytest.fixture

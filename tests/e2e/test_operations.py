@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +112,13 @@ def _events(k: Kubectl, name: str) -> list[str]:
 
 
 def test_a_rollback_through_gitops_health_kubectl_glowplug_and_the_log(
-    kubectl: Kubectl, sim_namespace: str, stages, sim_operator: OperatorProcess
+    kubectl: Kubectl,
+    sim_namespace: str,
+    stages,
+    sim_operator: OperatorProcess,
+    room_for: Callable[[int], None],
 ) -> None:
+    room_for(2)  # as in the bisection below: no verdict on another test's GPUs
     k = kubectl.in_namespace(sim_namespace)
     stages.add(
         b.crash_loop("bad", [b.flag_on("fast-load")], message=json.dumps(REPORT), delay_ms=300)
@@ -202,10 +207,15 @@ def test_a_rollback_through_gitops_health_kubectl_glowplug_and_the_log(
 
 
 def test_a_bisection_is_in_progress_for_gitops_tools_until_served(
-    kubectl: Kubectl, sim_namespace: str, stages, sim_operator: OperatorProcess
+    kubectl: Kubectl,
+    sim_namespace: str,
+    stages,
+    sim_operator: OperatorProcess,
+    room_for: Callable[[int], None],
 ) -> None:
     """No evidence (the probe kills slim-imports' starts): the operator bisects; kstatus and Argo
     CD say the rollout is under way through every step, never Failed, and Healthy at the end."""
+    room_for(2)  # a pod and a trial's: the verdicts must not see the GPUs of earlier tests
     k = kubectl.in_namespace(sim_namespace)
     stages.add(b.crash_loop("hang", [b.flag_on("slim-imports")], exit_code=137, delay_ms=500))
     stages.add(b.ready("ok", [b.flag_off("slim-imports")], delay_ms=300))
