@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -21,6 +21,7 @@ from glowplug_operator.contract import (
     child_name,
     flag_fingerprint,
 )
+from glowplug_operator.controller.first_status import FirstStatusWait
 from glowplug_operator.controller.kube import ApiError, Gone, Kube, Stale
 from glowplug_operator.controller.metrics import Metrics
 from glowplug_operator.controller.objects import contains
@@ -84,8 +85,10 @@ class Reconciler:
     metrics: Metrics
     # Reads each Ready pod's /startup once; None where pods cannot be reached (unit tests).
     startup_reports: StartupReports | None = None
-    # A new ModelServer whose first status waits for its pods: by key, its uid and until when.
-    first_status_due: dict[Key, tuple[str, datetime]] = field(default_factory=dict)
+    first_status: FirstStatusWait = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_status = FirstStatusWait(self.settings.first_status_wait_seconds)
 
     async def reconcile(self, key: Key, now: datetime | None = None) -> float | None:
         """Converge one ModelServer; returns seconds until it should be looked at again."""
@@ -103,7 +106,7 @@ class Reconciler:
     def forget(self, key: Key) -> None:
         """Drop what is kept about a ModelServer that is gone."""
         self.metrics.forget(*key)
-        self.first_status_due.pop(key, None)
+        self.first_status.forget(key)
 
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         """Replace the status of exactly the body it was computed from (resourceVersion
@@ -153,7 +156,7 @@ class Reconciler:
             now,
         )
         converge = self._converge_children(owner, spec, decision)
-        waits = self._first_status_waits(key, body, status, decision, now)
+        waits = self.first_status.left(key, body, status, decision, now)
         if status == previous or waits is not None:
             blocked = await converge
         elif previous.get("observedGeneration") != status.get("observedGeneration"):
@@ -179,41 +182,6 @@ class Reconciler:
         )
         look = self._next_look(spec, status, observations, progress, now)
         return look if waits is None else min(waits, look or waits)
-
-    def _first_status_waits(
-        self,
-        key: Key,
-        body: Mapping[str, Any],
-        status: Mapping[str, Any],
-        decision: Decision,
-        now: datetime,
-    ) -> float | None:
-        """Seconds a new ModelServer's first status may still wait for its pods to turn Ready,
-        or None when it is written now. It waits only while it would say nothing but "starting"
-        (no decision, nothing Degraded), up to `first_status_wait_seconds` from the first look:
-        a quick start is then one status write, not two. Meanwhile the API server shows the
-        CRD's default status (Ready Unknown, observedGeneration 0: in progress for kstatus)."""
-        previous = body.get("status") or {}
-        ready = _condition(status, "Ready") or {}
-        if (
-            self.settings.first_status_wait_seconds <= 0
-            or previous.get("observedGeneration")  # the operator has written a status already
-            or ready.get("reason") != "Starting"
-            or decision.events
-            or decision.degraded
-        ):
-            self.first_status_due.pop(key, None)
-            return None
-        uid = body["metadata"]["uid"]
-        seen_uid, due = self.first_status_due.get(key, ("", now))
-        if seen_uid != uid:
-            due = now + timedelta(seconds=self.settings.first_status_wait_seconds)
-            self.first_status_due[key] = (uid, due)
-        left = (due - now).total_seconds()
-        if left <= 0:
-            self.first_status_due.pop(key, None)
-            return None
-        return left
 
     def _observe(self, spec: ModelServerSpec, key: Key, now: datetime) -> list[PodObservation]:
         """The pods as observations; a worker that failed without a report (a stock engine)
