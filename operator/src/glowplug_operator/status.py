@@ -72,6 +72,11 @@ class ModelServerStatus(CamelModel):
         return _prune_status(self.model_dump(by_alias=True, mode="json"))
 
 
+def condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    """The condition of type `kind` in a status, or None."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
 def conditions(
     previous: Sequence[Mapping[str, Any]],
     wanted: Sequence[Condition],

@@ -12,6 +12,7 @@ from typing import Any
 
 from glowplug_operator.controller.store import Key
 from glowplug_operator.rollback import Decision
+from glowplug_operator.status import condition
 
 
 @dataclass
@@ -32,8 +33,7 @@ class FirstStatusWait:
         waits only while the operator has written no status yet and this one would say nothing
         but "starting" (no decision, nothing Degraded)."""
         previous = body.get("status") or {}
-        conditions = status.get("conditions") or []
-        ready: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+        ready = condition(status, "Ready") or {}
         if (
             self.seconds <= 0
             or previous.get("observedGeneration")  # the operator has written a status already

@@ -50,6 +50,7 @@ from glowplug_operator.status import (
     UPDATING,
     Observed,
     blocked_status,
+    condition,
     invalid_spec_status,
     latest_ready,
     modelserver_status,
@@ -181,7 +182,7 @@ class Reconciler:
             decision.flag_states,
         )
         look = self._next_look(spec, status, observations, progress, now)
-        return look if waits is None else min(waits, look or waits)
+        return look if waits is None else min(waits, look)
 
     def _observe(self, spec: ModelServerSpec, key: Key, now: datetime) -> list[PodObservation]:
         """The pods as observations; a worker that failed without a report (a stock engine)
@@ -389,8 +390,8 @@ class Reconciler:
     ) -> None:
         """Events for what a user cares about: each decision's events, becoming Ready or not."""
         meta = body["metadata"]
-        was = _condition(previous, "Ready")
-        now_ready = _condition(status, "Ready")
+        was = condition(previous, "Ready")
+        now_ready = condition(status, "Ready")
         changed = now_ready is not None and (was or {}).get("status") != now_ready.get("status")
         became_ready = changed and now_ready is not None and now_ready["status"] == "True"
         # On the way to Ready, one Event: the flags that became active are said in it.
@@ -420,7 +421,7 @@ class Reconciler:
         observations: list[PodObservation],
         progress: DeploymentProgress | None,
         now: datetime,
-    ) -> float | None:
+    ) -> float:
         """When to look again without an event: while pods start, at the first startup budget
         that could run out (a hung start produces no event) or when a refusal of the pods gets
         reported; when converged, a slow resync."""
@@ -444,10 +445,6 @@ async def _both(converge: Awaitable[Blocked | None], write: Awaitable[None]) -> 
             raise outcome
     assert not isinstance(blocked, BaseException)
     return blocked
-
-
-def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
 
 
 def _owned_by(body: Mapping[str, Any], owner: builders.Owner) -> bool:

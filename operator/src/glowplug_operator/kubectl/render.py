@@ -100,7 +100,7 @@ def _conditions(ms: Obj, now: datetime) -> list[str]:
     rows = [("TYPE", "STATUS", "REASON", "AGE", "MESSAGE")]
     for c in conditions:
         since = c.get("lastTransitionTime")
-        at = parse_time(since) if since else None
+        at = parse_time(since)
         if at is not None and created is not None and at < created:
             since = None  # the CRD's default status (1970): no transition has happened
         rows.append(
